@@ -1,0 +1,83 @@
+"""Changes OpenRLHF needs, per pinned version, applied at run time in each process.
+
+Nothing here edits the installed OpenRLHF: ``apply_openrlhf_patches()`` replaces module
+attributes in the running process (Liger-Kernel style), and the launchers call it first in every
+rank. Each patch is one module of ``openrlhf_<version>/`` with a docstring saying why it exists.
+"""
+
+from __future__ import annotations
+
+import importlib
+from importlib.metadata import PackageNotFoundError, version
+
+SUPPORTED_OPENRLHF = {"0.11.2": "normbt_plugin.patches.openrlhf_0_11_2"}
+
+_active: list[str] = []
+
+
+class UnsupportedOpenRLHFError(RuntimeError):
+    pass
+
+
+def openrlhf_version() -> str | None:
+    try:
+        return version("openrlhf")
+    except PackageNotFoundError:
+        return None
+
+
+def patch_package(found: str | None = None):
+    """The patch package for the installed OpenRLHF, or a clear error naming the supported ones."""
+    found = openrlhf_version() if found is None else found
+    supported = ", ".join(SUPPORTED_OPENRLHF)
+    if found is None:
+        raise UnsupportedOpenRLHFError(
+            f"OpenRLHF is not installed. normbt-plugin supports OpenRLHF {supported}: "
+            "pip install 'normbt-plugin[gpu]' on GPU nodes, or bash scripts/install-cpu.sh."
+        )
+    if found not in SUPPORTED_OPENRLHF:
+        raise UnsupportedOpenRLHFError(
+            f"OpenRLHF {found} is installed, but normbt-plugin supports OpenRLHF {supported} only "
+            f"(its patches are written against that release): pip install openrlhf=={supported}"
+        )
+    return importlib.import_module(SUPPORTED_OPENRLHF[found])
+
+
+def apply_openrlhf_patches(
+    *,
+    flash_attn_standin: bool | None = None,
+    cpu_gloo: bool | None = None,
+    dataset_keys: bool = True,
+    registered_loss: bool = True,
+) -> list[str]:
+    """Apply the patches for the installed OpenRLHF; returns the names of the active ones.
+
+    Each keyword switches one patch: True forces it, False leaves it off, None applies it where
+    it is needed (``flash_attn_standin`` without flash-attn, ``cpu_gloo`` without CUDA).
+    Calling it again is harmless.
+    """
+    package = patch_package()
+    wanted = {
+        "flash_attn_standin": flash_attn_standin,
+        "cpu_gloo": cpu_gloo,
+        "dataset_keys": dataset_keys,
+        "cli_options": True,
+        "registered_loss": registered_loss,
+    }
+
+    def apply(module) -> None:
+        switch = wanted.get(module.NAME)
+        if module.NAME in _active or switch is False or (switch is None and not module.needed()):
+            return
+        module.apply()
+        _active.append(module.NAME)
+
+    for module in package.EARLY:
+        apply(module)
+    for name in package.LATE:  # these import openrlhf, which needs the early ones in place
+        apply(importlib.import_module(f"{package.__name__}.{name}"))
+    return list(_active)
+
+
+def active_patches() -> list[str]:
+    return list(_active)

@@ -1,0 +1,99 @@
+"""Add the registered losses' options to ``openrlhf.cli.train_rm``'s own argument parser.
+
+Why: the parser is built inline under ``if __name__ == "__main__"`` and argparse rejects unknown
+flags, so ``--normbt.beta 0.9`` cannot be passed to the stock CLI. While the launcher runs that
+module, the first parser that owns ``--model.loss_type`` gets one argument group per registered
+loss with options (``--<loss>.<option>``) and a ``--plugin.*`` group, all shown by ``--help``;
+an unknown ``--model.loss_type`` is rejected by the parser with the registered names.
+Upstreamable as: ``add_argument`` calls contributed by registered losses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+
+from normbt_plugin.losses import _REGISTRY, available_losses, resolve_loss_name
+
+NAME = "cli_options"
+LOSS_FLAG = "--model.loss_type"
+
+
+def _str2bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+_TYPES = {"float": float, "int": int, "str": str, "bool": _str2bool}
+
+
+def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--<loss>.<option>`` for every registered loss with options, and ``--plugin.*``."""
+    loss_action = parser._option_string_actions[LOSS_FLAG]
+    loss_action.help = f"reward-model loss from normbt_plugin's registry: {', '.join(available_losses())}"
+    group = parser.add_argument_group("normbt-plugin")
+    group.add_argument(
+        "--plugin.eval_distance_bins",
+        type=int,
+        default=5,
+        help="eval accuracy by representation-distance quantile bin: number of bins (0: off)",
+    )
+    group.add_argument(
+        "--plugin.metrics_dir",
+        type=str,
+        default=None,
+        help="also write each step's metrics per rank as JSON lines into this folder",
+    )
+    for spec in _REGISTRY.values():
+        if spec.options is None:
+            continue
+        group = parser.add_argument_group(
+            f"{spec.name} loss options (--model.loss_type {spec.name})", spec.doc
+        )
+        for f in dataclasses.fields(spec.options):
+            type_name = f.type if isinstance(f.type, str) else f.type.__name__
+            group.add_argument(
+                f"--{spec.name}.{f.name}",
+                type=_TYPES[type_name],
+                default=f.default,
+                metavar="{true,false}" if type_name == "bool" else type_name.upper(),
+                help=f"{f.metadata.get('help', '')} (default: {f.default})",
+            )
+
+
+@contextlib.contextmanager
+def extended_parser() -> Iterator[None]:
+    """While active, parsers owning ``--model.loss_type`` take and check the plugin's flags."""
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_args(self, args=None, namespace=None):
+        if LOSS_FLAG in self._option_string_actions and not getattr(self, "_normbt", False):
+            self._normbt = True
+            add_plugin_arguments(self)
+        parsed = original(self, args, namespace)
+        if getattr(self, "_normbt", False):
+            try:
+                resolve_loss_name(getattr(parsed, "model.loss_type"))
+            except KeyError as exc:
+                self.error(f"argument {LOSS_FLAG}: {exc.args[0]}")
+        return parsed
+
+    argparse.ArgumentParser.parse_args = parse_args
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.parse_args = original
+
+
+def needed() -> bool:
+    return True
+
+
+def apply() -> None:
+    """Nothing to apply globally: the launcher runs the CLI inside ``extended_parser()``."""

@@ -1,0 +1,104 @@
+"""Let OpenRLHF 0.11.2 import without flash-attn (machines without CUDA).
+
+Why: ``openrlhf/models/ring_attn_utils.py`` imports ``flash_attn.bert_padding`` and
+``flash_attn.utils.distributed`` at module level, so ``openrlhf.models`` (and with it the RM
+trainer) cannot be imported where flash-attn cannot be built. Those helpers are pure torch
+(unpadding for ``--ds.packing_samples``); this module provides the same functions, written from
+their documented behaviour, under the same names. Transformers still sees flash-attn as not
+installed (the stand-in has no version), so ``flash_attention_2`` is never chosen by accident.
+Upstreamable as: a lazy import of flash_attn inside the packing code path.
+Applied only when the real flash_attn is not importable.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import importlib.util
+import sys
+import types
+
+import torch
+import torch.distributed as dist
+from einops import rearrange
+
+NAME = "flash_attn_standin"
+
+
+def needed() -> bool:
+    if "flash_attn" in sys.modules:  # the real one, or the stand-in already in place
+        return False
+    return importlib.util.find_spec("flash_attn") is None
+
+
+def index_first_axis(x: torch.Tensor, indices: torch.Tensor) -> torch.Tensor:
+    """Rows ``indices`` of ``x`` flattened to ``(N, ...)``."""
+    return x[indices]
+
+
+def unpad_input(hidden_states: torch.Tensor, attention_mask: torch.Tensor, unused_mask=None):
+    """(B, S, ...) -> (nnz, ...), indices, cu_seqlens, max_seqlen, seqused (flash-attn >= 2.7)."""
+    all_masks = (attention_mask + unused_mask) if unused_mask is not None else attention_mask
+    seqlens_in_batch = all_masks.sum(dim=-1, dtype=torch.int32)
+    used_seqlens_in_batch = attention_mask.sum(dim=-1, dtype=torch.int32)
+    indices = torch.nonzero(all_masks.flatten(), as_tuple=False).flatten()
+    max_seqlen_in_batch = int(seqlens_in_batch.max().item())
+    cu_seqlens = torch.nn.functional.pad(torch.cumsum(seqlens_in_batch, dim=0, dtype=torch.int32), (1, 0))
+    flat = rearrange(hidden_states, "b s ... -> (b s) ...")
+    return (
+        index_first_axis(flat, indices),
+        indices,
+        cu_seqlens,
+        max_seqlen_in_batch,
+        (used_seqlens_in_batch),
+    )
+
+
+def pad_input(hidden_states: torch.Tensor, indices: torch.Tensor, batch: int, seqlen: int):
+    """Inverse of ``unpad_input``: (nnz, ...) -> (B, S, ...) with zeros at padding."""
+    output = torch.zeros(
+        (batch * seqlen, *hidden_states.shape[1:]),
+        device=hidden_states.device,
+        dtype=hidden_states.dtype,
+    )
+    output[indices] = hidden_states
+    return rearrange(output, "(b s) ... -> b s ...", b=batch)
+
+
+def all_gather(input_: torch.Tensor, process_group) -> tuple[torch.Tensor, None]:
+    """Concatenate ``input_`` from every rank of ``process_group`` along dim 0."""
+    world_size = dist.get_world_size(process_group)
+    output = torch.empty(
+        (world_size * input_.shape[0], *input_.shape[1:]), dtype=input_.dtype, device=input_.device
+    )
+    dist.all_gather_into_tensor(output, input_.contiguous(), group=process_group)
+    return output, None
+
+
+def _module(name: str, **attrs) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
+    module.__normbt_standin__ = True
+    for key, value in attrs.items():
+        setattr(module, key, value)
+    return module
+
+
+def apply() -> None:
+    bert_padding = _module(
+        "flash_attn.bert_padding",
+        index_first_axis=index_first_axis,
+        pad_input=pad_input,
+        unpad_input=unpad_input,
+        rearrange=rearrange,
+    )
+    distributed = _module("flash_attn.utils.distributed", all_gather=all_gather)
+    utils = _module("flash_attn.utils", distributed=distributed)
+    root = _module("flash_attn", bert_padding=bert_padding, utils=utils)
+    sys.modules.update(
+        {
+            "flash_attn": root,
+            "flash_attn.bert_padding": bert_padding,
+            "flash_attn.utils": utils,
+            "flash_attn.utils.distributed": distributed,
+        }
+    )

@@ -1,0 +1,287 @@
+"""Give OpenRLHF 0.11.2's reward-model trainer a registered loss that sees hidden states.
+
+Why: ``RewardModelTrainer`` picks ``PairWiseLoss`` for "sigmoid" and silently ``LogExpLoss`` for
+any other name, calls it as ``loss_fn(chosen, reject, margin)``, and drops the model's
+``last_hidden_state`` inside ``concatenated_forward``. NormBT needs the hidden state the value
+head reads (at the reward's EOS index), its EMA must be checkpointed, and its metrics logged.
+This subclass changes exactly that and nothing else of the training loop:
+- ``concatenated_forward`` keeps the EOS rows ``[2B, H]`` of the hidden states (never the
+  ``[2B, L, H]`` tensor), for padded and packed batches;
+- ``loss_fn`` is an adapter ``(chosen, reject, margin) -> loss`` over the registered loss;
+- ``save_logs_and_checkpoints`` adds the loss metrics (reduced over ranks) to the step logs and
+  the loss state to DeepSpeed's ``client_state``; ``load_ckpt`` hands it back on resume;
+- ``evaluate`` adds accuracy by representation-distance quantile bin.
+Upstreamable as: a loss registry in ``openrlhf.models.loss`` and ``return_output`` hidden states.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import math
+import os
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from openrlhf.trainer import rm_trainer
+from openrlhf.utils.deepspeed import deepspeed as ds_strategy
+
+from normbt_plugin.losses import PairwiseLoss, loss_spec, pair_distance
+
+NAME = "registered_loss"
+CLIENT_STATE_KEY = "normbt_plugin_loss"
+_UpstreamTrainer = rm_trainer.RewardModelTrainer
+
+
+def needed() -> bool:
+    return True
+
+
+def eos_hidden_states(
+    last_hidden_state: torch.Tensor, attention_mask: torch.Tensor, packed: bool
+) -> torch.Tensor:
+    """Hidden state at the token the reward is read from, ``[N, H]`` for N sequences.
+
+    Padded ``(N, L, H)``: OpenRLHF's ``eos = L - 1 - mask.fliplr().argmax(1)``. Packed
+    ``(1, nnz, H)`` (``--ds.packing_samples``): sequences are concatenated in row order without
+    padding, so sequence i ends at ``cumsum(lengths)[i] - 1``.
+    """
+    if packed:
+        ends = attention_mask.long().sum(dim=1).cumsum(0) - 1
+        return last_hidden_state[0, ends]
+    eos = attention_mask.size(1) - 1 - attention_mask.long().fliplr().argmax(dim=1)
+    return last_hidden_state[torch.arange(len(eos), device=eos.device), eos]
+
+
+def build_loss_from_args(args: Any, process_group: Any = None) -> tuple[str, PairwiseLoss]:
+    """The loss named by ``--model.loss_type`` with its ``--<name>.<option>`` flags."""
+    spec = loss_spec(args.model.loss_type)
+    options = {}
+    if spec.options is not None:
+        namespace = getattr(args, spec.name, None)
+        for f in dataclasses.fields(spec.options):
+            if namespace is not None and hasattr(namespace, f.name):
+                options[f.name] = getattr(namespace, f.name)
+    if "process_group" in inspect.signature(spec.factory).parameters:
+        options["process_group"] = process_group
+    return spec.name, spec.factory(**options)
+
+
+class _LossAdapter:
+    """OpenRLHF's ``loss_fn(chosen, reject, margin)`` over a registered loss."""
+
+    def __init__(self, trainer: PluginRewardModelTrainer) -> None:
+        self.trainer = trainer
+
+    def __call__(self, chosen_reward, reject_reward, margin=None) -> torch.Tensor:
+        t = self.trainer
+        training = t.in_training()
+        chosen_hidden, reject_hidden = t._hidden
+        t._hidden = (None, None)
+        loss = t.plugin_loss.train(training)
+        value, metrics = loss(chosen_reward, reject_reward, chosen_hidden, reject_hidden, margin)
+        if training:
+            for key, val in metrics.items():
+                t._metric_values[key].append(val)
+        elif chosen_hidden is not None:
+            t._eval_pairs.append(
+                (
+                    pair_distance(chosen_hidden, reject_hidden).cpu(),
+                    (chosen_reward > reject_reward).cpu(),
+                )
+            )
+        return value
+
+
+class PluginRewardModelTrainer(_UpstreamTrainer):
+    """OpenRLHF's RewardModelTrainer with the loss taken from normbt_plugin's registry."""
+
+    def __init__(self, *args, loss: str = "sigmoid", **kwargs) -> None:
+        super().__init__(*args, loss=loss, **kwargs)
+        strategy = self.strategy
+        if strategy.ring_attn_size > 1:
+            raise SystemExit(
+                "normbt-plugin: ring attention (--ds.ring_attn_size > 1) splits each sequence "
+                "across ranks, so no rank holds the whole last-token hidden state the plugin "
+                "reads. Use --ds.ring_attn_size 1."
+            )
+        dp_group = strategy.ds_device_mesh["dp"].get_group() if dist.is_initialized() else None
+        self.loss_name, self.plugin_loss = build_loss_from_args(self.args, dp_group)
+        if self.plugin_loss.uses_margin and not self.margin_loss:
+            raise SystemExit(
+                f"normbt-plugin: loss {self.loss_name!r} uses a margin per pair: pass "
+                "--model.margin_loss_enable and give the data a 'margin' column."
+            )
+        self.loss_fn = _LossAdapter(self)
+        self._hidden: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+        self._metric_values: dict[str, list[float]] = defaultdict(list)
+        self._eval_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.eval_distance_bins = self.args.plugin.eval_distance_bins
+        self.last_eval_bins: list[dict[str, float]] = []
+
+        loaded = getattr(strategy, "normbt_loaded_client_state", None)
+        if loaded is not None:
+            state = loaded.get(CLIENT_STATE_KEY)
+            if state is None:
+                strategy.print("normbt-plugin: checkpoint holds no loss state; loss starts fresh")
+            elif state["name"] != self.loss_name:
+                raise SystemExit(
+                    f"normbt-plugin: the checkpoint was trained with loss {state['name']!r}, "
+                    f"this run asks for {self.loss_name!r}: resume with the same "
+                    "--model.loss_type or start a new --ckpt.path."
+                )
+            else:
+                self.plugin_loss.load_state_dict(state["state"])
+                strategy.print(f"normbt-plugin: restored {self.loss_name} state {state['state']}")
+        strategy.print(f"normbt-plugin: loss {self.loss_name} ({type(self.plugin_loss).__name__})")
+
+    def in_training(self) -> bool:
+        # DeepSpeedEngine.eval() switches its module but leaves engine.training True
+        return self.strategy._unwrap_model(self.model).training
+
+    def concatenated_forward(self, model, chosen_ids, c_mask, reject_ids, r_mask):
+        # Upstream's body, keeping the EOS hidden states when the loss or evaluation reads them.
+        input_ids, att_masks = self.concatenated_inputs(chosen_ids, c_mask, reject_ids, r_mask)
+        all_values, output = model(
+            input_ids,
+            attention_mask=att_masks,
+            return_output=True,
+            ring_attn_group=self.strategy.ring_attn_group,
+        )
+        batch = chosen_ids.shape[0]
+        if self.plugin_loss.needs_hidden or not self.in_training():
+            hidden = eos_hidden_states(output["last_hidden_state"], att_masks, self.packing_samples)
+            self._hidden = (hidden[:batch], hidden[batch:])
+        aux_loss = output.aux_loss if "aux_loss" in output else []
+        del output  # the [2B, L, H] states live no longer than under upstream's BT
+        return all_values[:batch], all_values[batch:], aux_loss
+
+    def _reduced_metrics(self) -> dict[str, float]:
+        """Step metrics over the accumulated micro-batches and all ranks: mean, min, max."""
+        if not self._metric_values:
+            return {}
+        keys = sorted(self._metric_values)
+        local = {k: self._metric_values[k] for k in keys}
+        self._metric_values.clear()
+        mins = [k for k in keys if k.endswith("_min")]
+        maxs = [k for k in keys if k.endswith("_max")]
+        means = [k for k in keys if k not in mins and k not in maxs]
+        out = {k: float(sum(v) / len(v)) for k, v in local.items() if k in means}
+        out.update({k: float(min(local[k])) for k in mins})
+        out.update({k: float(max(local[k])) for k in maxs})
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            # means averaged over ranks; max as max; min as -max(-x); mu is equal on all ranks
+            avg = torch.tensor([out[k] for k in means], dtype=torch.float64)
+            peak = torch.tensor([out[k] for k in maxs] + [-out[k] for k in mins], dtype=torch.float64)
+            dist.all_reduce(avg)
+            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+            avg /= dist.get_world_size()
+            out.update(dict(zip(means, avg.tolist(), strict=True)))
+            values = peak.tolist()
+            out.update(dict(zip(maxs, values[: len(maxs)], strict=True)))
+            out.update({k: -v for k, v in zip(mins, values[len(maxs) :], strict=True)})
+            if "normbt_mu" in local:
+                out["normbt_mu"] = float(local["normbt_mu"][-1])
+        elif "normbt_mu" in local:
+            out["normbt_mu"] = float(local["normbt_mu"][-1])
+        return out
+
+    def save_logs_and_checkpoints(self, args, global_step, step_bar, logs_dict=None, client_states=None):
+        logs_dict = dict(logs_dict or {})
+        logs_dict.update(self._reduced_metrics())
+        client_states = dict(client_states or {})
+        client_states[CLIENT_STATE_KEY] = {
+            "name": self.loss_name,
+            "state": self.plugin_loss.state_dict(),
+        }
+        self._write_metrics_jsonl(global_step, logs_dict)
+        return super().save_logs_and_checkpoints(args, global_step, step_bar, logs_dict, client_states)
+
+    def _write_metrics_jsonl(self, global_step: int, logs: dict[str, float]) -> None:
+        """``--plugin.metrics_dir``: one JSON line per optimizer step and rank (local loss state)."""
+        out_dir = self.args.plugin.metrics_dir
+        if not out_dir:
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        record = {"step": global_step, "rank": self.strategy.get_rank(), **logs}
+        record["loss_state"] = self.plugin_loss.state_dict()
+        with open(os.path.join(out_dir, f"train_rank{record['rank']}.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def evaluate(self, eval_dataloader, steps=0):
+        self._eval_pairs = []
+        super().evaluate(eval_dataloader, steps)
+        bins = self._distance_bin_accuracy()
+        self._eval_pairs = []
+        if not bins:
+            return
+        self.last_eval_bins = bins
+        if self.args.plugin.metrics_dir and self.strategy.is_rank_0():
+            path = os.path.join(self.args.plugin.metrics_dir, "eval.jsonl")
+            with open(path, "a") as f:
+                f.write(json.dumps({"step": steps, "distance_bins": bins}) + "\n")
+        self.strategy.print("normbt-plugin: eval accuracy by representation-distance quantile bin")
+        self.strategy.print(f"  {'bin':>3}  {'distance range':>21}  {'pairs':>6}  {'acc':>6}")
+        for i, b in enumerate(bins):
+            self.strategy.print(
+                f"  {i:>3}  {b['lo']:>10.4g}-{b['hi']:<10.4g}  {int(b['n']):>6}  {b['acc']:>6.3f}"
+            )
+        if self.strategy.is_rank_0():
+            logs = {f"acc_dist_bin{i}": b["acc"] for i, b in enumerate(bins)}
+            logs.update({f"dist_bin{i}_upper": b["hi"] for i, b in enumerate(bins)})
+            if self._wandb is not None:
+                self._wandb.log({**{f"eval/{k}": v for k, v in logs.items()}, "eval/global_step": steps})
+            elif self._tensorboard is not None:
+                for k, v in logs.items():
+                    self._tensorboard.add_scalar(f"eval/{k}", v, steps)
+
+    def _distance_bin_accuracy(self) -> list[dict[str, float]]:
+        if self.eval_distance_bins <= 0:
+            return []
+        local = (
+            (
+                torch.cat([d for d, _ in self._eval_pairs]),
+                torch.cat([c for _, c in self._eval_pairs]),
+            )
+            if self._eval_pairs
+            else (torch.empty(0), torch.empty(0, dtype=torch.bool))
+        )
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, local)
+            distances = torch.cat([g[0] for g in gathered])
+            correct = torch.cat([g[1] for g in gathered])
+        else:
+            distances, correct = local
+        if len(distances) == 0:
+            return []
+        n_bins = min(self.eval_distance_bins, len(distances))
+        edges = torch.quantile(distances.double(), torch.linspace(0, 1, n_bins + 1, dtype=torch.float64))
+        index = torch.bucketize(distances.double(), edges[1:-1], right=True)
+        bins = []
+        for i in range(n_bins):
+            sel = index == i
+            n = int(sel.sum())
+            acc = float(correct[sel].float().mean()) if n else math.nan
+            bins.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), "n": n, "acc": acc})
+        return bins
+
+
+def _remember_client_state(load_ckpt):
+    def wrapper(self, *args, **kwargs):
+        load_path, states = load_ckpt(self, *args, **kwargs)
+        self.normbt_loaded_client_state = states if load_path is not None else None
+        return load_path, states
+
+    return wrapper
+
+
+def apply() -> None:
+    rm_trainer.RewardModelTrainer = PluginRewardModelTrainer
+    strategy_cls = ds_strategy.DeepspeedStrategy
+    if not getattr(strategy_cls.load_ckpt, "__normbt__", False):
+        strategy_cls.load_ckpt = _remember_client_state(strategy_cls.load_ckpt)
+        strategy_cls.load_ckpt.__normbt__ = True

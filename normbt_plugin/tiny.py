@@ -1,0 +1,144 @@
+"""Tiny, offline stand-ins for a reward-model run: a byte-level BPE tokenizer, a random Llama and
+preference pairs with a known right answer, fine-grained and coarse.
+
+The task: the chosen response lists the prompt's numbers sorted. A fine-grained rejected
+response swaps two neighbours (one token pair changed); a coarse one is unrelated words.
+
+    python -m normbt_plugin.tiny --out runs/tiny      # model/, train.jsonl, test.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+WORDS = (
+    "apple river stone cloud green lamp paper window yellow horse silver music orange table "
+    "forest bright candle garden winter copper"
+).split()
+
+
+def make_pairs(n: int, seed: int, fine_fraction: float = 0.5) -> list[dict]:
+    """``n`` preference pairs: prompt, chosen, rejected, kind ('fine' or 'coarse'), margin."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        numbers = rng.sample(range(10, 100), rng.randint(4, 7))
+        prompt = "sort: " + " ".join(map(str, numbers)) + " ->"
+        ordered = sorted(numbers)
+        chosen = " " + " ".join(map(str, ordered))
+        if rng.random() < fine_fraction:
+            i = rng.randrange(len(ordered) - 1)
+            wrong = ordered[:]
+            wrong[i], wrong[i + 1] = wrong[i + 1], wrong[i]
+            rejected, kind, margin = " " + " ".join(map(str, wrong)), "fine", 0.5
+        else:
+            rejected = " " + " ".join(rng.choice(WORDS) for _ in range(len(ordered)))
+            kind, margin = "coarse", 2.0
+        rows.append(
+            {
+                "prompt": prompt,
+                "chosen": chosen,
+                "rejected": rejected,
+                "kind": kind,
+                "margin": margin,
+            }
+        )
+    return rows
+
+
+def write_jsonl(rows: list[dict], path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    return path
+
+
+def build_tokenizer(texts: list[str], out_dir: Path, vocab_size: int = 320):
+    """A byte-level BPE trained on ``texts`` in a second, saved as a HF fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "<s>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, pad_token="<pad>", bos_token="<s>", eos_token="</s>"
+    )
+    fast.save_pretrained(out_dir)
+    return fast
+
+
+def build_model(
+    out_dir: Path,
+    vocab_size: int,
+    hidden_size: int = 64,
+    layers: int = 2,
+    heads: int = 4,
+    intermediate_size: int | None = None,
+    seed: int = 0,
+    tokenizer=None,
+) -> None:
+    """A randomly initialised Llama saved in float32 (loadable by OpenRLHF's RM stage)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=512,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=False,
+    )
+    LlamaForCausalLM(config).save_pretrained(out_dir)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out_dir)
+
+
+def build_tiny_setup(
+    out: str | Path, n_train: int = 256, n_test: int = 128, seed: int = 0, **model_kwargs
+) -> dict[str, Path]:
+    """Write ``model/`` (tokenizer + tiny Llama), ``train.jsonl`` and ``test.jsonl`` under ``out``."""
+    out = Path(out)
+    train = make_pairs(n_train, seed)
+    test = make_pairs(n_test, seed + 10_000)
+    texts = [r["prompt"] + r["chosen"] for r in train] + [r["rejected"] for r in train] + WORDS
+    model_dir = out / "model"
+    tokenizer = build_tokenizer(texts, model_dir)
+    build_model(model_dir, len(tokenizer), seed=seed, tokenizer=tokenizer, **model_kwargs)
+    return {
+        "model": model_dir,
+        "train": write_jsonl(train, out / "train.jsonl"),
+        "test": write_jsonl(test, out / "test.jsonl"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--n_train", type=int, default=256)
+    parser.add_argument("--n_test", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    paths = build_tiny_setup(args.out, args.n_train, args.n_test, args.seed)
+    print(json.dumps({k: str(v) for k, v in paths.items()}))
+
+
+if __name__ == "__main__":
+    main()
