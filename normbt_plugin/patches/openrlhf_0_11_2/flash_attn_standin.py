@@ -6,12 +6,17 @@ trainer) cannot be imported where flash-attn cannot be built. Those helpers are 
 (unpadding for ``--ds.packing_samples``); this module provides the same functions, written from
 their documented behaviour, under the same names. Transformers still sees flash-attn as not
 installed (the stand-in has no version), so ``flash_attention_2`` is never chosen by accident.
+Without flash-attn, ``flash_attention_*`` requests (``train_rm`` forces flash_attention_2 with
+``--ds.packing_samples``) load the model with PyTorch's sdpa instead: given packed position ids
+and no attention mask, transformers builds the block-diagonal mask itself, so packed and padded
+batches give the same hidden states (tested).
 Upstreamable as: a lazy import of flash_attn inside the packing code path.
 Applied only when the real flash_attn is not importable.
 """
 
 from __future__ import annotations
 
+import importlib
 import importlib.machinery
 import importlib.util
 import sys
@@ -83,6 +88,16 @@ def _module(name: str, **attrs) -> types.ModuleType:
     return module
 
 
+def _sdpa_without_flash_attn(get_model):
+    def get_llm_for_sequence_regression(*args, attn_implementation="flash_attention_2", **kwargs):
+        if attn_implementation.startswith("flash_attention"):
+            print(f"normbt-plugin: flash-attn is not installed; {attn_implementation} -> sdpa")
+            attn_implementation = "sdpa"
+        return get_model(*args, attn_implementation=attn_implementation, **kwargs)
+
+    return get_llm_for_sequence_regression
+
+
 def apply() -> None:
     bert_padding = _module(
         "flash_attn.bert_padding",
@@ -102,3 +117,8 @@ def apply() -> None:
             "flash_attn.utils.distributed": distributed,
         }
     )
+    models = importlib.import_module("openrlhf.models")
+    model_module = importlib.import_module("openrlhf.models.model")
+    wrapped = _sdpa_without_flash_attn(model_module.get_llm_for_sequence_regression)
+    models.get_llm_for_sequence_regression = wrapped
+    model_module.get_llm_for_sequence_regression = wrapped
