@@ -416,7 +416,8 @@ class NormBTLoss(PairwiseLoss):
         loss = (weight.to(per_pair.dtype) * per_pair).mean()
 
         # one host transfer for all the logged numbers
-        stats = torch.stack([d.mean(), d.min(), d.max(), weight.mean(), weight.min(), weight.max()]).tolist()
+        summary = [d.mean(), d.min(), d.max(), weight.mean(), weight.min(), weight.max()]
+        stats = torch.stack([*summary, per_pair.detach().float().mean()]).tolist()
         metrics = {
             "normbt_mu": float(self.mu) if self.mu is not None else math.nan,
             "normbt_dist_mean": stats[0],
@@ -426,6 +427,8 @@ class NormBTLoss(PairwiseLoss):
             "normbt_weight_min": stats[4],
             "normbt_weight_max": stats[5],
             "normbt_identical_pairs": float(len(d) - int(valid.sum())),
+            # the unweighted loss: comparable across steps and with a BT run (mu moves)
+            "normbt_base_loss": stats[6],
         }
         return loss, metrics
 

@@ -50,6 +50,13 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="also write each step's metrics per rank as JSON lines into this folder",
     )
+    group.add_argument(
+        "--plugin.stop_after_steps",
+        type=int,
+        default=0,
+        help="end the run after this many optimizer steps, as a preemption would (no final "
+        "save; checkpoint with --ckpt.save_steps, resume with --ckpt.load_enable); 0: off",
+    )
     for spec in _REGISTRY.values():
         if spec.options is None:
             continue

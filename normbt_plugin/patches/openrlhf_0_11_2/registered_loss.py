@@ -198,7 +198,14 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
             "state": self.plugin_loss.state_dict(),
         }
         self._write_metrics_jsonl(global_step, logs_dict)
-        return super().save_logs_and_checkpoints(args, global_step, step_bar, logs_dict, client_states)
+        super().save_logs_and_checkpoints(args, global_step, step_bar, logs_dict, client_states)
+        stop_after = self.args.plugin.stop_after_steps
+        if stop_after and global_step >= stop_after:
+            self.strategy.print(
+                f"normbt-plugin: stopping after step {global_step} (--plugin.stop_after_steps); "
+                "resume with --ckpt.load_enable"
+            )
+            raise SystemExit(0)
 
     def _write_metrics_jsonl(self, global_step: int, logs: dict[str, float]) -> None:
         """``--plugin.metrics_dir``: one JSON line per optimizer step and rank (local loss state)."""
@@ -222,7 +229,8 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
         if self.args.plugin.metrics_dir and self.strategy.is_rank_0():
             path = os.path.join(self.args.plugin.metrics_dir, "eval.jsonl")
             with open(path, "a") as f:
-                f.write(json.dumps({"step": steps, "distance_bins": bins}) + "\n")
+                acc = sum(b["acc"] * b["n"] for b in bins if b["n"]) / sum(b["n"] for b in bins)
+                f.write(json.dumps({"step": steps, "acc": acc, "distance_bins": bins}) + "\n")
         self.strategy.print("normbt-plugin: eval accuracy by representation-distance quantile bin")
         self.strategy.print(f"  {'bin':>3}  {'distance range':>21}  {'pairs':>6}  {'acc':>6}")
         for i, b in enumerate(bins):

@@ -1,0 +1,286 @@
+"""The plugin inside OpenRLHF 0.11.2's real RM stage: real DeepSpeed, real launcher, CPU + gloo."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from normbt_plugin.losses import NormBTLoss, build_loss
+
+pytestmark = pytest.mark.slow
+
+
+def mean(values) -> float:
+    values = list(values)
+    return sum(values) / len(values)
+
+
+# ------------------------------------------------------------------ multi-rank training
+
+
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_two_ranks_share_mu_and_learn(run_train_rm, zero_stage, tiny):
+    run = run_train_rm(
+        "--ds.zero_stage", str(zero_stage), "--train.max_epochs", "2", "--eval.steps", "8",
+        nproc=2,
+    )  # fmt: skip
+    assert run.returncode == 0, run.output[-3000:]
+    ranks = [run.records(0), run.records(1)]
+    assert len(ranks[0]) == len(ranks[1]) == 32  # 256 pairs / 16 per step * 2 epochs
+    mus = [[r["loss_state"]["mu"] for r in records] for records in ranks]
+    assert mus[0] == mus[1]  # bit for bit, every step
+    assert all(math.isfinite(m) and m > 0 for m in mus[0])
+    # the ranks saw different pairs (OpenRLHF's acc_mean is rank-local), yet hold one mu
+    assert [r["acc_mean"] for r in ranks[0]] != [r["acc_mean"] for r in ranks[1]]
+
+    def per_step(key: str) -> list[float]:
+        return [mean(rank[i][key] for rank in ranks) for i in range(32)]
+
+    base_loss, acc = per_step("normbt_base_loss"), per_step("acc_mean")
+    assert mean(base_loss[-8:]) < mean(base_loss[:8]) - 0.05, base_loss
+    assert mean(acc[-8:]) > mean(acc[:8]) + 0.05, acc
+    evals = run.eval_bins()
+    assert evals[-1]["acc"] > evals[0]["acc"] and evals[-1]["acc"] > 0.7, evals
+    # the paper's diagnostic: accuracy per distance bin, far (coarse) pairs learnt first
+    bins = evals[-1]["distance_bins"]
+    assert len(bins) == 5 and sum(b["n"] for b in bins) == 96
+    assert bins[-1]["acc"] > bins[0]["acc"]
+    assert "representation-distance quantile bin" in run.output
+
+    if zero_stage == 3:  # the ZeRO-3 consolidated save loads back as a plain HF classifier
+        assert_auto_model_scores_equal(run.out_dir, tiny)
+
+
+def assert_auto_model_scores_equal(model_dir, tiny) -> None:
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from normbt_plugin.patches import apply_openrlhf_patches
+
+    apply_openrlhf_patches()
+    from openrlhf.models import get_llm_for_sequence_regression
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    rows = [json.loads(line) for line in open(tiny["test"])][:16]
+    texts = [r["prompt"] + r["chosen"] + " " + tokenizer.eos_token for r in rows]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+
+    hf = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
+    ours = get_llm_for_sequence_regression(
+        str(model_dir), "reward", param_dtype="bf16", attn_implementation="sdpa"
+    ).float()
+    with torch.no_grad():
+        hf_scores = hf(**batch).logits.squeeze(-1)
+        openrlhf_scores = ours.eval()(batch.input_ids, attention_mask=batch.attention_mask)
+    assert hf_scores.std() > 0
+    torch.testing.assert_close(hf_scores, openrlhf_scores, rtol=1e-4, atol=1e-4)
+
+
+# ------------------------------------------------------------------ resume
+
+
+def test_resume_continues_exactly(run_train_rm):
+    flags = ("--ds.zero_stage", "2", "--train.max_epochs", "2", "--ckpt.save_steps", "10")
+    full = run_train_rm(*flags, name="full")
+    assert full.returncode == 0, full.output[-3000:]
+    first = run_train_rm(*flags, "--plugin.stop_after_steps", "10", name="resumed")
+    assert first.returncode == 0, first.output[-3000:]
+    assert "stopping after step 10" in first.output
+    second = run_train_rm(*flags, "--ckpt.load_enable", name="resumed")
+    assert second.returncode == 0, second.output[-3000:]
+    assert "restored normbt state" in second.output
+
+    reference = full.records()
+    resumed = second.records()
+    assert [r["step"] for r in resumed] == list(range(1, 33))  # 1-10 before the stop, 11-32 after
+    for ref, res in zip(reference[10:], resumed[10:], strict=True):
+        assert res["step"] == ref["step"]
+        assert res["loss_state"]["mu"] == pytest.approx(ref["loss_state"]["mu"], rel=1e-6)
+        assert res["loss_state"]["steps"] == ref["loss_state"]["steps"]
+        assert res["loss_mean"] == pytest.approx(ref["loss_mean"], rel=1e-3, abs=1e-3)
+
+
+# ------------------------------------------------------------------ configurations
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ("--ds.zero_stage", "0", "--ds.lora.rank", "4", "--ds.lora.alpha", "8"),
+        ("--ds.zero_stage", "1", "--model.gradient_checkpointing_enable",
+         "--model.compute_fp32_loss_enable"),
+        ("--ds.zero_stage", "3", "--ds.packing_samples"),
+    ],
+    ids=["zero0-lora", "zero1-gradckpt-fp32loss", "zero3-packing"],
+)  # fmt: skip
+def test_configurations_train(run_train_rm, flags):
+    run = run_train_rm(*flags)
+    assert run.returncode == 0, run.output[-3000:]
+    records = run.records()
+    assert len(records) == 16
+    assert all(math.isfinite(r["normbt_mu"]) and math.isfinite(r["loss"]) for r in records)
+    assert run.out_dir.joinpath("config.json").exists()
+
+
+@pytest.mark.parametrize("loss", ["bt", "label_smoothing", "center", "logexp"])
+def test_baseline_losses_train(run_train_rm, loss):
+    run = run_train_rm("--ds.zero_stage", "2", loss=loss, name=loss)
+    assert run.returncode == 0, run.output[-3000:]
+    assert f"normbt-plugin: loss {loss}" in run.output
+    assert len(run.records()) == 16 and run.eval_bins()[-1]["distance_bins"]
+
+
+def test_margin_losses_use_the_margin_column(run_train_rm):
+    run = run_train_rm("--model.margin_loss_enable", "--normbt.base", "margin", name="nb-margin")
+    assert run.returncode == 0, run.output[-3000:]
+    run = run_train_rm("--model.margin_loss_enable", loss="margin", name="margin")
+    assert run.returncode == 0, run.output[-3000:]
+
+
+# ------------------------------------------------------------------ hidden states
+
+
+def test_eos_hidden_states_packed_equal_padded(openrlhf_patched, tiny):
+    """OpenRLHF's RewardModel, packed (1, nnz, H) and padded (N, L, H): same EOS states, rewards."""
+    from openrlhf.models import get_llm_for_sequence_regression
+    from transformers import AutoTokenizer
+
+    from normbt_plugin.patches.openrlhf_0_11_2.registered_loss import eos_hidden_states
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny["model"])
+    tokenizer.padding_side = "left"
+    rows = [json.loads(line) for line in open(tiny["test"])][:6]
+    texts = [r["prompt"] + r[k] + " </s>" for r in rows for k in ("chosen", "rejected")]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    results = {}
+    for packed in (False, True):
+        model = get_llm_for_sequence_regression(
+            str(tiny["model"]), "reward", attn_implementation="sdpa", packing_samples=packed,
+            init_value_head=True,
+        ).float().eval()  # fmt: skip
+        torch.manual_seed(0)
+        model.score.weight.data.normal_()
+        with torch.no_grad():
+            reward, output = model(batch.input_ids, attention_mask=batch.attention_mask, return_output=True)
+        hidden = eos_hidden_states(output["last_hidden_state"], batch.attention_mask, packed)
+        torch.testing.assert_close(model.score(hidden).squeeze(-1), reward)  # the head reads them
+        results[packed] = (reward, hidden, output["last_hidden_state"].shape)
+    assert results[True][2][0] == 1 and results[False][2][0] == len(texts)
+    torch.testing.assert_close(results[True][0], results[False][0], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(results[True][1], results[False][1], rtol=1e-4, atol=1e-4)
+
+
+def test_gradient_property_on_the_real_reward_model(openrlhf_patched, tiny):
+    """Real pairs through OpenRLHF's RewardModel: BT's per-pair head gradient is
+    |sigmoid(d) - 1| * distance (grows with distance over a >100x span); NormBT's is
+    mu * |sigmoid(d) - 1| (the prediction error only)."""
+    from openrlhf.models import get_llm_for_sequence_regression
+    from transformers import AutoTokenizer
+
+    from normbt_plugin.patches.openrlhf_0_11_2.registered_loss import eos_hidden_states
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny["model"])
+    tokenizer.padding_side = "left"
+    rows = [json.loads(line) for line in open(tiny["test"])][:24]
+    texts = [r["prompt"] + r["chosen"] + " </s>" for r in rows]
+    texts += [r["prompt"] + r["rejected"] + " </s>" for r in rows]
+    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    model = get_llm_for_sequence_regression(
+        str(tiny["model"]), "reward", attn_implementation="sdpa", init_value_head=True
+    ).double()
+    torch.manual_seed(0)
+    model.score.weight.data.normal_(std=0.3)
+    with torch.no_grad():
+        reward, output = model(batch.input_ids, attention_mask=batch.attention_mask, return_output=True)
+    hidden = eos_hidden_states(output["last_hidden_state"], batch.attention_mask, packed=False)
+    h_c, h_r = hidden[:24], hidden[24:]
+    distance = torch.linalg.vector_norm(h_c - h_r, dim=-1)
+    assert distance.max() / distance.min() > 100  # fine (one swap) vs coarse (unrelated words)
+
+    def head_grads(loss):
+        heads = model.score.weight.detach().repeat(24, 1).requires_grad_(True)
+        chosen, reject = (heads * h_c).sum(-1), (heads * h_r).sum(-1)
+        torch.testing.assert_close(chosen, reward[:24])  # the same rewards as the model's
+        value, _ = loss(chosen, reject, h_c, h_r)
+        (grad,) = torch.autograd.grad(value, heads)
+        return grad.norm(dim=1) * 24, 1 - torch.sigmoid(chosen - reject).detach()
+
+    bt, error = head_grads(build_loss("bt"))
+    torch.testing.assert_close(bt, error * distance, rtol=1e-6, atol=0)
+    assert (bt / error).max() / (bt / error).min() > 100  # at equal error, 100x apart by distance
+    normbt = NormBTLoss()
+    nb, error = head_grads(normbt)
+    torch.testing.assert_close(nb, normbt.mu * error * distance / (distance + 1e-6 * normbt.mu))
+    # at equal error, equal gradients: constant up to the eps term dist / (dist + eps mu) < 1e-3
+    assert (nb / error).max() / (nb / error).min() < 1 + 1e-3
+
+
+# ------------------------------------------------------------------ bad input
+
+
+def test_unknown_loss_name_fails_at_start_with_the_registered_names(run_train_rm):
+    run = run_train_rm(loss="normbtt")
+    assert run.returncode == 2
+    assert "unknown reward-model loss 'normbtt'" in run.output and "label_smoothing" in run.output
+    assert not run.metrics_dir.exists()
+
+
+def test_missing_dataset_key_is_named(run_train_rm):
+    run = run_train_rm("--data.chosen_key", "answer")
+    assert run.returncode != 0
+    assert "no column 'answer' (set by --data.chosen_key)" in run.output
+    assert "'chosen'" in run.output  # the columns that exist
+
+
+def test_margin_loss_without_margin_flag_is_refused(run_train_rm):
+    run = run_train_rm(loss="margin")
+    assert run.returncode != 0 and "--model.margin_loss_enable" in run.output
+
+
+def test_identical_pairs_are_trained_safely(run_train_rm, tiny, tmp_path):
+    rows = [json.loads(line) for line in open(tiny["train"])]
+    for row in rows[::4]:
+        row["rejected"] = row["chosen"]
+    data = tmp_path / "with_identical.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run = run_train_rm(dataset=data)
+    assert run.returncode == 0, run.output[-3000:]
+    assert "64 of 256 pairs have chosen == rejected" in run.output
+    records = run.records()
+    assert sum(r["normbt_identical_pairs"] for r in records) > 0
+    assert all(math.isfinite(r["normbt_mu"]) and r["normbt_weight_max"] < 1e4 for r in records)
+
+
+def test_nan_reward_stops_with_a_clear_error(run_train_rm, tiny, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model_dir = tmp_path / "nan_model"
+    model_dir.mkdir()
+    for f in tiny["model"].iterdir():
+        (model_dir / f.name).write_bytes(f.read_bytes())
+    weights = load_file(model_dir / "model.safetensors")
+    weights["model.norm.weight"][3] = float("nan")
+    save_file(weights, model_dir / "model.safetensors", metadata={"format": "pt"})
+    run = run_train_rm(model=model_dir)
+    assert run.returncode != 0
+    assert "non-finite reward (NaN or inf)" in run.output
+    assert not run.metrics_dir.exists()  # no step was logged as if it were fine
+
+
+def test_unsupported_openrlhf_version_is_refused(tmp_path):
+    fake = tmp_path / "openrlhf-0.10.0.dist-info"
+    fake.mkdir()
+    (fake / "METADATA").write_text("Metadata-Version: 2.1\nName: openrlhf\nVersion: 0.10.0\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "normbt_plugin.train_rm", "--help"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 1
+    assert "OpenRLHF 0.10.0 is installed" in proc.stderr and "0.11.2" in proc.stderr
