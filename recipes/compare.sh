@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Compare reward-model losses: train one RM per loss and seed, then print them side by side.
+#   bash recipes/compare.sh                         # the tiny CPU default (recipes/configs/tiny-cpu.env)
+#   CONFIG=recipes/configs/<your>.env LOSSES="bt normbt" SEEDS="1 2 3" bash recipes/compare.sh
+# Downstream PPO with vLLM rollouts and policy evaluation are not part of this recipe yet.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+  sed -n '2,5p' "$0"; echo
+  echo "Environment (defaults): CONFIG=recipes/configs/tiny-cpu.env LOSSES='bt normbt' SEEDS=1"
+  echo "  RUN_DIR=runs/compare, plus every variable of recipes/rm.sh"
+  exit 0
+fi
+
+CONFIG=${CONFIG:-recipes/configs/tiny-cpu.env}
+LOSSES=${LOSSES:-bt normbt}
+SEEDS=${SEEDS:-1}
+RUN_DIR=${RUN_DIR:-runs/compare}
+# shellcheck source=/dev/null
+source "$CONFIG"
+export NPROC ZERO MICRO_BS BS EPOCHS LR MAX_LEN ATTN PROMPT_KEY
+
+if [[ "${TINY:-0}" == 1 ]]; then
+  echo "compare.sh: building the tiny model, tokenizer and data offline -> $RUN_DIR/tiny"
+  python -m normbt_plugin.tiny --out "$RUN_DIR/tiny" --n_train "$N_TRAIN" --n_test "$N_TEST"
+  export MODEL="$RUN_DIR/tiny/model" DATASET="$RUN_DIR/tiny/train.jsonl"
+  export EVAL_DATASET="$RUN_DIR/tiny/test.jsonl"
+fi
+
+runs=()
+for seed in $SEEDS; do
+  for loss in $LOSSES; do
+    out="$RUN_DIR/rm-$loss-seed$seed"
+    LOSS=$loss SEED=$seed OUT=$out bash recipes/rm.sh > "$out.log" 2>&1 \
+      || { echo "compare.sh: $loss seed $seed failed, see $out.log" >&2; tail -20 "$out.log" >&2; exit 1; }
+    echo "compare.sh: trained $loss (seed $seed) in $out"
+    runs+=("$out")
+  done
+done
+
+normbt summarize "${runs[@]}"
+echo "compare.sh: downstream PPO + policy evaluation are not in this recipe yet (reward models only)."

@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Train one reward model with a chosen loss: OpenRLHF 0.11.2's RM stage + normbt-plugin.
+# Every setting below can be overridden from the environment, e.g.
+#   LOSS=bt MODEL=path/to/sft DATASET=org/prefs NPROC=8 bash recipes/rm.sh
+# Extra OpenRLHF or plugin flags go after the script: bash recipes/rm.sh --normbt.beta 0.95
+set -euo pipefail
+
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+  sed -n '2,5p' "$0"; echo
+  echo "Environment (defaults): LOSS=normbt MODEL DATASET EVAL_DATASET OUT NPROC=1 ZERO=2"
+  echo "  MICRO_BS=4 BS=16 EPOCHS=1 LR=2e-3 MAX_LEN=64 ATTN=sdpa PROMPT_KEY=prompt SEED=42"
+  echo "  PARAM_DTYPE=bf16"
+  echo "All flags: python -m normbt_plugin.train_rm --help"
+  exit 0
+fi
+
+LOSS=${LOSS:-normbt}                    # any registered loss: normbt bt margin label_smoothing center ...
+MODEL=${MODEL:?set MODEL to an SFT model path or hub name}
+DATASET=${DATASET:?set DATASET to preference data (chosen/rejected)}
+EVAL_DATASET=${EVAL_DATASET:-}          # held-out pairs (default: OpenRLHF's first 1% of DATASET)
+OUT=${OUT:-runs/rm-$LOSS}
+NPROC=${NPROC:-1}                       # GPUs (or CPU ranks) on this node
+ZERO=${ZERO:-2}
+MICRO_BS=${MICRO_BS:-4}
+BS=${BS:-16}
+EPOCHS=${EPOCHS:-1}
+LR=${LR:-2e-3}
+MAX_LEN=${MAX_LEN:-64}
+ATTN=${ATTN:-sdpa}                      # flash_attention_2 on GPU nodes with flash-attn
+PROMPT_KEY=${PROMPT_KEY:-prompt}
+SEED=${SEED:-42}
+PARAM_DTYPE=${PARAM_DTYPE:-bf16}
+
+args=(
+  --model.model_name_or_path "$MODEL"
+  --model.loss_type "$LOSS"
+  --data.dataset "$DATASET"
+  --data.max_len "$MAX_LEN"
+  --ds.zero_stage "$ZERO"
+  --ds.param_dtype "$PARAM_DTYPE"
+  --ds.attn_implementation "$ATTN"
+  --train.micro_batch_size "$MICRO_BS"
+  --train.batch_size "$BS"
+  --train.max_epochs "$EPOCHS"
+  --train.seed "$SEED"
+  --adam.lr "$LR"
+  --ckpt.output_dir "$OUT/model"
+  --ckpt.path "$OUT/ckpt"
+  --logger.tensorboard_dir "$OUT/tensorboard"
+  --plugin.metrics_dir "$OUT/metrics"
+)
+[[ -n "$PROMPT_KEY" ]] && args+=(--data.prompt_key "$PROMPT_KEY")
+[[ -n "$EVAL_DATASET" ]] && args+=(--eval.dataset "$EVAL_DATASET")
+
+mkdir -p "$OUT"
+rm -f "$OUT"/metrics/*.jsonl
+echo "rm.sh: loss=$LOSS model=$MODEL ranks=$NPROC zero=$ZERO -> $OUT"
+if (( NPROC > 1 )); then
+  deepspeed --num_gpus "$NPROC" --module normbt_plugin.train_rm "${args[@]}" "$@"
+else
+  python -m normbt_plugin.train_rm "${args[@]}" "$@"
+fi
