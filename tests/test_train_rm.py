@@ -105,6 +105,10 @@ def test_resume_continues_exactly(run_train_rm):
         assert res["loss_state"]["steps"] == ref["loss_state"]["steps"]
         assert res["loss_mean"] == pytest.approx(ref["loss_mean"], rel=1e-3, abs=1e-3)
 
+    other = run_train_rm(*flags, "--ckpt.load_enable", loss="bt", name="resumed")
+    assert other.returncode != 0
+    assert "trained with loss 'normbt', this run asks for 'bt'" in other.output
+
 
 # ------------------------------------------------------------------ configurations
 

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up a CPU environment (if needed) and run the whole test suite: lint, then pytest through
+# the real OpenRLHF, DeepSpeed and launcher on tiny models. About 10 minutes on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-cpu.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/python -m pytest -p no:cacheprovider --timeout 900 "$@"
