@@ -235,6 +235,11 @@ def test_unknown_loss_name_fails_at_start_with_the_registered_names(run_train_rm
     assert not run.metrics_dir.exists()
 
 
+def test_ring_attention_is_refused_at_start(run_train_rm):
+    run = run_train_rm("--ds.ring_attn_size", "2", "--ds.packing_samples")
+    assert run.returncode == 2 and "does not support ring attention" in run.output
+
+
 def test_missing_dataset_key_is_named(run_train_rm):
     run = run_train_rm("--data.chosen_key", "answer")
     assert run.returncode != 0

@@ -74,6 +74,20 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
             )
 
 
+def check_plugin_arguments(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
+    """Refuse, before anything starts, what the plugin cannot do."""
+    try:
+        resolve_loss_name(getattr(parsed, "model.loss_type"))
+    except KeyError as exc:
+        parser.error(f"argument {LOSS_FLAG}: {exc.args[0]}")
+    if getattr(parsed, "ds.ring_attn_size", 1) > 1:
+        parser.error(
+            "argument --ds.ring_attn_size: normbt-plugin does not support ring attention: it "
+            "splits each sequence across ranks, so no rank holds the last-token hidden state "
+            "the losses and the distance-bin eval read. Use --ds.ring_attn_size 1."
+        )
+
+
 @contextlib.contextmanager
 def extended_parser() -> Iterator[None]:
     """While active, parsers owning ``--model.loss_type`` take and check the plugin's flags."""
@@ -85,10 +99,7 @@ def extended_parser() -> Iterator[None]:
             add_plugin_arguments(self)
         parsed = original(self, args, namespace)
         if getattr(self, "_normbt", False):
-            try:
-                resolve_loss_name(getattr(parsed, "model.loss_type"))
-            except KeyError as exc:
-                self.error(f"argument {LOSS_FLAG}: {exc.args[0]}")
+            check_plugin_arguments(self, parsed)
         return parsed
 
     argparse.ArgumentParser.parse_args = parse_args

@@ -101,13 +101,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
 
     def __init__(self, *args, loss: str = "sigmoid", **kwargs) -> None:
         super().__init__(*args, loss=loss, **kwargs)
-        strategy = self.strategy
-        if strategy.ring_attn_size > 1:
-            raise SystemExit(
-                "normbt-plugin: ring attention (--ds.ring_attn_size > 1) splits each sequence "
-                "across ranks, so no rank holds the whole last-token hidden state the plugin "
-                "reads. Use --ds.ring_attn_size 1."
-            )
+        strategy = self.strategy  # ring attention is refused by the parser (cli_options)
         dp_group = strategy.ds_device_mesh["dp"].get_group() if dist.is_initialized() else None
         self.loss_name, self.plugin_loss = build_loss_from_args(self.args, dp_group)
         if self.plugin_loss.uses_margin and not self.margin_loss:
