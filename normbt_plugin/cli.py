@@ -84,47 +84,48 @@ def losses() -> int:
     return 0
 
 
-def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def compare(args: argparse.Namespace) -> int:
+    from normbt_plugin.compare import build_report
+    from normbt_plugin.evaluation import EvalInputError
+
+    try:
+        report = build_report(args.runs, args.out, baseline=args.baseline, eval_name=args.eval_name)
+    except EvalInputError as exc:
+        print(f"normbt compare: {exc}", file=sys.stderr)
+        return 2
+    print(report.read_text())
+    print(f"wrote {report} and its plots")
+    return 0
 
 
-def summarize(runs: list[str]) -> int:
-    """Side-by-side table of runs written with ``--plugin.metrics_dir RUN/metrics``."""
-    columns, rows = [], {}
-    for run in runs:
-        metrics = Path(run) / "metrics"
-        train, evals = _read_jsonl(metrics / "train_rank0.jsonl"), _read_jsonl(metrics / "eval.jsonl")
-        if not train and not evals:
-            print(f"normbt summarize: no metrics in {metrics} (train with --plugin.metrics_dir)")
-            return 1
-        columns.append(Path(run).name)
-        col = {}
-        if evals:
-            col["eval accuracy"] = evals[-1]["acc"]
-            bins = evals[-1]["distance_bins"]
-            for i, b in enumerate(bins):
-                label = "closest" if i == 0 else "farthest" if i == len(bins) - 1 else ""
-                col[f"eval acc, distance bin {i} {label}".rstrip()] = b["acc"]
-        if train:
-            last = train[-1]
-            col["train steps"] = last["step"]
-            col["train acc (last step)"] = last.get("acc_mean")
-            col["train loss (last step)"] = last.get("loss_mean")
-            for key in ("normbt_base_loss", "normbt_mu", "normbt_weight_mean", "normbt_weight_max"):
-                if key in last:
-                    col[key.replace("normbt_", "normbt ")] = last[key]
-        for key, value in col.items():
-            rows.setdefault(key, {})[columns[-1]] = value
-    width = max(len(k) for k in rows)
-    cell = max(12, *(len(c) for c in columns))
-    print(f"{'':<{width}}  " + "  ".join(f"{c:>{cell}}" for c in columns))
-    for key, values in rows.items():
-        cells = []
-        for c in columns:
-            v = values.get(c)
-            text = "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
-            cells.append(f"{text:>{cell}}")
-        print(f"{key:<{width}}  " + "  ".join(cells))
+def eval_rm(args: argparse.Namespace) -> int:
+    from normbt_plugin.evaluation import (
+        EvalInputError,
+        RewardScorer,
+        evaluate_pairs,
+        format_report,
+        load_pairs,
+    )
+
+    try:
+        pairs = load_pairs(
+            args.data, args.format, prompt_key=args.prompt_key, chosen_key=args.chosen_key,
+            rejected_key=args.rejected_key, subset_key=args.subset_key, split=args.split,
+        )  # fmt: skip
+        scorer = RewardScorer(
+            args.model, loader=args.loader, batch_size=args.batch_size, max_len=args.max_len,
+            apply_chat_template=args.apply_chat_template, dtype=args.dtype,
+        )  # fmt: skip
+    except EvalInputError as exc:
+        print(f"normbt eval-rm: {exc}", file=sys.stderr)
+        return 2
+    result = evaluate_pairs(scorer, pairs, n_bins=args.bins)
+    result.update(model=args.model, data=args.data)
+    print(format_report(result))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
     return 0
 
 
@@ -133,11 +134,32 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("doctor", help="versions, active patches, GPU / flash-attn / vLLM usability")
     sub.add_parser("losses", help="registered losses and their options")
-    summary = sub.add_parser("summarize", help="reward-model runs side by side")
-    summary.add_argument("runs", nargs="+", help="run folders (each with metrics/ inside)")
+    cmp = sub.add_parser("compare", help="runs (losses x seeds) into a Markdown report with plots")
+    cmp.add_argument("runs", nargs="+", help="run folders (metrics/, tensorboard/, eval.json)")
+    cmp.add_argument("--out", required=True, help="report folder (report.md, PNGs, summary.json)")
+    cmp.add_argument("--baseline", default="bt", help="loss the others are compared with")
+    cmp.add_argument("--eval_name", default="eval.json", help="eval-rm result file in each run")
+    ev = sub.add_parser("eval-rm", help="score a reward model on preference data")
+    ev.add_argument("--model", required=True, help="OpenRLHF RM checkpoint or HF seq-cls RM")
+    ev.add_argument("--data", required=True, help="local .jsonl/.json/.parquet or a dataset name")
+    ev.add_argument("--format", choices=["auto", "pairs", "rewardbench", "rmbench"], default="auto")
+    ev.add_argument("--split", default="train", help="dataset split (for dataset names)")
+    ev.add_argument("--prompt_key", default="prompt")
+    ev.add_argument("--chosen_key", default="chosen")
+    ev.add_argument("--rejected_key", default="rejected")
+    ev.add_argument("--subset_key", default=None, help="group accuracy by this column")
+    ev.add_argument("--loader", choices=["auto", "openrlhf", "hf"], default="auto")
+    ev.add_argument("--batch_size", type=int, default=16)
+    ev.add_argument("--max_len", type=int, default=1024)
+    ev.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    ev.add_argument("--apply_chat_template", action="store_true")
+    ev.add_argument("--bins", type=int, default=5, help="distance quantile bins (0: off)")
+    ev.add_argument("--out", help="write the full result (per-pair scores included) as JSON")
     args = parser.parse_args(argv)
-    if args.command == "summarize":
-        sys.exit(summarize(args.runs))
+    if args.command == "eval-rm":
+        sys.exit(eval_rm(args))
+    if args.command == "compare":
+        sys.exit(compare(args))
     sys.exit({"doctor": doctor, "losses": losses}[args.command]())
 
 

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Compare reward-model losses: train one RM per loss and seed, then print them side by side.
+# Compare reward-model losses: train one RM per loss and seed, evaluate each on held-out pairs
+# (normbt eval-rm), then write one report with intervals and plots (normbt compare).
 #   bash recipes/compare.sh                         # the tiny CPU default (recipes/configs/tiny-cpu.env)
 #   CONFIG=recipes/configs/<your>.env LOSSES="bt normbt" SEEDS="1 2 3" bash recipes/compare.sh
 # Downstream PPO with vLLM rollouts and policy evaluation are not part of this recipe yet.
@@ -9,7 +10,8 @@ cd "$(dirname "$0")/.."
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   sed -n '2,5p' "$0"; echo
   echo "Environment (defaults): CONFIG=recipes/configs/tiny-cpu.env LOSSES='bt normbt' SEEDS=1"
-  echo "  RUN_DIR=runs/compare, plus every variable of recipes/rm.sh"
+  echo "  RUN_DIR=runs/compare BASELINE=bt SUBSET_KEY (group eval accuracy by a column),"
+  echo "  plus every variable of recipes/rm.sh"
   exit 0
 fi
 
@@ -17,6 +19,7 @@ CONFIG=${CONFIG:-recipes/configs/tiny-cpu.env}
 LOSSES=${LOSSES:-bt normbt}
 SEEDS=${SEEDS:-1}
 RUN_DIR=${RUN_DIR:-runs/compare}
+BASELINE=${BASELINE:-bt}
 # shellcheck source=/dev/null
 source "$CONFIG"
 export NPROC ZERO MICRO_BS BS EPOCHS LR MAX_LEN ATTN PROMPT_KEY
@@ -35,9 +38,13 @@ for seed in $SEEDS; do
     LOSS=$loss SEED=$seed OUT=$out bash recipes/rm.sh > "$out.log" 2>&1 \
       || { echo "compare.sh: $loss seed $seed failed, see $out.log" >&2; tail -20 "$out.log" >&2; exit 1; }
     echo "compare.sh: trained $loss (seed $seed) in $out"
+    normbt eval-rm --model "$out/model" --data "${EVAL_DATASET:?set EVAL_DATASET}" \
+      --max_len "$MAX_LEN" ${SUBSET_KEY:+--subset_key "$SUBSET_KEY"} --out "$out/eval.json" \
+      > "$out.eval.log" 2>&1 \
+      || { echo "compare.sh: eval of $out failed, see $out.eval.log" >&2; tail -20 "$out.eval.log" >&2; exit 1; }
     runs+=("$out")
   done
 done
 
-normbt summarize "${runs[@]}"
+normbt compare "${runs[@]}" --out "$RUN_DIR/report" --baseline "$BASELINE"
 echo "compare.sh: downstream PPO + policy evaluation are not in this recipe yet (reward models only)."

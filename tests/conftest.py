@@ -104,3 +104,24 @@ def run_train_rm(tiny, tmp_path):
         return train_rm(tiny, tmp_path / name, *flags, **kwargs)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def trained_pair(tiny, tmp_path_factory):
+    """Two small real runs (bt, normbt), each evaluated with ``normbt eval-rm``."""
+    root = tmp_path_factory.mktemp("trained")
+    runs = {}
+    for loss in ("bt", "normbt"):
+        run = train_rm(
+            tiny, root / f"rm-{loss}", "--ds.zero_stage", "2", "--logger.tensorboard_dir",
+            str(root / f"rm-{loss}" / "tensorboard"), loss=loss,
+        )  # fmt: skip
+        assert run.returncode == 0, run.output[-3000:]
+        proc = subprocess.run(
+            [str(BIN / "normbt"), "eval-rm", "--model", str(run.out_dir), "--data", str(tiny["test"]),
+             "--subset_key", "kind", "--out", str(root / f"rm-{loss}" / "eval.json")],
+            capture_output=True, text=True, timeout=300, check=False,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        runs[loss] = root / f"rm-{loss}"
+    return runs

@@ -42,9 +42,9 @@ def test_losses_command_lists_options():
     assert proc.returncode == 0 and "--normbt.beta (default 0.9)" in proc.stdout
 
 
-def test_summarize_without_metrics_is_a_clear_error(tmp_path):
-    proc = run(str(BIN / "normbt"), "summarize", str(tmp_path))
-    assert proc.returncode == 1 and "--plugin.metrics_dir" in proc.stdout
+def test_compare_without_metrics_is_a_clear_error(tmp_path):
+    proc = run(str(BIN / "normbt"), "compare", str(tmp_path), "--out", str(tmp_path / "report"))
+    assert proc.returncode == 2 and "--plugin.metrics_dir" in proc.stderr
 
 
 @pytest.mark.parametrize("script", ["rm.sh", "compare.sh"])

@@ -155,7 +155,7 @@ def test_eos_hidden_states_packed_equal_padded(openrlhf_patched, tiny):
     from openrlhf.models import get_llm_for_sequence_regression
     from transformers import AutoTokenizer
 
-    from normbt_plugin.patches.openrlhf_0_11_2.registered_loss import eos_hidden_states
+    from normbt_plugin.hidden import eos_hidden_states
 
     tokenizer = AutoTokenizer.from_pretrained(tiny["model"])
     tokenizer.padding_side = "left"
@@ -187,7 +187,7 @@ def test_gradient_property_on_the_real_reward_model(openrlhf_patched, tiny):
     from openrlhf.models import get_llm_for_sequence_regression
     from transformers import AutoTokenizer
 
-    from normbt_plugin.patches.openrlhf_0_11_2.registered_loss import eos_hidden_states
+    from normbt_plugin.hidden import eos_hidden_states
 
     tokenizer = AutoTokenizer.from_pretrained(tiny["model"])
     tokenizer.padding_side = "left"

@@ -29,6 +29,7 @@ import torch.distributed as dist
 from openrlhf.trainer import rm_trainer
 from openrlhf.utils.deepspeed import deepspeed as ds_strategy
 
+from normbt_plugin.hidden import eos_hidden_states
 from normbt_plugin.losses import PairwiseLoss, loss_spec, pair_distance
 
 NAME = "registered_loss"
@@ -38,22 +39,6 @@ _UpstreamTrainer = rm_trainer.RewardModelTrainer
 
 def needed() -> bool:
     return True
-
-
-def eos_hidden_states(
-    last_hidden_state: torch.Tensor, attention_mask: torch.Tensor, packed: bool
-) -> torch.Tensor:
-    """Hidden state at the token the reward is read from, ``[N, H]`` for N sequences.
-
-    Padded ``(N, L, H)``: OpenRLHF's ``eos = L - 1 - mask.fliplr().argmax(1)``. Packed
-    ``(1, nnz, H)`` (``--ds.packing_samples``): sequences are concatenated in row order without
-    padding, so sequence i ends at ``cumsum(lengths)[i] - 1``.
-    """
-    if packed:
-        ends = attention_mask.long().sum(dim=1).cumsum(0) - 1
-        return last_hidden_state[0, ends]
-    eos = attention_mask.size(1) - 1 - attention_mask.long().fliplr().argmax(dim=1)
-    return last_hidden_state[torch.arange(len(eos), device=eos.device), eos]
 
 
 def build_loss_from_args(args: Any, process_group: Any = None) -> tuple[str, PairwiseLoss]:
@@ -131,6 +116,24 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
                 self.plugin_loss.load_state_dict(state["state"])
                 strategy.print(f"normbt-plugin: restored {self.loss_name} state {state['state']}")
         strategy.print(f"normbt-plugin: loss {self.loss_name} ({type(self.plugin_loss).__name__})")
+        self._write_run_meta()
+
+    def _write_run_meta(self) -> None:
+        """``--plugin.metrics_dir``: which loss, options and seed made this run (for compare)."""
+        out_dir = self.args.plugin.metrics_dir
+        if not out_dir or not self.strategy.is_rank_0():
+            return
+        os.makedirs(out_dir, exist_ok=True)
+        spec_options = getattr(self.args, self.loss_name, None)
+        meta = {
+            "loss": self.loss_name,
+            "options": vars(spec_options) if spec_options is not None else {},
+            "seed": self.args.train.seed,
+            "model": self.args.model.model_name_or_path,
+            "dataset": self.args.data.dataset,
+        }
+        with open(os.path.join(out_dir, "meta.json"), "w") as f:
+            json.dump(meta, f, indent=1, default=str)
 
     def in_training(self) -> bool:
         # DeepSpeedEngine.eval() switches its module but leaves engine.training True

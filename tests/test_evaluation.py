@@ -1,0 +1,187 @@
+"""normbt eval-rm and normbt compare: metrics on hand-made inputs, statistics, real runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from normbt_plugin.compare import bootstrap_ci, build_report, paired_difference
+from normbt_plugin.evaluation import (
+    REWARDBENCH_COUNTS,
+    REWARDBENCH_SECTIONS,
+    EvalInputError,
+    RewardScorer,
+    accuracy,
+    distance_bins,
+    load_pairs,
+    rewardbench_sections,
+    rmbench_matrix,
+)
+
+BIN = Path(sys.executable).parent
+
+
+# ------------------------------------------------------------------ metrics with known answers
+
+
+def test_rewardbench_sections_weighting():
+    per_subset = {s: 1.0 for subsets in REWARDBENCH_SECTIONS.values() for s in subsets}
+    per_subset["math-prm"] = 0.0  # 447 pairs counted as 984: math weighs as much as all code
+    per_subset["alpacaeval-easy"] = 0.0
+    result = rewardbench_sections(per_subset)
+    assert result["sections"]["Reasoning"] == pytest.approx(0.5)
+    chat = sum(REWARDBENCH_COUNTS[s] for s in REWARDBENCH_SECTIONS["Chat"])
+    assert result["sections"]["Chat"] == pytest.approx(1 - 100 / chat)
+    assert result["sections"]["Safety"] == 1.0 and result["sections"]["Chat Hard"] == 1.0
+    assert result["overall"] == pytest.approx((0.5 + 1 - 100 / chat + 2) / 4)
+    assert result["missing_subsets"] == []
+    partial = rewardbench_sections({"hep-go": 0.25})
+    assert partial["sections"] == {"Reasoning": 0.25} and "math-prm" in partial["missing_subsets"]
+
+
+def test_rmbench_matrix_easy_normal_hard():
+    # one prompt: chosen scores rise with style (concise < detailed < markdown), rejected flat 1.5
+    chosen = np.array([[1.0, 2.0, 3.0]])
+    rejected = np.array([[1.5, 1.5, 1.5]])
+    m = rmbench_matrix(chosen, rejected)
+    assert m["matrix"] == [[0, 0, 0], [1, 1, 1], [1, 1, 1]]
+    assert m["hard"] == pytest.approx(1 / 3)  # above the diagonal: (0,1) (0,2) (1,2)
+    assert m["normal"] == pytest.approx(2 / 3)
+    assert m["easy"] == pytest.approx(1.0)  # below: (1,0) (2,0) (2,1)
+
+
+def test_accuracy_ties_and_distance_bins():
+    assert accuracy(np.array([1.0, 0.0, 2.0]), np.array([0.0, 0.0, 3.0])).tolist() == [1, 0.5, 0]
+    distance = np.arange(10, dtype=float)
+    correct = (distance >= 5).astype(float)
+    bins = distance_bins(distance, correct, 2)
+    assert [b["n"] for b in bins] == [5, 5] and [b["acc"] for b in bins] == [0.0, 1.0]
+    assert distance_bins(distance, correct, 0) == []
+
+
+def test_bootstrap_interval_covers_a_known_mean_at_about_95_percent():
+    rng = np.random.default_rng(0)
+    true_p, covered, trials = 0.7, 0, 200
+    for t in range(trials):
+        sample = (rng.random(300) < true_p).astype(float)
+        low, high = bootstrap_ci([sample], seed=t, n_resamples=1000)
+        covered += low <= true_p <= high
+    assert 0.90 <= covered / trials <= 0.99, covered / trials
+
+
+def test_paired_difference_finds_a_known_effect_and_not_a_null_one():
+    rng = np.random.default_rng(1)
+    base = (rng.random(400) < 0.6).astype(float)
+    better = base.copy()
+    flip = np.flatnonzero(base == 0)[:60]  # +0.15 on the same pairs
+    better[flip] = 1.0
+    d = paired_difference([better], [base])
+    assert d["diff"] == pytest.approx(0.15) and d["low"] > 0 and d["p_permutation"] < 0.01
+    same = paired_difference([base], [base.copy()])
+    assert same["diff"] == 0 and same["p_permutation"] > 0.5
+
+
+# ------------------------------------------------------------------ loading and bad input
+
+
+def test_load_pairs_formats_and_bad_input(tmp_path):
+    rb = tmp_path / "rb.jsonl"
+    rb.write_text(json.dumps({"prompt": "p", "chosen": "a", "rejected": "b", "subset": "hep-go"}) + "\n")
+    assert load_pairs(str(rb)).format == "rewardbench"
+    rm = tmp_path / "rm.jsonl"
+    rm.write_text(json.dumps({"prompt": "p", "chosen": ["a", "b", "c"], "rejected": ["d", "e", "f"],
+                              "domain": "math"}) + "\n")  # fmt: skip
+    pairs = load_pairs(str(rm))
+    assert pairs.format == "rmbench" and pairs.subsets == ["math"]
+    with pytest.raises(EvalInputError, match="no column 'chosen'.*--chosen_key"):
+        missing = tmp_path / "missing.jsonl"
+        missing.write_text(json.dumps({"prompt": "p", "answer": "a", "rejected": "b"}) + "\n")
+        load_pairs(str(missing))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(EvalInputError, match="empty"):
+        load_pairs(str(empty))
+
+
+def test_a_model_that_is_not_a_reward_model_is_refused(tiny):
+    with pytest.raises(EvalInputError, match="not a reward model"):
+        RewardScorer(str(tiny["model"]))  # the tiny causal LM (auto: HF loader)
+    with pytest.raises(EvalInputError, match="no value head 'score.weight'"):
+        RewardScorer(str(tiny["model"]), loader="openrlhf")
+    with pytest.raises(EvalInputError, match="not a model folder"):
+        RewardScorer(str(tiny["train"].parent / "nothing-here"))
+
+
+# ------------------------------------------------------------------ real runs
+
+
+@pytest.mark.slow
+def test_openrlhf_and_hf_scoring_agree(trained_pair, tiny):
+    """Parity: OpenRLHF's loader and AutoModelForSequenceClassification score the same pairs alike."""
+    model = trained_pair["normbt"] / "out"
+    pairs = load_pairs(str(tiny["test"]))
+    texts = [p + c for p, c in zip(pairs.prompts, pairs.chosen, strict=True)][:32]
+    scores = {}
+    for loader in ("openrlhf", "hf"):
+        scorer = RewardScorer(str(model), loader=loader, batch_size=8)
+        scores[loader] = scorer.score([scorer.format("", t) for t in texts])
+    np.testing.assert_allclose(scores["openrlhf"][0], scores["hf"][0], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(scores["openrlhf"][1], scores["hf"][1], rtol=1e-4, atol=1e-4)
+    assert np.std(scores["hf"][0]) > 0
+
+
+@pytest.mark.slow
+def test_eval_rm_rewardbench_format_end_to_end(trained_pair, tiny, tmp_path):
+    rows = [json.loads(line) for line in open(tiny["test"])][:40]
+    names = ["math-prm", "hep-python", "alpacaeval-easy", "donotanswer"]
+    data = tmp_path / "rb.jsonl"
+    data.write_text("".join(json.dumps({**r, "subset": names[i % 4]}) + "\n" for i, r in enumerate(rows)))
+    out = tmp_path / "eval.json"
+    proc = subprocess.run(
+        [str(BIN / "normbt"), "eval-rm", "--model", str(trained_pair["bt"] / "out"), "--data", str(data),
+         "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    per = result["per_subset"]
+    reasoning = (per["math-prm"] * 984 + per["hep-python"] * 164) / (984 + 164)
+    assert result["rewardbench"]["sections"]["Reasoning"] == pytest.approx(reasoning)
+    assert "Reasoning" in proc.stdout and "distance quantile bin" in proc.stdout
+    correct = np.asarray(result["per_pair"]["correct"])
+    assert result["accuracy"] == pytest.approx(correct.mean())
+
+
+@pytest.mark.slow
+def test_compare_report_from_two_real_runs(trained_pair, tmp_path):
+    import matplotlib.image
+
+    report = build_report([str(p) for p in trained_pair.values()], str(tmp_path / "report"))
+    text = report.read_text()
+    assert "| bt | 1 |" in text and "| normbt | 1 |" in text and "fine" in text
+    for name in ("accuracy_per_subset.png", "accuracy_by_distance.png", "training_curves.png"):
+        png = tmp_path / "report" / name
+        assert png.stat().st_size > 5000 and f"![{name}]" in text
+        pixels = matplotlib.image.imread(png)
+        assert pixels.std() > 0.01  # something was drawn
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    assert (
+        "vs_baseline" in summary["normbt"]
+        and summary["normbt"]["vs_baseline"]["low"] <= summary["normbt"]["vs_baseline"]["diff"]
+    )
+
+
+def test_compare_refuses_runs_on_different_pairs(trained_pair, tmp_path):
+    other = tmp_path / "other"
+    (other / "metrics").mkdir(parents=True)
+    (other / "metrics" / "meta.json").write_text(json.dumps({"loss": "center", "seed": 1}))
+    result = json.loads((trained_pair["bt"] / "eval.json").read_text())
+    result["per_pair"]["correct"] = result["per_pair"]["correct"][:5]
+    (other / "eval.json").write_text(json.dumps(result))
+    with pytest.raises(EvalInputError, match="different pair sets"):
+        build_report([str(trained_pair["bt"]), str(other)], str(tmp_path / "r"))
