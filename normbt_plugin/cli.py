@@ -84,6 +84,28 @@ def losses() -> int:
     return 0
 
 
+def diagnose(args: argparse.Namespace) -> int:
+    from normbt_plugin.diagnostics import diagnose as run
+    from normbt_plugin.evaluation import EvalInputError
+
+    try:
+        summary = run(
+            args.model,
+            args.data,
+            args.out,
+            pairs=args.pairs,
+            mu=args.mu,
+            input_template=args.input_template,
+            max_len=args.max_len,
+        )
+    except EvalInputError as exc:
+        print(f"normbt diagnose: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=1))
+    print(f"wrote {args.out}/gradient_vs_distance.png and gradients.json")
+    return 0
+
+
 def compare(args: argparse.Namespace) -> int:
     from normbt_plugin.compare import build_report
     from normbt_plugin.evaluation import EvalInputError
@@ -114,7 +136,8 @@ def eval_rm(args: argparse.Namespace) -> int:
         )  # fmt: skip
         scorer = RewardScorer(
             args.model, loader=args.loader, batch_size=args.batch_size, max_len=args.max_len,
-            apply_chat_template=args.apply_chat_template, dtype=args.dtype,
+            apply_chat_template=args.apply_chat_template, input_template=args.input_template,
+            dtype=args.dtype,
         )  # fmt: skip
     except EvalInputError as exc:
         print(f"normbt eval-rm: {exc}", file=sys.stderr)
@@ -153,9 +176,20 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--max_len", type=int, default=1024)
     ev.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     ev.add_argument("--apply_chat_template", action="store_true")
+    ev.add_argument("--input_template", help="as train_rm's --data.input_template, e.g. '[CLS]{}'")
     ev.add_argument("--bins", type=int, default=5, help="distance quantile bins (0: off)")
     ev.add_argument("--out", help="write the full result (per-pair scores included) as JSON")
+    dg = sub.add_parser("diagnose", help="per-pair gradient norm vs distance, BT and NormBT")
+    dg.add_argument("--model", required=True)
+    dg.add_argument("--data", required=True)
+    dg.add_argument("--out", required=True)
+    dg.add_argument("--pairs", type=int, default=128)
+    dg.add_argument("--mu", type=float, default=None, help="NormBT's mu (default: mean distance)")
+    dg.add_argument("--input_template", default=None)
+    dg.add_argument("--max_len", type=int, default=512)
     args = parser.parse_args(argv)
+    if args.command == "diagnose":
+        sys.exit(diagnose(args))
     if args.command == "eval-rm":
         sys.exit(eval_rm(args))
     if args.command == "compare":

@@ -50,7 +50,8 @@ def load_runs(paths: list[str], eval_name: str = "eval.json") -> list[Run]:
         meta = json.loads(meta_path.read_text())
         train_path = folder / "metrics" / "train_rank0.jsonl"
         train = [json.loads(x) for x in train_path.read_text().splitlines()] if train_path.exists() else []
-        runs.append(Run(folder, meta["loss"], int(meta["seed"]), json.loads(eval_path.read_text()), train))
+        label = meta.get("label") or meta["loss"]  # a variant's name (--plugin.label), else the loss
+        runs.append(Run(folder, label, int(meta["seed"]), json.loads(eval_path.read_text()), train))
     sizes = {len(r.correct) for r in runs}
     if len(sizes) != 1:
         raise EvalInputError(f"runs were evaluated on different pair sets (sizes {sorted(sizes)})")

@@ -163,6 +163,7 @@ class RewardScorer:
         batch_size: int = 16,
         max_len: int = 1024,
         apply_chat_template: bool = False,
+        input_template: str | None = None,
         device: str | None = None,
         dtype: str = "float32",
     ) -> None:
@@ -171,6 +172,9 @@ class RewardScorer:
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size, self.max_len = batch_size, max_len
         self.apply_chat_template = apply_chat_template
+        if input_template is not None and "{}" not in input_template:
+            raise EvalInputError(f"--input_template needs a '{{}}' for the prompt, got {input_template!r}")
+        self.input_template = input_template
         try:
             config = AutoConfig.from_pretrained(model_path)
         except (OSError, ValueError) as exc:
@@ -212,7 +216,9 @@ class RewardScorer:
         if self.apply_chat_template:
             messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
             return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        # OpenRLHF's RewardDataset: prompt + response, trailing newline stripped, then EOS
+        # OpenRLHF's RewardDataset: templated prompt + response, trailing newline stripped, EOS
+        if self.input_template:
+            prompt = self.input_template.format(prompt)
         text = (prompt + response).rstrip("\n")
         eos = self.tokenizer.eos_token
         return text if text.endswith(eos) else f"{text} {eos}"

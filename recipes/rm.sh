@@ -9,7 +9,7 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   sed -n '2,5p' "$0"; echo
   echo "Environment (defaults): LOSS=normbt MODEL DATASET EVAL_DATASET OUT NPROC=1 ZERO=2"
   echo "  MICRO_BS=4 BS=16 EPOCHS=1 LR=2e-3 MAX_LEN=64 ATTN=sdpa PROMPT_KEY=prompt SEED=42"
-  echo "  PARAM_DTYPE=bf16"
+  echo "  PARAM_DTYPE=bf16 INPUT_TEMPLATE LABEL=\$LOSS"
   echo "All flags: python -m normbt_plugin.train_rm --help"
   exit 0
 fi
@@ -30,6 +30,8 @@ ATTN=${ATTN:-sdpa}                      # flash_attention_2 on GPU nodes with fl
 PROMPT_KEY=${PROMPT_KEY:-prompt}
 SEED=${SEED:-42}
 PARAM_DTYPE=${PARAM_DTYPE:-bf16}
+INPUT_TEMPLATE=${INPUT_TEMPLATE:-}      # e.g. '[CLS]{}' for BERT-style encoders
+LABEL=${LABEL:-$LOSS}                   # the run's name in reports
 
 args=(
   --model.model_name_or_path "$MODEL"
@@ -48,9 +50,11 @@ args=(
   --ckpt.path "$OUT/ckpt"
   --logger.tensorboard_dir "$OUT/tensorboard"
   --plugin.metrics_dir "$OUT/metrics"
+  --plugin.label "$LABEL"
 )
 [[ -n "$PROMPT_KEY" ]] && args+=(--data.prompt_key "$PROMPT_KEY")
 [[ -n "$EVAL_DATASET" ]] && args+=(--eval.dataset "$EVAL_DATASET")
+[[ -n "$INPUT_TEMPLATE" ]] && args+=(--data.input_template "$INPUT_TEMPLATE")
 
 mkdir -p "$OUT"
 rm -f "$OUT"/metrics/*.jsonl

@@ -185,3 +185,16 @@ def test_compare_refuses_runs_on_different_pairs(trained_pair, tmp_path):
     (other / "eval.json").write_text(json.dumps(result))
     with pytest.raises(EvalInputError, match="different pair sets"):
         build_report([str(trained_pair["bt"]), str(other)], str(tmp_path / "r"))
+
+
+@pytest.mark.slow
+def test_gradient_diagnostic_on_a_real_run(trained_pair, tiny, tmp_path):
+    from normbt_plugin.diagnostics import diagnose
+
+    summary = diagnose(str(trained_pair["bt"] / "out"), str(tiny["test"]), str(tmp_path), pairs=24)
+    result = json.loads((tmp_path / "gradients.json").read_text())["per_pair"]
+    bt, nb, dist = (np.asarray(result[k]) for k in ("bt_grad", "normbt_grad", "distance"))
+    weight = summary["mu"] / (dist + 1e-6 * summary["mu"])
+    np.testing.assert_allclose(nb, weight * bt, rtol=1e-9)  # detached weight times BT's gradient
+    assert summary["spearman"]["bt_grad"]["all"] > summary["spearman"]["normbt_grad"]["all"]
+    assert (tmp_path / "gradient_vs_distance.png").stat().st_size > 5000

@@ -51,6 +51,12 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
         help="also write each step's metrics per rank as JSON lines into this folder",
     )
     group.add_argument(
+        "--plugin.label",
+        type=str,
+        default=None,
+        help="name of this run's variant in reports (default: the loss name)",
+    )
+    group.add_argument(
         "--plugin.stop_after_steps",
         type=int,
         default=0,

@@ -126,7 +126,9 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
         os.makedirs(out_dir, exist_ok=True)
         spec_options = getattr(self.args, self.loss_name, None)
         meta = {
+            "label": self.args.plugin.label or self.loss_name,
             "loss": self.loss_name,
+            "max_norm": self.args.max_norm,
             "options": vars(spec_options) if spec_options is not None else {},
             "seed": self.args.train.seed,
             "model": self.args.model.model_name_or_path,

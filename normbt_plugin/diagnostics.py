@@ -1,0 +1,131 @@
+"""The paper's gradient diagnostic on a trained reward model: per-pair gradient norm (all
+parameters, one backward pass per pair) against the representation distance, binned by
+prediction error, under BT and under NormBT.
+
+NormBT multiplies a pair's loss by a detached weight, so its per-pair gradient is exactly
+``w_i`` times BT's: one backward pass per pair serves both.
+
+    normbt diagnose --model ckpt/rm --data test.jsonl --pairs 128 --out diag/
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from normbt_plugin.evaluation import RewardScorer, load_pairs
+from normbt_plugin.hidden import eos_hidden_states
+
+
+def per_pair_gradients(scorer: RewardScorer, prompts, chosen, rejected) -> dict[str, np.ndarray]:
+    """BT per-pair gradient norm over every trainable parameter, distance, prediction error."""
+    model = scorer.model.train(False)
+    params = [p for p in model.parameters() if p.requires_grad]
+    grad_norm, distance, error = [], [], []
+    for prompt, c, r in zip(prompts, chosen, rejected, strict=True):
+        batch = scorer.tokenizer(
+            [scorer.format(prompt, c), scorer.format(prompt, r)],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=scorer.max_len,
+            add_special_tokens=False,
+        ).to(scorer.device)
+        if scorer.loader == "openrlhf":
+            reward, output = model(batch.input_ids, attention_mask=batch.attention_mask, return_output=True)
+            last = output["last_hidden_state"]
+        else:
+            output = model(**batch, output_hidden_states=True)
+            reward, last = output.logits.squeeze(-1), output.hidden_states[-1]
+        hidden = eos_hidden_states(last, batch.attention_mask, packed=False).detach().float()
+        d = reward[0] - reward[1]
+        grads = torch.autograd.grad(-F.logsigmoid(d), params, allow_unused=True)
+        grad_norm.append(float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))))
+        distance.append(float(torch.linalg.vector_norm(hidden[0] - hidden[1])))
+        error.append(float(1 - torch.sigmoid(d.detach().float())))
+    return {"bt_grad": np.array(grad_norm), "distance": np.array(distance), "error": np.array(error)}
+
+
+def diagnose(
+    model: str,
+    data: str,
+    out: str,
+    *,
+    pairs: int = 128,
+    mu: float | None = None,
+    eps: float = 1e-6,
+    input_template: str | None = None,
+    max_len: int = 512,
+    seed: int = 0,
+) -> dict:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    data_pairs = load_pairs(data)
+    rng = np.random.default_rng(seed)
+    index = rng.choice(len(data_pairs), size=min(pairs, len(data_pairs)), replace=False)
+    scorer = RewardScorer(model, loader="auto", max_len=max_len, input_template=input_template)
+    res = per_pair_gradients(
+        scorer,
+        [data_pairs.prompts[i] for i in index],
+        [data_pairs.chosen[i] for i in index],
+        [data_pairs.rejected[i] for i in index],
+    )
+    mu = float(np.mean(res["distance"])) if mu is None else mu
+    weight = mu / (res["distance"] + eps * mu)
+    res["normbt_grad"] = weight * res["bt_grad"]
+    kinds = np.asarray(data_pairs.subsets)[index] if data_pairs.subsets else None
+
+    # prediction-error bins (terciles of |sigmoid(d) - 1|), correlation with distance within each
+    edges = np.quantile(res["error"], [0, 1 / 3, 2 / 3, 1])
+    err_bin = np.clip(np.searchsorted(edges[1:-1], res["error"], side="right"), 0, 2)
+    summary: dict = {"pairs": int(len(index)), "mu": mu, "error_bin_edges": edges.tolist(), "spearman": {}}
+    for name in ("bt_grad", "normbt_grad"):
+        overall = stats.spearmanr(res["distance"], res[name])
+        summary["spearman"][name] = {"all": float(overall.statistic)}
+        for b in range(3):
+            sel = err_bin == b
+            if sel.sum() > 3:
+                rho = stats.spearmanr(res["distance"][sel], res[name][sel]).statistic
+                summary["spearman"][name][f"error_bin{b}"] = float(rho)
+    summary["pearson_log_bt_grad_vs_log_distance"] = float(
+        stats.pearsonr(np.log(res["distance"]), np.log(res["bt_grad"])).statistic
+    )
+
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for ax, name, title in zip(axes, ("bt_grad", "normbt_grad"), ("BT", "NormBT"), strict=True):
+        for b in range(3):
+            sel = err_bin == b
+            ax.scatter(
+                res["distance"][sel],
+                res[name][sel],
+                s=14,
+                alpha=0.75,
+                label=f"|sigmoid(d)-1| in [{edges[b]:.2f}, {edges[b + 1]:.2f}]",
+            )
+        rho = summary["spearman"][name]["all"]
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="representation distance ||h_c - h_r||",
+            title=f"{title}: per-pair gradient norm (Spearman vs distance {rho:.2f})",
+        )
+    axes[0].set_ylabel("gradient norm, all parameters")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out_dir / "gradient_vs_distance.png", dpi=110)
+    plt.close(fig)
+    records = {k: v.tolist() for k, v in res.items()}
+    if kinds is not None:
+        records["subset"] = kinds.tolist()
+    (out_dir / "gradients.json").write_text(json.dumps({"summary": summary, "per_pair": records}))
+    return summary
