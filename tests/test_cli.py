@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -56,10 +57,13 @@ def test_recipes_have_help(script):
 @pytest.mark.slow
 def test_compare_recipe_tiny_default_end_to_end(tmp_path):
     """The README's main command, shortened: BT and NormBT RMs, evaluated, in one report."""
-    env = {**ENV, "RUN_DIR": str(tmp_path / "compare"), "EPOCHS": "1", "N_TRAIN": "128", "N_TEST": "64"}
+    env = {**ENV, "RUN_DIR": str(tmp_path / "compare"), "EPOCHS": "1", "N_TRAIN": "128", "N_TEST": "64",
+           "LOSSES": "bt normbt noema=normbt:--normbt.use_ema=false"}  # fmt: skip
     proc = run("bash", "recipes/compare.sh", env=env, timeout=600)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "| bt | 1 |" in proc.stdout and "| normbt | 1 |" in proc.stdout
+    assert "| bt | 1 |" in proc.stdout and "| normbt | 1 |" in proc.stdout and "| noema | 1 |" in proc.stdout
+    meta = json.loads((tmp_path / "compare" / "rm-noema-seed1" / "metrics" / "meta.json").read_text())
+    assert meta["loss"] == "normbt" and meta["options"]["use_ema"] is False
     assert "Accuracy by representation-distance quantile bin" in proc.stdout
     assert "| fine |" in proc.stdout and "| coarse |" in proc.stdout  # SUBSET_KEY=kind
     report = tmp_path / "compare" / "report"
