@@ -29,6 +29,8 @@ import tokenize
 import zlib
 from pathlib import Path
 
+import numpy as np
+
 _SWAPS: dict[type, type] = {
     ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
     ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In,
@@ -198,6 +200,29 @@ def build_stdlib_pairs(
     return card
 
 
+def backbone_distances(model_dir: str | Path, rows: list[dict], max_len: int = 128) -> list[float]:
+    """||h_c - h_r|| at the final [SEP] of the pretrained encoder (the state a reward head reads),
+    texts built as OpenRLHF builds them with ``--data.input_template '[CLS]{}'``."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.padding_side = "left"
+    model = AutoModel.from_pretrained(model_dir).eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(rows), 32):
+            chunk = rows[start : start + 32]
+            texts = [f"[CLS]{r['prompt']}{r[k]} [SEP]" for k in ("chosen", "rejected") for r in chunk]
+            batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                              max_length=max_len, add_special_tokens=False)  # fmt: skip
+            position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+            hidden = model(**batch, position_ids=position_ids).last_hidden_state[:, -1].float()
+            n = len(chunk)
+            out += torch.linalg.vector_norm(hidden[:n] - hidden[n:], dim=-1).tolist()
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="stdlib preference pairs and the MiniLM backbone")
     parser.add_argument("--out", required=True)
@@ -209,7 +234,19 @@ def main() -> None:
     card = build_stdlib_pairs(
         Path(args.out), n_train=args.n_train, n_test=args.n_test, seed=args.seed, max_chars=args.max_chars
     )
-    prepare_minilm(Path(args.out) / "minilm")
+    model_dir = prepare_minilm(Path(args.out) / "minilm")
+    test_rows = [json.loads(x) for x in (Path(args.out) / "test.jsonl").read_text().splitlines()]
+    distances = backbone_distances(model_dir, test_rows)
+    card["test_distance_quantiles_pretrained"] = {
+        kind: {
+            q: float(
+                np.quantile([d for d, r in zip(distances, test_rows, strict=True) if r["kind"] == kind], q)
+            )
+            for q in (0.1, 0.5, 0.9)
+        }
+        for kind in ("fine", "coarse")
+    }
+    (Path(args.out) / "card.json").write_text(json.dumps(card, indent=1))
     print(json.dumps(card, indent=1))
 
 
