@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from scipy import stats
 
 from normbt_plugin.evaluation import RewardScorer, load_pairs
-from normbt_plugin.hidden import eos_hidden_states
 
 
 def per_pair_gradients(scorer: RewardScorer, prompts, chosen, rejected) -> dict[str, np.ndarray]:
@@ -28,21 +27,8 @@ def per_pair_gradients(scorer: RewardScorer, prompts, chosen, rejected) -> dict[
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm, distance, error = [], [], []
     for prompt, c, r in zip(prompts, chosen, rejected, strict=True):
-        batch = scorer.tokenizer(
-            [scorer.format(prompt, c), scorer.format(prompt, r)],
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=scorer.max_len,
-            add_special_tokens=False,
-        ).to(scorer.device)
-        if scorer.loader == "openrlhf":
-            reward, output = model(batch.input_ids, attention_mask=batch.attention_mask, return_output=True)
-            last = output["last_hidden_state"]
-        else:
-            output = model(**batch, output_hidden_states=True)
-            reward, last = output.logits.squeeze(-1), output.hidden_states[-1]
-        hidden = eos_hidden_states(last, batch.attention_mask, packed=False).detach().float()
+        reward, hidden = scorer.forward([scorer.format(prompt, c), scorer.format(prompt, r)])
+        hidden = hidden.detach().float()
         d = reward[0] - reward[1]
         grads = torch.autograd.grad(-F.logsigmoid(d), params, allow_unused=True)
         grad_norm.append(float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))))

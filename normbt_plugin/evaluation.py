@@ -223,12 +223,33 @@ class RewardScorer:
         eos = self.tokenizer.eos_token
         return text if text.endswith(eos) else f"{text} {eos}"
 
+    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rewards ``[N]`` and EOS hidden states ``[N, H]`` of one batch (autograd as the caller
+        sets it)."""
+        from normbt_plugin.hidden import eos_hidden_states
+
+        batch = self.tokenizer(
+            texts,
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=self.max_len,
+            add_special_tokens=False,
+        ).to(self.device)
+        if self.loader == "openrlhf":
+            reward, output = self.model(
+                batch.input_ids, attention_mask=batch.attention_mask, return_output=True
+            )
+            last = output["last_hidden_state"]
+        else:
+            output = self.model(**batch, output_hidden_states=True)
+            reward, last = output.logits.squeeze(-1), output.hidden_states[-1]
+        return reward, eos_hidden_states(last, batch.attention_mask, packed=False)
+
     @torch.no_grad()
     def score(self, texts: list[str], progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Rewards ``[N]`` and EOS hidden states ``[N, H]``, batched by length, in input order."""
         from tqdm import tqdm
-
-        from normbt_plugin.hidden import eos_hidden_states
 
         lengths = [len(t) for t in texts]
         order = sorted(range(len(texts)), key=lambda i: lengths[i])
@@ -236,23 +257,7 @@ class RewardScorer:
         starts = range(0, len(texts), self.batch_size)
         for start in tqdm(starts, desc=progress or "scoring", disable=progress is None):
             idx = order[start : start + self.batch_size]
-            batch = self.tokenizer(
-                [texts[i] for i in idx],
-                return_tensors="pt",
-                padding=True,
-                truncation=True,
-                max_length=self.max_len,
-                add_special_tokens=False,
-            ).to(self.device)
-            if self.loader == "openrlhf":
-                reward, output = self.model(
-                    batch.input_ids, attention_mask=batch.attention_mask, return_output=True
-                )
-                last = output["last_hidden_state"]
-            else:
-                output = self.model(**batch, output_hidden_states=True)
-                reward, last = output.logits.squeeze(-1), output.hidden_states[-1]
-            h = eos_hidden_states(last, batch.attention_mask, packed=False)
+            reward, h = self.forward([texts[i] for i in idx])
             for j, i in enumerate(idx):
                 rewards[i], hidden[i] = reward[j].float().item(), h[j].float().cpu()
         return np.asarray(rewards, dtype=np.float64), torch.stack(hidden).numpy()
