@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import json
-import math
 import os
 from collections import defaultdict
 from typing import Any
@@ -29,6 +28,7 @@ import torch.distributed as dist
 from openrlhf.trainer import rm_trainer
 from openrlhf.utils.deepspeed import deepspeed as ds_strategy
 
+from normbt_plugin.evaluation import distance_bins
 from normbt_plugin.hidden import eos_hidden_states
 from normbt_plugin.losses import PairwiseLoss, loss_spec, pair_distance
 
@@ -99,7 +99,6 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
         self._metric_values: dict[str, list[float]] = defaultdict(list)
         self._eval_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.eval_distance_bins = self.args.plugin.eval_distance_bins
-        self.last_eval_bins: list[dict[str, float]] = []
 
         loaded = getattr(strategy, "normbt_loaded_client_state", None)
         if loaded is not None:
@@ -224,7 +223,6 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
         self._eval_pairs = []
         if not bins:
             return
-        self.last_eval_bins = bins
         if self.args.plugin.metrics_dir and self.strategy.is_rank_0():
             path = os.path.join(self.args.plugin.metrics_dir, "eval.jsonl")
             with open(path, "a") as f:
@@ -263,18 +261,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
             correct = torch.cat([g[1] for g in gathered])
         else:
             distances, correct = local
-        if len(distances) == 0:
-            return []
-        n_bins = min(self.eval_distance_bins, len(distances))
-        edges = torch.quantile(distances.double(), torch.linspace(0, 1, n_bins + 1, dtype=torch.float64))
-        index = torch.bucketize(distances.double(), edges[1:-1], right=True)
-        bins = []
-        for i in range(n_bins):
-            sel = index == i
-            n = int(sel.sum())
-            acc = float(correct[sel].float().mean()) if n else math.nan
-            bins.append({"lo": float(edges[i]), "hi": float(edges[i + 1]), "n": n, "acc": acc})
-        return bins
+        return distance_bins(distances.double().numpy(), correct.double().numpy(), self.eval_distance_bins)
 
 
 def _remember_client_state(load_ckpt):
