@@ -258,8 +258,9 @@ class RewardScorer:
         for start in tqdm(starts, desc=progress or "scoring", disable=progress is None):
             idx = order[start : start + self.batch_size]
             reward, h = self.forward([texts[i] for i in idx])
+            reward, h = reward.float().cpu().tolist(), h.float().cpu()  # one transfer per batch
             for j, i in enumerate(idx):
-                rewards[i], hidden[i] = reward[j].float().item(), h[j].float().cpu()
+                rewards[i], hidden[i] = reward[j], h[j]
         return np.asarray(rewards, dtype=np.float64), torch.stack(hidden).numpy()
 
 
