@@ -405,7 +405,7 @@ class NormBTLoss(PairwiseLoss):
             scale = mu_prev
         else:
             scale = self.mu if self.mu is not None else batch_mean
-        if scale is None or math.isnan(scale):  # no valid pair anywhere yet: plain base loss
+        if math.isnan(scale):  # no valid pair anywhere yet: plain base loss
             weight = torch.ones_like(d)
         else:
             weight = torch.where(valid, scale / (d + self.eps * scale), torch.ones_like(d))
@@ -417,7 +417,8 @@ class NormBTLoss(PairwiseLoss):
 
         # one host transfer for all the logged numbers
         summary = [d.mean(), d.min(), d.max(), weight.mean(), weight.min(), weight.max()]
-        stats = torch.stack([*summary, per_pair.detach().float().mean()]).tolist()
+        extra = [per_pair.detach().float().mean(), (~valid).sum().float()]
+        stats = torch.stack([*summary, *extra]).tolist()
         metrics = {
             "normbt_mu": float(self.mu) if self.mu is not None else math.nan,
             "normbt_dist_mean": stats[0],
@@ -426,7 +427,7 @@ class NormBTLoss(PairwiseLoss):
             "normbt_weight_mean": stats[3],
             "normbt_weight_min": stats[4],
             "normbt_weight_max": stats[5],
-            "normbt_identical_pairs": float(len(d) - int(valid.sum())),
+            "normbt_identical_pairs": stats[7],
             # the unweighted loss: comparable across steps and with a BT run (mu moves)
             "normbt_base_loss": stats[6],
         }

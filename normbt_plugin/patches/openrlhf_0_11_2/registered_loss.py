@@ -181,9 +181,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
             values = peak.tolist()
             out.update(dict(zip(maxs, values[: len(maxs)], strict=True)))
             out.update({k: -v for k, v in zip(mins, values[len(maxs) :], strict=True)})
-            if "normbt_mu" in local:
-                out["normbt_mu"] = float(local["normbt_mu"][-1])
-        elif "normbt_mu" in local:
+        if "normbt_mu" in local:  # a state, not a per-batch value: the latest (equal on all ranks)
             out["normbt_mu"] = float(local["normbt_mu"][-1])
         return out
 
