@@ -66,7 +66,7 @@ def build(args):
         "zero_optimization": {"stage": args.zero},
         "bf16": {"enabled": args.dtype == "bf16"},
         "gradient_clipping": 1.0,
-        "optimizer": {"type": "AdamW", "params": {"lr": 1e-5, "torch_adam": args.device == "cpu"}},
+        "optimizer": {"type": "AdamW", "params": {"lr": 1e-5, "torch_adam": True}},
     }
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=ds_config)
 
@@ -104,7 +104,9 @@ def build(args):
         loss = t.loss_fn(chosen.float(), reject.float(), None)
         engine.backward(loss)
         engine.step()
-        loss.item()  # both arms sync once, as OpenRLHF's logging does
+        loss.item()  # both arms read the loss, as OpenRLHF's logging does after the step
+        if isinstance(t, plugin.PluginRewardModelTrainer):
+            t._reduced_metrics()  # and the plugin's metrics, as its save_logs_and_checkpoints does
 
     return {"bt": bt, "normbt": normbt}, step, n_params, torch
 

@@ -2,7 +2,9 @@
 
 Every loss is called as ``loss(chosen_reward, reject_reward, chosen_hidden, reject_hidden,
 margin=None)`` with rewards ``[B]`` and the hidden states the value head reads ``[B, H]``, and
-returns ``(scalar_loss, metrics)`` where ``metrics`` maps names to floats for logging.
+returns ``(scalar_loss, metrics)`` where ``metrics`` maps names to 0-d tensors for logging.
+Nothing in a loss call waits for the device: the finite checks ride along as metrics and
+``host_metrics(metrics)`` (one device-to-host transfer, at logging time) raises on them.
 
 Registry (after verl's ``register_policy_loss``)::
 
@@ -122,19 +124,52 @@ def build_loss(name: str, **options: Any) -> PairwiseLoss:
 # --------------------------------------------------------------------------------------------
 
 
-def _check_inputs(chosen: Tensor, reject: Tensor) -> None:
+def _check_inputs(chosen: Tensor, reject: Tensor) -> Tensor:
+    """Shape check (host only) and the count of non-finite rewards (stays on the device)."""
     if chosen.shape != reject.shape or chosen.dim() != 1:
         raise ValueError(
             f"rewards must be two [B] tensors of one shape, got {tuple(chosen.shape)} and "
             f"{tuple(reject.shape)}"
         )
-    finite = torch.isfinite(chosen).all() & torch.isfinite(reject).all()
-    if not bool(finite):
-        raise FloatingPointError(
-            "non-finite reward (NaN or inf) in the batch: the model has diverged or overflowed. "
-            "Lower --adam.lr, check the data, or use --model.compute_fp32_loss_enable; "
-            "resume from the last checkpoint with --ckpt.load_enable."
-        )
+    return (~torch.isfinite(chosen)).sum() + (~torch.isfinite(reject)).sum()
+
+
+NONFINITE_REWARDS = "nonfinite_rewards"
+NONFINITE_HIDDEN = "normbt_nonfinite_hidden"
+_CHECKS = {
+    NONFINITE_REWARDS: "non-finite reward (NaN or inf) in the batch: the model has diverged or "
+    "overflowed. Lower --adam.lr, check the data, or use --model.compute_fp32_loss_enable; "
+    "resume from the last checkpoint with --ckpt.load_enable.",
+    NONFINITE_HIDDEN: "non-finite hidden state (NaN or inf): the model has diverged or "
+    "overflowed; NormBT's EMA was left unchanged. Lower --adam.lr or resume from a checkpoint.",
+}
+
+
+def host_metrics(metrics: dict[str, Tensor | float | list[Tensor | float]]) -> dict[str, Any]:
+    """Metrics as Python floats (lists stay lists), in one device-to-host transfer.
+
+    Raises FloatingPointError if a loss call saw non-finite rewards or hidden states; those
+    check counts are not returned.
+    """
+    keys, flat = [], []
+    for key, value in metrics.items():
+        for v in value if isinstance(value, list) else [value]:
+            keys.append(key)
+            flat.append(v)
+    tensors = [v.detach().reshape(()).double() for v in flat if isinstance(v, Tensor)]
+    moved = iter(torch.stack(tensors).tolist() if tensors else [])  # the one transfer
+    values = [next(moved) if isinstance(v, Tensor) else float(v) for v in flat]
+    out: dict[str, Any] = {}
+    for key, v in zip(keys, values, strict=True):
+        if isinstance(metrics[key], list):
+            out.setdefault(key, []).append(v)
+        else:
+            out[key] = v
+    for key, message in _CHECKS.items():
+        if key in out and (max(out[key]) if isinstance(out[key], list) else out[key]) > 0:
+            raise FloatingPointError(message)
+        out.pop(key, None)
+    return out
 
 
 class PairwiseLoss:
@@ -164,8 +199,8 @@ class PairwiseLoss:
         reject_hidden: Tensor | None = None,
         margin: Tensor | None = None,
     ) -> tuple[Tensor, dict[str, float]]:
-        _check_inputs(chosen_reward, reject_reward)
-        return self.per_pair(chosen_reward, reject_reward, margin).mean(), {}
+        nonfinite = _check_inputs(chosen_reward, reject_reward)
+        return self.per_pair(chosen_reward, reject_reward, margin).mean(), {NONFINITE_REWARDS: nonfinite}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -352,17 +387,40 @@ class NormBTLoss(PairwiseLoss):
         }.get(base, {})
         self.base: PairwiseLoss = build_loss(base, **base_options)
         self.uses_margin = self.base.uses_margin
-        self.mu: float | None = self.init_mu  # python float: identical on every rank, cheap to save
-        self.steps = 0
+        # mu and the step count live on the loss's device (a NaN mu: not set yet), so a call never
+        # waits for the device; ``mu`` and ``steps`` read them on the host for logs and checkpoints.
+        self._mu: Tensor | None = None
+        self._steps: Tensor | None = None
+        self._pending: tuple[float | None, int] = (self.init_mu, 0)  # host state, moved on first use
 
-    def _global_mean(self, dist_: Tensor, valid: Tensor) -> tuple[float, int]:
+    def _state_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        if self._mu is None or self._mu.device != device:
+            mu, steps = self._pending if self._mu is None else (self.mu, self.steps)
+            self._mu = torch.tensor(math.nan if mu is None else mu, dtype=torch.float64, device=device)
+            self._steps = torch.tensor(steps, dtype=torch.int64, device=device)
+        return self._mu, self._steps
+
+    @property
+    def mu(self) -> float | None:
+        """The EMA of the mean pair distance (None before the first training batch)."""
+        if self._mu is None:
+            return self._pending[0]
+        value = self._mu.item()
+        return None if math.isnan(value) else value
+
+    @property
+    def steps(self) -> int:
+        """How many training batches updated the EMA."""
+        return self._pending[1] if self._steps is None else int(self._steps.item())
+
+    def _global_mean(self, dist_: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """Mean of the valid distances over all data-parallel ranks (sum and count reduced)."""
-        stats = torch.stack([dist_[valid].double().sum(), valid.sum().double()])
+        stats = torch.stack([torch.where(valid, dist_, 0.0).double().sum(), valid.sum().double()])
         if self.sync and dist.is_available() and dist.is_initialized():
             if dist.get_world_size(self.process_group) > 1:
                 dist.all_reduce(stats, group=self.process_group)
-        total, count = stats.tolist()
-        return (total / count if count > 0 else math.nan), int(count)
+        total, count = stats.unbind()
+        return total / count, count  # NaN where no pair is valid anywhere
 
     def __call__(
         self,
@@ -371,8 +429,8 @@ class NormBTLoss(PairwiseLoss):
         chosen_hidden: Tensor | None = None,
         reject_hidden: Tensor | None = None,
         margin: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, float]]:
-        _check_inputs(chosen_reward, reject_reward)
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        nonfinite_rewards = _check_inputs(chosen_reward, reject_reward)
         if chosen_hidden is None or reject_hidden is None:
             raise ValueError("normbt needs the chosen and rejected hidden states ([B, H] each)")
         if chosen_hidden.shape != reject_hidden.shape or chosen_hidden.shape[0] != len(chosen_reward):
@@ -381,55 +439,44 @@ class NormBTLoss(PairwiseLoss):
                 f"{tuple(chosen_hidden.shape)} and {tuple(reject_hidden.shape)}"
             )
         d = pair_distance(chosen_hidden, reject_hidden, self.distance)
-        if not bool(torch.isfinite(d).all()):
-            raise FloatingPointError(
-                "non-finite hidden state (NaN or inf): the model has diverged or overflowed; "
-                "NormBT's EMA was left unchanged. Lower --adam.lr or resume from a checkpoint."
-            )
-        reference = self.mu
-        if reference is None:  # first batch: tolerance relative to the mean of all its pairs
-            reference, _ = self._global_mean(d, torch.ones_like(d, dtype=torch.bool))
+        mu, steps = self._state_on(d.device)
+        nonfinite_hidden = (~torch.isfinite(d)).sum()
+        # before the first update, the identical-pair tolerance is relative to this batch's mean
+        reference = torch.where(mu.isnan(), d.double().mean(), mu)
         valid = d > self.identical_tol * reference
         batch_mean, n_valid = self._global_mean(d, valid)
 
-        mu_prev = self.mu
-        if n_valid > 0 and self.training:
-            if self.mu is None:
-                self.mu = batch_mean
-            else:
-                self.mu = self.beta * self.mu + (1.0 - self.beta) * batch_mean
-            self.steps += 1
+        if self.training:  # a batch with a non-finite value or no valid pair leaves the EMA alone
+            ok = (n_valid > 0) & (nonfinite_hidden == 0) & (nonfinite_rewards == 0)
+            updated = torch.where(mu.isnan(), batch_mean, self.beta * mu + (1.0 - self.beta) * batch_mean)
+            self._mu = torch.where(ok, updated, mu)
+            self._steps = steps + ok.long()
         if not self.use_ema:
             scale = batch_mean
-        elif self.update == "after" and mu_prev is not None:
-            scale = mu_prev
+        elif self.update == "after":
+            scale = torch.where(mu.isnan(), self._mu, mu)
         else:
-            scale = self.mu if self.mu is not None else batch_mean
-        if math.isnan(scale):  # no valid pair anywhere yet: plain base loss
-            weight = torch.ones_like(d)
-        else:
-            weight = torch.where(valid, scale / (d + self.eps * scale), torch.ones_like(d))
-            if self.weight_cap > 0:
-                weight = weight.clamp(max=self.weight_cap)
+            scale = self._mu
+        scale = torch.where(scale.isnan(), batch_mean, scale).float()  # eval before any training
+        weight = torch.where(valid & ~scale.isnan(), scale / (d + self.eps * scale), torch.ones_like(d))
+        if self.weight_cap > 0:
+            weight = weight.clamp(max=self.weight_cap)
 
         per_pair = self.base.per_pair(chosen_reward, reject_reward, margin)
         loss = (weight.to(per_pair.dtype) * per_pair).mean()
-
-        # one host transfer for all the logged numbers
-        summary = [d.mean(), d.min(), d.max(), weight.mean(), weight.min(), weight.max()]
-        extra = [per_pair.detach().float().mean(), (~valid).sum().float()]
-        stats = torch.stack([*summary, *extra]).tolist()
         metrics = {
-            "normbt_mu": float(self.mu) if self.mu is not None else math.nan,
-            "normbt_dist_mean": stats[0],
-            "normbt_dist_min": stats[1],
-            "normbt_dist_max": stats[2],
-            "normbt_weight_mean": stats[3],
-            "normbt_weight_min": stats[4],
-            "normbt_weight_max": stats[5],
-            "normbt_identical_pairs": stats[7],
+            "normbt_mu": self._mu,
+            "normbt_dist_mean": d.mean(),
+            "normbt_dist_min": d.min(),
+            "normbt_dist_max": d.max(),
+            "normbt_weight_mean": weight.mean(),
+            "normbt_weight_min": weight.min(),
+            "normbt_weight_max": weight.max(),
+            "normbt_identical_pairs": (~valid).sum(),
             # the unweighted loss: comparable across steps and with a BT run (mu moves)
-            "normbt_base_loss": stats[6],
+            "normbt_base_loss": per_pair.detach().float().mean(),
+            NONFINITE_REWARDS: nonfinite_rewards,
+            NONFINITE_HIDDEN: nonfinite_hidden,
         }
         return loss, metrics
 
@@ -440,5 +487,6 @@ class NormBTLoss(PairwiseLoss):
         unknown = set(state) - {"mu", "steps"}
         if unknown:
             raise ValueError(f"unexpected NormBT state keys {sorted(unknown)}")
-        self.mu = None if state.get("mu") is None else float(state["mu"])
-        self.steps = int(state.get("steps", 0))
+        mu = state.get("mu")
+        self._pending = (None if mu is None else float(mu), int(state.get("steps", 0)))
+        self._mu = self._steps = None

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from normbt_plugin import available_losses, build_loss, register_loss
 from normbt_plugin import losses as losses_module
-from normbt_plugin.losses import NormBTLoss, PairwiseLoss, resolve_loss_name
+from normbt_plugin.losses import NormBTLoss, PairwiseLoss, host_metrics, resolve_loss_name
 
 
 def pairs_at_distances(distances: torch.Tensor, error: torch.Tensor, w: torch.Tensor, seed: int = 0):
@@ -184,6 +184,7 @@ def test_constant_distance_is_bt_times_constant_and_weights_settle_at_one():
         delta = torch.randn(8, 16, generator=gen)
         h_c = h_r + 3.0 * delta / delta.norm(dim=1, keepdim=True)  # every pair at distance 3
         value, metrics = loss(c, r, h_c, h_r)
+        metrics = host_metrics(metrics)
         bt_value, _ = build_loss("bt")(c, r)
         ratio = value / bt_value
         assert ratio.item() == pytest.approx(metrics["normbt_weight_mean"], rel=1e-5)
@@ -203,7 +204,8 @@ def test_mean_weight_near_one_only_when_distances_concentrate():
             h_r = torch.zeros(64, 4)
             h_c = torch.zeros(64, 4)
             h_c[:, 0] = d
-            weights.append(loss(torch.zeros(64), torch.zeros(64), h_c, h_r)[1]["normbt_weight_mean"])
+            metrics = host_metrics(loss(torch.zeros(64), torch.zeros(64), h_c, h_r)[1])
+            weights.append(metrics["normbt_weight_mean"])
         settled = sum(weights[50:]) / len(weights[50:])
         assert lo < settled < hi, (sigma, settled)
 
@@ -218,7 +220,7 @@ def test_ema_update_order_init_and_no_ema():
         for d in batches:
             h_c = torch.zeros(2, 3)
             h_c[:, 1] = d
-            _, m = loss(torch.zeros(2), torch.zeros(2), h_c, h_r)
+            m = host_metrics(loss(torch.zeros(2), torch.zeros(2), h_c, h_r)[1])
             mus.append(loss.mu)
             weights.append(m["normbt_weight_min"])
         return mus, weights
@@ -241,14 +243,14 @@ def test_cosine_distance_weight_cap_and_stacked_bases():
     c, r, m = (torch.randn(6, generator=gen) for _ in range(3))
 
     cos = NormBTLoss(distance="cosine")
-    _, metrics = cos(c, r, h_c, h_r)
+    metrics = host_metrics(cos(c, r, h_c, h_r)[1])
     cos_dist = 1 - F.cosine_similarity(h_c, h_r, dim=-1)
     # the near pair's cosine distance (~1e-5) is inside identical_tol * mu: not in the mean
     assert metrics["normbt_identical_pairs"] == 1.0
     assert cos.mu == pytest.approx(cos_dist[1:].mean().item(), rel=1e-5)
 
-    capped = NormBTLoss(weight_cap=2.0)(c, r, h_c, h_r)[1]
-    uncapped = NormBTLoss()(c, r, h_c, h_r)[1]
+    capped = host_metrics(NormBTLoss(weight_cap=2.0)(c, r, h_c, h_r)[1])
+    uncapped = host_metrics(NormBTLoss()(c, r, h_c, h_r)[1])
     assert uncapped["normbt_weight_max"] > 2.0 and capped["normbt_weight_max"] == pytest.approx(2.0)
 
     for base, ref in (
@@ -278,7 +280,7 @@ def test_identical_pairs_are_safe():
     real = torch.linalg.vector_norm(h_c[2:] - h_r[2:], dim=-1).mean().item()
     assert loss.mu == pytest.approx(real, rel=1e-5)
     assert grads[0].item() == 0.0 and grads[1].item() < 1e-5
-    _, metrics = NormBTLoss()(torch.zeros(4), torch.zeros(4), h_c, h_r)
+    metrics = host_metrics(NormBTLoss()(torch.zeros(4), torch.zeros(4), h_c, h_r)[1])
     assert metrics["normbt_identical_pairs"] == 2.0
     # a batch of identical pairs only: plain BT, the EMA untouched
     only = NormBTLoss()
@@ -292,14 +294,14 @@ def test_non_finite_input_raises_and_keeps_state():
     loss(torch.zeros(3), torch.zeros(3), h_c, h_r)
     state = loss.state_dict()
     with pytest.raises(FloatingPointError, match="non-finite reward"):
-        loss(torch.tensor([0.0, math.nan, 1.0]), torch.zeros(3), h_c, h_r)
+        host_metrics(loss(torch.tensor([0.0, math.nan, 1.0]), torch.zeros(3), h_c, h_r)[1])
     bad = h_c.clone()
     bad[1, 2] = math.inf
     with pytest.raises(FloatingPointError, match="EMA was left unchanged"):
-        loss(torch.zeros(3), torch.zeros(3), bad, h_r)
+        host_metrics(loss(torch.zeros(3), torch.zeros(3), bad, h_r)[1])
     assert loss.state_dict() == state
     with pytest.raises(FloatingPointError):
-        build_loss("bt")(torch.tensor([math.nan]), torch.zeros(1))
+        host_metrics(build_loss("bt")(torch.tensor([math.nan]), torch.zeros(1))[1])
 
 
 def test_state_dict_roundtrip_and_eval_mode():
@@ -337,3 +339,16 @@ def test_state_dict_roundtrip_and_eval_mode():
 def test_bad_options_are_clear_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         NormBTLoss(**kwargs)
+
+
+@pytest.mark.parametrize("name", ["bt", "normbt"])
+def test_a_loss_call_never_waits_for_the_device(name):
+    """On the meta device any host read (.item(), .tolist(), bool()) raises: a call never syncs."""
+    loss = build_loss(name)
+    meta = torch.device("meta")
+    for _ in range(2):  # the first batch (mu unset) and a later one
+        c = torch.empty(8, device=meta, requires_grad=True)
+        h = torch.empty(8, 16, device=meta)
+        value, metrics = loss(c, torch.empty(8, device=meta), h, torch.empty(8, 16, device=meta))
+        value.backward()
+        assert all(isinstance(v, torch.Tensor) and v.device == meta for v in metrics.values())

@@ -30,7 +30,7 @@ from openrlhf.utils.deepspeed import deepspeed as ds_strategy
 
 from normbt_plugin.evaluation import distance_bins
 from normbt_plugin.hidden import eos_hidden_states
-from normbt_plugin.losses import PairwiseLoss, loss_spec, pair_distance
+from normbt_plugin.losses import PairwiseLoss, host_metrics, loss_spec, pair_distance
 
 NAME = "registered_loss"
 CLIENT_STATE_KEY = "normbt_plugin_loss"
@@ -162,8 +162,9 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
         if not self._metric_values:
             return {}
         keys = sorted(self._metric_values)
-        local = {k: self._metric_values[k] for k in keys}
+        local = host_metrics({k: self._metric_values[k] for k in keys})  # raises on NaN rewards
         self._metric_values.clear()
+        keys = sorted(local)
         mins = [k for k in keys if k.endswith("_min")]
         maxs = [k for k in keys if k.endswith("_max")]
         means = [k for k in keys if k not in mins and k not in maxs]
