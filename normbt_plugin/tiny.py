@@ -4,7 +4,7 @@ preference pairs with a known right answer, fine-grained and coarse.
 The task: the chosen response lists the prompt's numbers sorted. A fine-grained rejected
 response swaps two neighbours (one token pair changed); a coarse one is unrelated words.
 
-    python -m normbt_plugin.tiny --out runs/tiny      # model/, train.jsonl, test.jsonl
+    python -m normbt_plugin.tiny --out runs/tiny      # model/, train.jsonl, test.jsonl, prompts.jsonl
 """
 
 from __future__ import annotations
@@ -122,10 +122,12 @@ def build_tiny_setup(
     model_dir = out / "model"
     tokenizer = build_tokenizer(texts, model_dir)
     build_model(model_dir, len(tokenizer), seed=seed, tokenizer=tokenizer, **model_kwargs)
+    prompts = [{"input": r["prompt"]} for r in make_pairs(n_test, seed + 20_000)]  # for PPO
     return {
         "model": model_dir,
         "train": write_jsonl(train, out / "train.jsonl"),
         "test": write_jsonl(test, out / "test.jsonl"),
+        "prompts": write_jsonl(prompts, out / "prompts.jsonl"),
     }
 
 
@@ -135,8 +137,9 @@ def main() -> None:
     parser.add_argument("--n_train", type=int, default=256)
     parser.add_argument("--n_test", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--heads", type=int, default=4, help="attention heads (vLLM needs head size 32+: 2)")
     args = parser.parse_args()
-    paths = build_tiny_setup(args.out, args.n_train, args.n_test, args.seed)
+    paths = build_tiny_setup(args.out, args.n_train, args.n_test, args.seed, heads=args.heads)
     print(json.dumps({k: str(v) for k, v in paths.items()}))
 
 

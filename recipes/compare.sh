@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Compare reward-model losses: train one RM per loss and seed, evaluate each on held-out pairs
-# (normbt eval-rm), then write one report with intervals and plots (normbt compare).
+# Compare reward-model losses: train one RM per loss and seed (recipes/rm.sh), evaluate each on
+# held-out pairs (normbt eval-rm), run PPO with vLLM rollouts on each (recipes/ppo.sh, PPO=1),
+# then write one report with intervals and plots (normbt compare).
 #   bash recipes/compare.sh                         # the tiny CPU default (recipes/configs/tiny-cpu.env)
 #   CONFIG=recipes/configs/<your>.env LOSSES="bt normbt" SEEDS="1 2 3" bash recipes/compare.sh
-# Downstream PPO with vLLM rollouts and policy evaluation are not part of this recipe yet.
+# Policy evaluation (gold reward, win rates) is not built yet: the chain stops after PPO.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,6 +14,7 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   echo "  LOSSES entries: a loss name, or label=loss:--flag=value,--flag=value for a variant,"
   echo "  e.g. 'bt normbt noema=normbt:--normbt.use_ema=false clip0.1=bt:--max_norm=0.1'"
   echo "  RUN_DIR=runs/compare BASELINE=bt SUBSET_KEY (group eval accuracy by a column),"
+  echo "  PPO=1 (chain each RM into recipes/ppo.sh; its variables apply), POLICY, PROMPTS"
   echo "  plus every variable of recipes/rm.sh"
   exit 0
 fi
@@ -24,7 +26,7 @@ RUN_DIR=${RUN_DIR:-runs/compare}
 BASELINE=${BASELINE:-bt}
 # shellcheck source=/dev/null
 source "$CONFIG"
-export NPROC ZERO MICRO_BS BS EPOCHS LR MAX_LEN ATTN PROMPT_KEY INPUT_TEMPLATE
+export NPROC ZERO MICRO_BS BS EPOCHS LR MAX_LEN ATTN PROMPT_KEY INPUT_TEMPLATE PARAM_DTYPE
 mkdir -p "$RUN_DIR"
 
 if [[ "${EVIDENCE:-0}" == 1 ]]; then
@@ -35,12 +37,24 @@ if [[ "${EVIDENCE:-0}" == 1 ]]; then
   export EVAL_DATASET="$RUN_DIR/data/test.jsonl"
 elif [[ "${TINY:-0}" == 1 ]]; then
   echo "compare.sh: building the tiny model, tokenizer and data offline -> $RUN_DIR/tiny"
-  python -m normbt_plugin.tiny --out "$RUN_DIR/tiny" --n_train "$N_TRAIN" --n_test "$N_TEST"
+  python -m normbt_plugin.tiny --out "$RUN_DIR/tiny" --n_train "$N_TRAIN" --n_test "$N_TEST" \
+    --heads "${TINY_HEADS:-4}" > "$RUN_DIR/tiny.log" 2>&1 || { cat "$RUN_DIR/tiny.log" >&2; exit 1; }
   export MODEL="$RUN_DIR/tiny/model" DATASET="$RUN_DIR/tiny/train.jsonl"
-  export EVAL_DATASET="$RUN_DIR/tiny/test.jsonl"
+  export EVAL_DATASET="$RUN_DIR/tiny/test.jsonl" PROMPTS="$RUN_DIR/tiny/prompts.jsonl"
+  if [[ "${PPO:-0}" == 1 ]]; then  # a policy that has seen the task, so its samples are not noise
+    echo "compare.sh: SFT of the tiny policy on the chosen responses -> $RUN_DIR/policy"
+    python -m normbt_plugin.train_sft --model.model_name_or_path "$MODEL" \
+      --data.dataset "$DATASET" --data.input_key prompt --data.output_key chosen \
+      --data.max_len "$MAX_LEN" --train.max_epochs "$SFT_EPOCHS" --train.micro_batch_size 8 \
+      --train.batch_size 32 --adam.lr "$SFT_LR" --ds.zero_stage 2 --ds.param_dtype bf16 \
+      --ds.attn_implementation sdpa --ckpt.output_dir "$RUN_DIR/policy" --ckpt.path "$RUN_DIR/policy.ckpt" \
+      > "$RUN_DIR/policy.log" 2>&1 || { tail -20 "$RUN_DIR/policy.log" >&2; exit 1; }
+    export POLICY="$RUN_DIR/policy"
+  fi
 fi
 
 runs=()
+ppo_runs=()
 for seed in $SEEDS; do
   for entry in $LOSSES; do
     label=${entry%%=*}                      # label=loss:--flag=value,...  or just a loss name
@@ -58,8 +72,19 @@ for seed in $SEEDS; do
       > "$out.eval.log" 2>&1 \
       || { echo "compare.sh: eval of $out failed, see $out.eval.log" >&2; tail -20 "$out.eval.log" >&2; exit 1; }
     runs+=("$out")
+    if [[ "${PPO:-0}" == 1 ]]; then
+      ppo_out="$RUN_DIR/ppo-$label-seed$seed"
+      RM="$out/model" OUT=$ppo_out SEED=$seed bash recipes/ppo.sh > "$ppo_out.log" 2>&1 \
+        || { echo "compare.sh: PPO on $label seed $seed failed, see $ppo_out.log" >&2; tail -30 "$ppo_out.log" >&2; exit 1; }
+      echo "compare.sh: PPO on $label seed $seed -> $ppo_out/model"
+      ppo_runs+=("$ppo_out")
+    fi
   done
 done
 
 normbt compare "${runs[@]}" --out "$RUN_DIR/report" --baseline "$BASELINE"
-echo "compare.sh: downstream PPO + policy evaluation are not in this recipe yet (reward models only)."
+if (( ${#ppo_runs[@]} )); then
+  echo "compare.sh: PPO policies: ${ppo_runs[*]/%//model}"
+  echo "compare.sh: policy evaluation (gold reward, win rates, KL; normbt eval-policy) is not built"
+  echo "  yet: the chain stops after PPO. PPO's own logs (reward per step) are in each tensorboard/."
+fi

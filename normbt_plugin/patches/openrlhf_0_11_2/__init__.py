@@ -3,14 +3,19 @@
 Each module has ``NAME``, ``needed()`` (whether it applies on this machine) and ``apply()``.
 """
 
-from normbt_plugin.patches.openrlhf_0_11_2 import (
-    cli_options,
-    cpu_gloo,
-    dataset_keys,
-    flash_attn_standin,
+# Application order: the flash-attn stand-in must exist before any openrlhf.models import;
+# the later ones import OpenRLHF's trainers (and, for PPO, Ray and vLLM).
+ORDER = (
+    "flash_attn_standin",
+    "cpu_gloo",
+    "dataset_keys",
+    "cli_options",
+    "registered_loss",
+    "cpu_ppo",
+    "vllm_cpu",
+    "reward_norm",
+    "rollout_log",
 )
-
-# Order matters: the flash-attn stand-in must exist before any openrlhf.models import, and
-# registered_loss imports the trainer, so it is loaded lazily in normbt_plugin.patches.
-EARLY = (flash_attn_standin, cpu_gloo, dataset_keys, cli_options)
-LATE = ("registered_loss",)
+# what each stage applies (where needed on the machine)
+RM = ("flash_attn_standin", "cpu_gloo", "dataset_keys", "cli_options", "registered_loss")
+PPO = ("flash_attn_standin", "cpu_gloo", "cpu_ppo", "vllm_cpu", "reward_norm", "rollout_log")

@@ -16,6 +16,7 @@ Applied only when the real flash_attn is not importable.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.machinery
 import importlib.util
@@ -89,6 +90,9 @@ def _module(name: str, **attrs) -> types.ModuleType:
 
 
 def _sdpa_without_flash_attn(get_model):
+    # functools.wraps: Ray pickles actor classes by value, and the functions they reference by
+    # reference only if module + qualname lead back to them (they do, once installed there)
+    @functools.wraps(get_model)
     def get_llm_for_sequence_regression(*args, attn_implementation="flash_attention_2", **kwargs):
         if attn_implementation.startswith("flash_attention"):
             print(f"normbt-plugin: flash-attn is not installed; {attn_implementation} -> sdpa")

@@ -1,0 +1,86 @@
+"""Run OpenRLHF 0.11.2's Ray PPO (DeepSpeed models, vLLM rollouts, weight sync) without a GPU.
+
+Why, each a hard-coded CUDA or bf16 assumption upstream (on top of ``cpu_gloo``):
+- ``NaiveReplayBuffer`` targets ``torch.device(f"cuda:{current_device()}")``: CPU instead;
+- ``torch.cuda.current_stream()`` is passed to the weight broadcast: a stand-in;
+- ``--ds.param_dtype`` knows bf16/fp16 only, but vLLM's CPU engine must run float32 (its bf16
+  path needs AMX state that Ray's ``OMP_NUM_THREADS=1`` actors lack) and the sync asserts equal
+  dtypes on both sides: ``fp32`` is added;
+- the actor -> vLLM weight sync builds a PyNccl group and receives into ``device="cuda"``: a gloo
+  group from vLLM's stateless helper, broadcasting from the group-local root, received on CPU.
+The vLLM side (engine dtype, packed weights) is ``vllm_cpu``. Applied only when CUDA is
+unavailable and only in PPO jobs (``apply_openrlhf_patches(ppo=True)``).
+Upstreamable as: a ``device`` on the strategy and ``fp32`` in ``convert_to_torch_dtype``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+NAME = "cpu_ppo"
+FP32 = ("fp32", "float32")
+
+
+def needed() -> bool:
+    return not torch.cuda.is_available()
+
+
+class GlooBroadcaster:
+    """The slice of PyNcclCommunicator that OpenRLHF's weight sync uses, over a gloo group."""
+
+    def __init__(self, group) -> None:
+        self.group = group
+
+    def broadcast(self, tensor: torch.Tensor, src: int, stream=None) -> None:
+        opts = torch.distributed.BroadcastOptions()
+        opts.rootRank, opts.rootTensor = src, 0  # rank within this group, not the world
+        self.group.broadcast([tensor], opts).wait()
+
+
+def stateless_gloo_group(master_address, master_port, rank, world_size, device=None):
+    from vllm.distributed.utils import stateless_init_torch_distributed_process_group
+
+    group = stateless_init_torch_distributed_process_group(
+        master_address, master_port, rank, world_size, backend="gloo"
+    )
+    return GlooBroadcaster(group)
+
+
+def apply() -> None:
+    torch.cuda.current_stream = lambda device=None: None
+
+    utils = importlib.import_module("openrlhf.utils.utils")
+    convert = utils.convert_to_torch_dtype
+    if not getattr(convert, "_normbt", False):
+
+        def convert_to_torch_dtype(param_dtype: str) -> torch.dtype:
+            return torch.float32 if param_dtype in FP32 else convert(param_dtype)
+
+        convert_to_torch_dtype._normbt = True
+        utils.convert_to_torch_dtype = convert_to_torch_dtype
+
+    buffers = importlib.import_module("openrlhf.trainer.ppo_utils.replay_buffer")
+    init = buffers.NaiveReplayBuffer.__init__
+    if not getattr(init, "_normbt", False):
+
+        def __init__(self, *args, **kwargs) -> None:
+            current = torch.cuda.current_device
+            torch.cuda.current_device = lambda: 0  # "cuda:0" is a valid name, never used
+            try:
+                init(self, *args, **kwargs)
+            finally:
+                torch.cuda.current_device = current
+            self.target_device = torch.device("cpu")
+
+        __init__._normbt = True
+        buffers.NaiveReplayBuffer.__init__ = __init__
+
+    # imported by name into ppo_actor; the vLLM worker imports it from distributed_util on use
+    importlib.import_module(
+        "openrlhf.utils.distributed_util"
+    ).stateless_init_process_group = stateless_gloo_group
+    importlib.import_module(
+        "openrlhf.trainer.ray.ppo_actor"
+    ).stateless_init_process_group = stateless_gloo_group

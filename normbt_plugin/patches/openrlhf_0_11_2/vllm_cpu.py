@@ -1,0 +1,81 @@
+"""vLLM's CPU build as OpenRLHF 0.11.2's rollout engine: float32, no sleep mode, real weight sync.
+
+Why:
+- ``create_vllm_engines`` hard-codes ``dtype="bfloat16"``; vLLM CPU's bf16 attention dies with
+  SIGILL in Ray actors (``OMP_NUM_THREADS=1`` without AMX set up) and the weight sync asserts
+  the trainer's dtype: the engine runs float32. vLLM CPU refuses ``enable_sleep_mode``: off.
+- On CPU, vLLM packs each linear weight into a private copy after loading and drops
+  ``layer.weight`` (``dispatch_cpu_unquantized_gemm(remove_weight=True)``), so OpenRLHF's
+  ``load_weights`` during a sync either fails or changes nothing that generation reads. The
+  weights are kept, and after the last tensor of a sync the packing is redone.
+- ``WorkerWrap.update_weight`` receives into ``device="cuda"``: the worker's own device.
+Applied only when CUDA is unavailable and only in PPO jobs.
+Upstreamable as: a device-agnostic ``update_weight`` that calls ``process_weights_after_loading``.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+NAME = "vllm_cpu"
+
+
+def needed() -> bool:
+    return not torch.cuda.is_available()
+
+
+def repack_weights(model: torch.nn.Module) -> int:
+    """Re-run vLLM's post-load processing (CPU GEMM packing) on every module that has one."""
+    count = 0
+    for module in model.modules():
+        method = getattr(module, "quant_method", None)
+        if method is not None and hasattr(method, "process_weights_after_loading"):
+            method.process_weights_after_loading(module)
+            count += 1
+    return count
+
+
+def update_weight(self, name, dtype, shape, empty_cache=False):
+    """``WorkerWrap.update_weight`` on the worker's device; repacks after the last tensor."""
+    assert dtype == self.model_config.dtype, f"mismatch dtype: src {dtype}, dst {self.model_config.dtype}"
+    weight = torch.empty(shape, dtype=dtype, device=self.device)
+    if self._model_update_with_ray:
+        import ray.util.collective as collective
+
+        collective.broadcast(weight, 0, group_name=self._model_update_group)
+    else:
+        self._model_update_group.broadcast(weight, src=0)
+    model = self.model_runner.model
+    model.load_weights(weights=[(name, weight)])
+    if empty_cache:  # OpenRLHF sets it on the last parameter of a sync
+        repack_weights(model)
+
+
+def apply() -> None:
+    import vllm
+
+    utils = importlib.import_module("vllm.model_executor.layers.utils")
+    dispatch = utils.dispatch_cpu_unquantized_gemm
+    if not getattr(dispatch, "_normbt", False):
+
+        def dispatch_keep_weight(layer, remove_weight: bool) -> None:
+            dispatch(layer, remove_weight=False)  # keep layer.weight: syncs load into it
+
+        dispatch_keep_weight._normbt = True
+        utils.dispatch_cpu_unquantized_gemm = dispatch_keep_weight
+
+    engine_args = vllm.AsyncEngineArgs
+    if not getattr(engine_args, "_normbt", False):
+
+        def cpu_engine_args(*args, **kwargs):
+            kwargs["dtype"] = "float32"
+            kwargs["enable_sleep_mode"] = False
+            return engine_args(*args, **kwargs)
+
+        cpu_engine_args._normbt = True
+        vllm.AsyncEngineArgs = cpu_engine_args
+
+    wrap = importlib.import_module("openrlhf.trainer.ray.vllm_worker_wrap")
+    wrap.WorkerWrap.update_weight = update_weight

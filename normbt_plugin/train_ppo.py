@@ -1,0 +1,214 @@
+"""OpenRLHF's Ray PPO (``openrlhf.cli.train_ppo_ray``) with the plugin's patches in every process.
+
+    python -m normbt_plugin.train_ppo <any openrlhf.cli.train_ppo_ray flag>
+
+Runs the stock CLI (its parser, its ``train()``). Before Ray starts it checks what would
+otherwise fail minutes later inside an actor: model paths, the policy's and the reward models'
+tokenizers, and the GPUs the layout asks for against those there are. The patches reach Ray's
+workers and vLLM's engine processes through ``normbt_plugin/autopatch`` (see its docstring).
+On a machine without a GPU, Ray is told of one pretend GPU for its resource accounting; all
+models then share it (``--train.colocate_all``, one of each, one vLLM engine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import runpy
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+AUTOPATCH_DIR = str(Path(__file__).resolve().parent / "autopatch")
+PATCH_ENV = "NORMBT_PLUGIN_PATCHES"
+
+
+class PreflightError(SystemExit):
+    def __init__(self, message: str) -> None:
+        super().__init__(f"normbt-plugin: {message}")
+
+
+def patched_environment(stage: str = "ppo") -> dict[str, str]:
+    """The variables that make every Python process of the job apply the patches."""
+    path = os.environ.get("PYTHONPATH", "")
+    parts = [p for p in path.split(os.pathsep) if p and p != AUTOPATCH_DIR]
+    options = {k: v for k, v in os.environ.items() if k.startswith("NORMBT_PLUGIN_")}  # e.g. ROLLOUT_LOG
+    return {**options, PATCH_ENV: stage, "PYTHONPATH": os.pathsep.join([AUTOPATCH_DIR, *parts])}
+
+
+def _get(args: argparse.Namespace, key: str, default=None):
+    return getattr(args, key, default)
+
+
+def _looks_local(path: str) -> bool:
+    return path.startswith((".", "/", "~")) or os.path.exists(path) or path.count("/") != 1
+
+
+def check_paths(args: argparse.Namespace) -> None:
+    """Local model and data paths must exist (hub names are left to the hub)."""
+    named = [("--actor.model_name_or_path", _get(args, "actor.model_name_or_path"))]
+    for flag in ("reward.model_name_or_path", "critic.model_name_or_path"):
+        for path in (_get(args, flag) or "").split(","):
+            if path:
+                named.append((f"--{flag}", path))
+    if _get(args, "data.prompt_dataset"):
+        named += [("--data.prompt_dataset", p) for p in args.__dict__["data.prompt_dataset"].split(",")]
+    if not named[0][1]:
+        raise PreflightError("--actor.model_name_or_path is required (the initial policy)")
+    for flag, path in named:
+        if _looks_local(path) and not os.path.exists(os.path.expanduser(path)):
+            raise PreflightError(f"{flag} {path}: no such file or directory")
+
+
+def check_tokenizers(args: argparse.Namespace) -> None:
+    """The reward model scores the policy's token ids decoded and re-encoded by its own tokenizer:
+    OpenRLHF assumes both tokenizers are the same, and a mismatch silently scores garbage."""
+    from transformers import AutoTokenizer
+
+    actor = _get(args, "actor.model_name_or_path")
+    rewards = [p for p in (_get(args, "reward.model_name_or_path") or "").split(",") if p]
+    if not rewards or _get(args, "reward.remote_url"):
+        return
+    policy_vocab = AutoTokenizer.from_pretrained(actor, trust_remote_code=True).get_vocab()
+    for path in rewards:
+        vocab = AutoTokenizer.from_pretrained(path, trust_remote_code=True).get_vocab()
+        if vocab != policy_vocab:
+            differ = len(set(vocab.items()) ^ set(policy_vocab.items()))
+            raise PreflightError(
+                f"the reward model {path} and the policy {actor} have different tokenizers "
+                f"({len(vocab)} vs {len(policy_vocab)} tokens, {differ} entries differ): PPO scores "
+                "the policy's tokens with the reward model, so train the reward model from the "
+                "policy's base model (or one with the same tokenizer)"
+            )
+
+
+def gpus_required(args: argparse.Namespace) -> int:
+    """GPUs the layout asks for, as train_ppo_ray places its actors and engines."""
+
+    def n(role: str) -> int:
+        return _get(args, f"{role}.num_nodes", 1) * _get(args, f"{role}.num_gpus_per_node", 8)
+
+    engines = (_get(args, "vllm.num_engines") or 0) * _get(args, "vllm.tensor_parallel_size", 1)
+    if _get(args, "train.colocate_all"):
+        return max(n("actor"), engines)
+    total = n("actor") + engines
+    if _get(args, "algo.kl.init_coef", 0.0) > 0 and not _get(args, "train.colocate_actor_ref"):
+        total += n("ref")
+    has_critic = _get(args, "algo.advantage.estimator", "gae") == "gae"
+    has_reward = not _get(args, "reward.remote_url")
+    if _get(args, "train.colocate_critic_reward"):
+        total += n("critic") if (has_critic or has_reward) else 0
+    else:
+        total += (n("critic") if has_critic else 0) + (n("reward") if has_reward else 0)
+    return total
+
+
+def gpus_available() -> tuple[int, str]:
+    import torch
+
+    if os.environ.get("RAY_ADDRESS"):
+        import ray
+
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": patched_environment()})
+        return int(ray.cluster_resources().get("GPU", 0)), f"the Ray cluster at {os.environ['RAY_ADDRESS']}"
+    if torch.cuda.is_available():
+        return torch.cuda.device_count(), "this machine"
+    return 1, "this machine (no GPU: one pretend GPU for Ray's accounting)"
+
+
+def check_gpus(args: argparse.Namespace) -> int:
+    need = gpus_required(args)
+    have, where = gpus_available()
+    if need > have:
+        raise PreflightError(
+            f"this layout needs {need} GPUs but {where} has {have}: lower the "
+            "--{actor,ref,critic,reward}.num_gpus_per_node / num_nodes and --vllm.num_engines, "
+            "or colocate (--train.colocate_all)"
+        )
+    return have
+
+
+def check_cpu_flags(args: argparse.Namespace) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    wrong = []
+    if _get(args, "vllm.sync_backend") != "gloo":
+        wrong.append("--vllm.sync_backend gloo")
+    if _get(args, "ds.param_dtype") != "fp32":
+        wrong.append("--ds.param_dtype fp32")
+    if _get(args, "ds.attn_implementation") not in ("sdpa", "eager"):
+        wrong.append("--ds.attn_implementation sdpa")
+    if _get(args, "ds.packing_samples"):
+        wrong.append("no --ds.packing_samples")
+    if wrong:
+        raise PreflightError(
+            f"without a GPU, PPO needs {', '.join(wrong)} (see recipes/configs/tiny-cpu.env)"
+        )
+
+
+def preflight(args: argparse.Namespace) -> None:
+    check_paths(args)
+    check_cpu_flags(args)
+    check_tokenizers(args)
+    check_gpus(args)
+
+
+def start_ray() -> None:
+    import ray
+    import torch
+
+    if ray.is_initialized():
+        return
+    env = {
+        **patched_environment(),
+        "TOKENIZERS_PARALLELISM": "true",
+        "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1",
+    }
+    if torch.cuda.is_available():
+        ray.init(runtime_env={"env_vars": env})
+    else:
+        env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")
+        ray.init(num_cpus=os.cpu_count(), num_gpus=1, runtime_env={"env_vars": env})
+
+
+@contextlib.contextmanager
+def checked_parser() -> Iterator[None]:
+    """train_ppo_ray's parser, with fp32 allowed on CPU and the preflight checks after parsing."""
+    import torch
+
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_args(self, args=None, namespace=None):
+        dtype = self._option_string_actions.get("--ds.param_dtype")
+        if dtype is not None and not torch.cuda.is_available() and "fp32" not in dtype.choices:
+            dtype.choices = [*dtype.choices, "fp32"]
+        parsed = original(self, args, namespace)
+        if "--actor.model_name_or_path" in self._option_string_actions:
+            preflight(parsed)
+            start_ray()
+        return parsed
+
+    argparse.ArgumentParser.parse_args = parse_args
+    try:
+        yield
+    finally:
+        argparse.ArgumentParser.parse_args = original
+
+
+def main() -> None:
+    os.environ.update(patched_environment())  # a local Ray and its workers inherit it
+    from normbt_plugin.patches import UnsupportedOpenRLHFError, apply_openrlhf_patches
+
+    try:
+        apply_openrlhf_patches(ppo=True)
+    except UnsupportedOpenRLHFError as exc:
+        sys.exit(f"normbt-plugin: {exc}")
+    with checked_parser():
+        runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__", alter_sys=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# PPO on one reward model: OpenRLHF 0.11.2's Ray PPO with vLLM rollouts, through normbt-plugin's
+# launcher (patches in every Ray worker and vLLM engine; checks before Ray starts).
+# Every setting below can be overridden from the environment, e.g.
+#   POLICY=path/to/sft RM=runs/rm-normbt/model PROMPTS=org/prompts bash recipes/ppo.sh
+# Extra OpenRLHF flags go after the script: bash recipes/ppo.sh --algo.kl.init_coef 0.05
+# With RAY_DASHBOARD set (a running multi-node cluster), the job goes through `ray job submit`.
+# DRY_RUN=1 prints the command instead of running it.
+set -euo pipefail
+
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+  sed -n '2,8p' "$0"; echo
+  echo "Environment (defaults): POLICY RM PROMPTS INPUT_KEY=input OUT=runs/ppo SEED=42"
+  echo "  NODES=1 GPUS_PER_NODE=8 VLLM_ENGINES=8 VLLM_TP=1 COLOCATE=0 ZERO=2 PPO_PARAM_DTYPE=bf16"
+  echo "  ATTN=flash_attention_2 SYNC_BACKEND=nccl VLLM_MEM=0.5 ROLLOUT_BS=128 N_SAMPLES=1"
+  echo "  MAX_NEW=1024 MAX_LEN=2048 TRAIN_BS=128 MICRO_BS=4 ROLLOUT_MICRO_BS=8 EPISODES=1"
+  echo "  MAX_SAMPLES=100000 ACTOR_LR=5e-7 CRITIC_LR=9e-6 KL=0.01 ESTIMATOR=gae"
+  echo "  NORMALIZE_REWARD=1 APPLY_CHAT_TEMPLATE=0 RAY_DASHBOARD (http://head:8265)"
+  echo "All flags: python -m normbt_plugin.train_ppo --help"
+  exit 0
+fi
+
+POLICY=${POLICY:?set POLICY to the initial (SFT) policy: path or hub name}
+RM=${RM:?set RM to a trained reward model (recipes/rm.sh OUT/model)}
+PROMPTS=${PROMPTS:?set PROMPTS to a prompt dataset}
+INPUT_KEY=${INPUT_KEY:-input}
+OUT=${OUT:-runs/ppo}
+SEED=${SEED:-42}
+NODES=${NODES:-1}
+GPUS_PER_NODE=${GPUS_PER_NODE:-8}
+VLLM_ENGINES=${VLLM_ENGINES:-8}
+VLLM_TP=${VLLM_TP:-1}
+VLLM_MEM=${VLLM_MEM:-0.5}
+COLOCATE=${COLOCATE:-0}                 # 1: all models and engines share the GPUs (sleep between)
+ZERO=${ZERO:-2}
+PARAM_DTYPE=${PPO_PARAM_DTYPE:-bf16}    # fp32 on CPU (PPO_: the RM stage has its own PARAM_DTYPE)
+ATTN=${ATTN:-flash_attention_2}         # sdpa on CPU
+SYNC_BACKEND=${SYNC_BACKEND:-nccl}      # gloo on CPU
+ROLLOUT_BS=${ROLLOUT_BS:-128}
+N_SAMPLES=${N_SAMPLES:-1}
+MAX_NEW=${MAX_NEW:-1024}
+MAX_LEN=${MAX_LEN:-2048}
+TRAIN_BS=${TRAIN_BS:-128}
+MICRO_BS=${MICRO_BS:-4}
+ROLLOUT_MICRO_BS=${ROLLOUT_MICRO_BS:-8}
+EPISODES=${EPISODES:-1}
+MAX_SAMPLES=${MAX_SAMPLES:-100000}
+ACTOR_LR=${ACTOR_LR:-5e-7}
+CRITIC_LR=${CRITIC_LR:-9e-6}
+KL=${KL:-0.01}
+ESTIMATOR=${ESTIMATOR:-gae}
+NORMALIZE_REWARD=${NORMALIZE_REWARD:-1}  # uses the RM's eval mean/std (reward_norm patch fixes loading)
+APPLY_CHAT_TEMPLATE=${APPLY_CHAT_TEMPLATE:-0}
+
+args=(
+  --actor.model_name_or_path "$POLICY"
+  --reward.model_name_or_path "$RM"
+  --data.prompt_dataset "$PROMPTS"
+  --data.input_key "$INPUT_KEY"
+  --data.max_samples "$MAX_SAMPLES"
+  --data.max_len "$MAX_LEN"
+  --rollout.max_new_tokens "$MAX_NEW"
+  --rollout.batch_size "$ROLLOUT_BS"
+  --rollout.micro_batch_size "$ROLLOUT_MICRO_BS"
+  --rollout.n_samples_per_prompt "$N_SAMPLES"
+  --train.batch_size "$TRAIN_BS"
+  --train.micro_batch_size "$MICRO_BS"
+  --train.num_episodes "$EPISODES"
+  --train.max_epochs 1
+  --train.seed "$SEED"
+  --actor.adam.lr "$ACTOR_LR"
+  --critic.adam.lr "$CRITIC_LR"
+  --algo.kl.init_coef "$KL"
+  --algo.advantage.estimator "$ESTIMATOR"
+  --ds.zero_stage "$ZERO"
+  --ds.param_dtype "$PARAM_DTYPE"
+  --ds.attn_implementation "$ATTN"
+  --vllm.num_engines "$VLLM_ENGINES"
+  --vllm.tensor_parallel_size "$VLLM_TP"
+  --vllm.gpu_memory_utilization "$VLLM_MEM"
+  --vllm.sync_backend "$SYNC_BACKEND"
+  --ckpt.output_dir "$OUT/model"
+  --ckpt.path "$OUT/ckpt"
+  --logger.tensorboard_dir "$OUT/tensorboard"
+)
+for role in actor ref critic reward; do
+  args+=(--"$role".num_nodes "$NODES" --"$role".num_gpus_per_node "$GPUS_PER_NODE")
+done
+[[ "$COLOCATE" == 1 ]] && args+=(--train.colocate_all)
+[[ "$COLOCATE" == 1 && "$SYNC_BACKEND" != gloo ]] && args+=(--vllm.enable_sleep --ds.enable_sleep)
+[[ "$SYNC_BACKEND" == gloo ]] && args+=(--vllm.enforce_eager)
+[[ "$NORMALIZE_REWARD" == 1 ]] && args+=(--reward.normalize_enable)
+[[ "$APPLY_CHAT_TEMPLATE" == 1 ]] && args+=(--data.apply_chat_template)
+
+cmd=(python -m normbt_plugin.train_ppo "${args[@]}" "$@")
+if [[ -n "${RAY_DASHBOARD:-}" ]]; then     # a running cluster: head + workers via `ray start`
+  # the driver runs on the head; the launcher passes the patches to every worker (same venv path
+  # on every node) through the job's runtime_env
+  cmd=(ray job submit --address "$RAY_DASHBOARD" -- "${cmd[@]}")
+fi
+if [[ "${DRY_RUN:-0}" == 1 ]]; then
+  printf '%q ' "${cmd[@]}"; echo
+  exit 0
+fi
+mkdir -p "$OUT"
+echo "ppo.sh: policy=$POLICY rm=$RM nodes=$NODES gpus/node=$GPUS_PER_NODE engines=$VLLM_ENGINES -> $OUT"
+"${cmd[@]}"
