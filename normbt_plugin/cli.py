@@ -42,6 +42,7 @@ def doctor() -> int:
         SUPPORTED_OPENRLHF,
         UnsupportedOpenRLHFError,
         apply_openrlhf_patches,
+        patch_package,
     )
 
     rows = [
@@ -62,10 +63,21 @@ def doctor() -> int:
     vllm = _usable("vllm")
     status = 0
     try:
-        patches = ", ".join(apply_openrlhf_patches()) or "none"
+        active = apply_openrlhf_patches()
+        if vllm == "yes":
+            active = apply_openrlhf_patches(ppo=True)
+        package = patch_package()
+        rm_stage = ", ".join(n for n in package.RM if n in active) or "none"
+        ppo_stage = ", ".join(n for n in package.PPO if n in active) if vllm == "yes" else "vLLM missing"
     except UnsupportedOpenRLHFError as exc:
-        patches, status = f"none: {exc}", 1
-    rows += [("GPU", gpu), ("flash-attn", flash), ("vLLM", vllm), ("patches active", patches)]
+        rm_stage, ppo_stage, status = f"none: {exc}", "none", 1
+    rows += [
+        ("GPU", gpu),
+        ("flash-attn", flash),
+        ("vLLM", vllm),
+        ("patches, RM stage", rm_stage),
+        ("patches, PPO stage", ppo_stage),
+    ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")

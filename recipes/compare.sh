@@ -27,31 +27,47 @@ BASELINE=${BASELINE:-bt}
 # shellcheck source=/dev/null
 source "$CONFIG"
 export NPROC ZERO MICRO_BS BS EPOCHS LR MAX_LEN ATTN PROMPT_KEY INPUT_TEMPLATE PARAM_DTYPE
+export MODEL DATASET EVAL_DATASET APPLY_CHAT_TEMPLATE PACKING CHOSEN_KEY REJECTED_KEY
 mkdir -p "$RUN_DIR"
+
+# DRY_RUN=1: print each stage's command (rm.sh, eval-rm, ppo.sh, compare) instead of running it
+dry=${DRY_RUN:-0}
+export DRY_RUN=$dry
+run() {  # run "$log" cmd...: quiet into a log, its tail on failure
+  local log=$1; shift
+  if [[ "$dry" == 1 && "$1" == bash ]]; then "$@"; return; fi  # the recipe prints its command
+  if [[ "$dry" == 1 ]]; then printf '%q ' "$@"; echo; return; fi
+  "$@" > "$log" 2>&1 || { echo "compare.sh: failed, see $log" >&2; tail -30 "$log" >&2; exit 1; }
+}
 
 if [[ "${EVIDENCE:-0}" == 1 ]]; then
   echo "compare.sh: stdlib preference pairs and MiniLM-L6 -> $RUN_DIR/data"
-  python -m normbt_plugin.evidence --out "$RUN_DIR/data" --n_train "$N_TRAIN" --n_test "$N_TEST" \
-    > "$RUN_DIR.data.log" 2>&1 || { cat "$RUN_DIR.data.log" >&2; exit 1; }
+  run "$RUN_DIR.data.log" python -m normbt_plugin.evidence --out "$RUN_DIR/data" \
+    --n_train "$N_TRAIN" --n_test "$N_TEST"
   export MODEL="$RUN_DIR/data/minilm" DATASET="$RUN_DIR/data/train.jsonl"
   export EVAL_DATASET="$RUN_DIR/data/test.jsonl"
 elif [[ "${TINY:-0}" == 1 ]]; then
   echo "compare.sh: building the tiny model, tokenizer and data offline -> $RUN_DIR/tiny"
-  python -m normbt_plugin.tiny --out "$RUN_DIR/tiny" --n_train "$N_TRAIN" --n_test "$N_TEST" \
-    --heads "${TINY_HEADS:-4}" > "$RUN_DIR/tiny.log" 2>&1 || { cat "$RUN_DIR/tiny.log" >&2; exit 1; }
+  run "$RUN_DIR/tiny.log" python -m normbt_plugin.tiny --out "$RUN_DIR/tiny" --n_train "$N_TRAIN" \
+    --n_test "$N_TEST" --heads "${TINY_HEADS:-4}"
   export MODEL="$RUN_DIR/tiny/model" DATASET="$RUN_DIR/tiny/train.jsonl"
   export EVAL_DATASET="$RUN_DIR/tiny/test.jsonl" PROMPTS="$RUN_DIR/tiny/prompts.jsonl"
   if [[ "${PPO:-0}" == 1 ]]; then  # a policy that has seen the task, so its samples are not noise
     echo "compare.sh: SFT of the tiny policy on the chosen responses -> $RUN_DIR/policy"
-    python -m normbt_plugin.train_sft --model.model_name_or_path "$MODEL" \
+    run "$RUN_DIR/policy.log" python -m normbt_plugin.train_sft --model.model_name_or_path "$MODEL" \
       --data.dataset "$DATASET" --data.input_key prompt --data.output_key chosen \
       --data.max_len "$MAX_LEN" --train.max_epochs "$SFT_EPOCHS" --train.micro_batch_size 8 \
       --train.batch_size 32 --adam.lr "$SFT_LR" --ds.zero_stage 2 --ds.param_dtype bf16 \
-      --ds.attn_implementation sdpa --ckpt.output_dir "$RUN_DIR/policy" --ckpt.path "$RUN_DIR/policy.ckpt" \
-      > "$RUN_DIR/policy.log" 2>&1 || { tail -20 "$RUN_DIR/policy.log" >&2; exit 1; }
+      --ds.attn_implementation sdpa --ckpt.output_dir "$RUN_DIR/policy" --ckpt.path "$RUN_DIR/policy.ckpt"
     export POLICY="$RUN_DIR/policy"
   fi
 fi
+
+eval_flags=(--format "${EVAL_FORMAT:-auto}" --max_len "$MAX_LEN")
+[[ -n "${EVAL_SPLIT:-}" ]] && eval_flags+=(--split "$EVAL_SPLIT")
+[[ -n "${SUBSET_KEY:-}" ]] && eval_flags+=(--subset_key "$SUBSET_KEY")
+[[ -n "${INPUT_TEMPLATE:-}" ]] && eval_flags+=(--input_template "$INPUT_TEMPLATE")
+[[ "${APPLY_CHAT_TEMPLATE:-0}" == 1 ]] && eval_flags+=(--apply_chat_template)
 
 runs=()
 ppo_runs=()
@@ -63,25 +79,24 @@ for seed in $SEEDS; do
     flags=()
     [[ "$spec" == *:* ]] && IFS=, read -r -a flags <<< "${spec#*:}"
     out="$RUN_DIR/rm-$label-seed$seed"
-    LOSS=$loss LABEL=$label SEED=$seed OUT=$out bash recipes/rm.sh "${flags[@]}" > "$out.log" 2>&1 \
-      || { echo "compare.sh: $label seed $seed failed, see $out.log" >&2; tail -20 "$out.log" >&2; exit 1; }
-    echo "compare.sh: trained $label ($loss ${flags[*]}) seed $seed in $out"
-    normbt eval-rm --model "$out/model" --data "${EVAL_DATASET:?set EVAL_DATASET}" \
-      --max_len "$MAX_LEN" ${SUBSET_KEY:+--subset_key "$SUBSET_KEY"} --out "$out/eval.json" \
-      ${INPUT_TEMPLATE:+--input_template "$INPUT_TEMPLATE"} \
-      > "$out.eval.log" 2>&1 \
-      || { echo "compare.sh: eval of $out failed, see $out.eval.log" >&2; tail -20 "$out.eval.log" >&2; exit 1; }
+    LOSS=$loss LABEL=$label SEED=$seed OUT=$out run "$out.log" bash recipes/rm.sh "${flags[@]}"
+    [[ "$dry" == 1 ]] || echo "compare.sh: trained $label ($loss ${flags[*]}) seed $seed in $out"
+    run "$out.eval.log" normbt eval-rm --model "$out/model" \
+      --data "${EVAL_DATA:-${EVAL_DATASET:?set EVAL_DATA or EVAL_DATASET}}" "${eval_flags[@]}" --out "$out/eval.json"
     runs+=("$out")
     if [[ "${PPO:-0}" == 1 ]]; then
       ppo_out="$RUN_DIR/ppo-$label-seed$seed"
-      RM="$out/model" OUT=$ppo_out SEED=$seed bash recipes/ppo.sh > "$ppo_out.log" 2>&1 \
-        || { echo "compare.sh: PPO on $label seed $seed failed, see $ppo_out.log" >&2; tail -30 "$ppo_out.log" >&2; exit 1; }
-      echo "compare.sh: PPO on $label seed $seed -> $ppo_out/model"
+      RM="$out/model" OUT=$ppo_out SEED=$seed run "$ppo_out.log" bash recipes/ppo.sh
+      [[ "$dry" == 1 ]] || echo "compare.sh: PPO on $label seed $seed -> $ppo_out/model"
       ppo_runs+=("$ppo_out")
     fi
   done
 done
 
+if [[ "$dry" == 1 ]]; then
+  printf '%q ' normbt compare "${runs[@]}" --out "$RUN_DIR/report" --baseline "$BASELINE"; echo
+  exit 0
+fi
 normbt compare "${runs[@]}" --out "$RUN_DIR/report" --baseline "$BASELINE"
 if (( ${#ppo_runs[@]} )); then
   echo "compare.sh: PPO policies: ${ppo_runs[*]/%//model}"

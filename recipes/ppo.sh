@@ -13,9 +13,9 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   echo "Environment (defaults): POLICY RM PROMPTS INPUT_KEY=input OUT=runs/ppo SEED=42"
   echo "  NODES=1 GPUS_PER_NODE=8 VLLM_ENGINES=8 VLLM_TP=1 COLOCATE=0 ZERO=2 PPO_PARAM_DTYPE=bf16"
   echo "  ATTN=flash_attention_2 SYNC_BACKEND=nccl VLLM_MEM=0.5 ROLLOUT_BS=128 N_SAMPLES=1"
-  echo "  MAX_NEW=1024 MAX_LEN=2048 TRAIN_BS=128 MICRO_BS=4 ROLLOUT_MICRO_BS=8 EPISODES=1"
+  echo "  MAX_NEW=1024 PPO_MAX_LEN=2048 TRAIN_BS=128 MICRO_BS=4 ROLLOUT_MICRO_BS=8 EPISODES=1"
   echo "  MAX_SAMPLES=100000 ACTOR_LR=5e-7 CRITIC_LR=9e-6 KL=0.01 ESTIMATOR=gae"
-  echo "  NORMALIZE_REWARD=1 APPLY_CHAT_TEMPLATE=0 RAY_DASHBOARD (http://head:8265)"
+  echo "  NORMALIZE_REWARD=1 APPLY_CHAT_TEMPLATE=0 RAY_DASHBOARD (http://head:8265) ROLLOUT_LOG=0"
   echo "All flags: python -m normbt_plugin.train_ppo --help"
   exit 0
 fi
@@ -39,7 +39,7 @@ SYNC_BACKEND=${SYNC_BACKEND:-nccl}      # gloo on CPU
 ROLLOUT_BS=${ROLLOUT_BS:-128}
 N_SAMPLES=${N_SAMPLES:-1}
 MAX_NEW=${MAX_NEW:-1024}
-MAX_LEN=${MAX_LEN:-2048}
+MAX_LEN=${PPO_MAX_LEN:-${MAX_LEN:-2048}}    # prompt + response (PPO_: the RM stage has its own)
 TRAIN_BS=${TRAIN_BS:-128}
 MICRO_BS=${MICRO_BS:-4}
 ROLLOUT_MICRO_BS=${ROLLOUT_MICRO_BS:-8}
@@ -103,5 +103,7 @@ if [[ "${DRY_RUN:-0}" == 1 ]]; then
   exit 0
 fi
 mkdir -p "$OUT"
+# ROLLOUT_LOG=1: every rollout's token ids and rewards -> $OUT/rollouts/rollouts.jsonl (checks)
+[[ "${ROLLOUT_LOG:-0}" == 1 ]] && export NORMBT_PLUGIN_ROLLOUT_LOG="$OUT/rollouts" && rm -rf "$OUT/rollouts"
 echo "ppo.sh: policy=$POLICY rm=$RM nodes=$NODES gpus/node=$GPUS_PER_NODE engines=$VLLM_ENGINES -> $OUT"
 "${cmd[@]}"

@@ -10,7 +10,8 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   sed -n '2,6p' "$0"; echo
   echo "Environment (defaults): LOSS=normbt MODEL DATASET EVAL_DATASET OUT NPROC=1 ZERO=2"
   echo "  MICRO_BS=4 BS=16 EPOCHS=1 LR=2e-3 MAX_LEN=64 ATTN=sdpa PROMPT_KEY=prompt SEED=42"
-  echo "  PARAM_DTYPE=bf16 INPUT_TEMPLATE LABEL=\$LOSS"
+  echo "  PARAM_DTYPE=bf16 INPUT_TEMPLATE LABEL=\$LOSS CHOSEN_KEY=chosen REJECTED_KEY=rejected"
+  echo "  APPLY_CHAT_TEMPLATE=0 PACKING=0 HOSTFILE (several nodes) DRY_RUN=0"
   echo "All flags: python -m normbt_plugin.train_rm --help"
   exit 0
 fi
@@ -33,11 +34,17 @@ SEED=${SEED:-42}
 PARAM_DTYPE=${PARAM_DTYPE:-bf16}
 INPUT_TEMPLATE=${INPUT_TEMPLATE:-}      # e.g. '[CLS]{}' for BERT-style encoders
 LABEL=${LABEL:-$LOSS}                   # the run's name in reports
+CHOSEN_KEY=${CHOSEN_KEY:-chosen}
+REJECTED_KEY=${REJECTED_KEY:-rejected}
+APPLY_CHAT_TEMPLATE=${APPLY_CHAT_TEMPLATE:-0}  # 1: message-list data through the tokenizer's template
+PACKING=${PACKING:-0}                   # 1: --ds.packing_samples (flash-attn on GPU nodes)
 
 args=(
   --model.model_name_or_path "$MODEL"
   --model.loss_type "$LOSS"
   --data.dataset "$DATASET"
+  --data.chosen_key "$CHOSEN_KEY"
+  --data.rejected_key "$REJECTED_KEY"
   --data.max_len "$MAX_LEN"
   --ds.zero_stage "$ZERO"
   --ds.param_dtype "$PARAM_DTYPE"
@@ -56,6 +63,8 @@ args=(
 [[ -n "$PROMPT_KEY" ]] && args+=(--data.prompt_key "$PROMPT_KEY")
 [[ -n "$EVAL_DATASET" ]] && args+=(--eval.dataset "$EVAL_DATASET")
 [[ -n "$INPUT_TEMPLATE" ]] && args+=(--data.input_template "$INPUT_TEMPLATE")
+[[ "$APPLY_CHAT_TEMPLATE" == 1 ]] && args+=(--data.apply_chat_template)
+[[ "$PACKING" == 1 ]] && args+=(--ds.packing_samples)
 
 if [[ -n "${HOSTFILE:-}" ]]; then
   cmd=(deepspeed --hostfile "$HOSTFILE" --module normbt_plugin.train_rm "${args[@]}" "$@")

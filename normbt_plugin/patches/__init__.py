@@ -8,8 +8,10 @@ rank. Each patch is one module of ``openrlhf_<version>/`` with a docstring sayin
 from __future__ import annotations
 
 import importlib
+import os
 from importlib.metadata import PackageNotFoundError, version
 
+DISABLE_ENV = "NORMBT_PLUGIN_DISABLE"
 SUPPORTED_OPENRLHF = {"0.11.2": "normbt_plugin.patches.openrlhf_0_11_2"}
 
 _active: list[str] = []
@@ -75,6 +77,11 @@ def apply_openrlhf_patches(
         "reward_norm": reward_norm,
         "rollout_log": rollout_log,
     }
+    for name in filter(None, os.environ.get(DISABLE_ENV, "").split(",")):
+        if name not in switches:
+            raise ValueError(f"{DISABLE_ENV}: unknown patch {name!r}; switchable: {', '.join(switches)}")
+        if switches[name] is None:
+            switches[name] = False
 
     for name in package.ORDER:  # later ones import openrlhf, which needs the early ones in place
         module = importlib.import_module(f"{package.__name__}.{name}")

@@ -121,3 +121,43 @@ def needed() -> bool:
 
 def apply() -> None:
     """Nothing to apply globally: the launcher runs the CLI inside ``extended_parser()``."""
+
+
+class _Captured(Exception):
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.parser = parser
+
+
+def capture_parser(module: str) -> argparse.ArgumentParser:
+    """The argument parser an OpenRLHF CLI module builds under ``__main__``, without running it.
+
+    For ``openrlhf.cli.train_rm`` it carries the plugin's flags, as under the launcher; for
+    ``openrlhf.cli.train_ppo_ray`` ``--ds.param_dtype`` also takes fp32 where there is no GPU,
+    as under ``normbt_plugin.train_ppo``.
+    """
+    import runpy
+    import sys
+
+    import torch
+
+    original = argparse.ArgumentParser.parse_args
+
+    def capture(self, args=None, namespace=None):
+        if LOSS_FLAG in self._option_string_actions:
+            add_plugin_arguments(self)
+        dtype = self._option_string_actions.get("--ds.param_dtype")
+        if dtype is not None and not torch.cuda.is_available() and "fp32" not in dtype.choices:
+            dtype.choices = [*dtype.choices, "fp32"]
+        raise _Captured(self)
+
+    argparse.ArgumentParser.parse_args = capture
+    argv = sys.argv
+    try:
+        sys.argv = [module]
+        runpy.run_module(module, run_name="__main__")
+    except _Captured as captured:
+        return captured.parser
+    finally:
+        argparse.ArgumentParser.parse_args = original
+        sys.argv = argv
+    raise RuntimeError(f"{module} did not build an argument parser")

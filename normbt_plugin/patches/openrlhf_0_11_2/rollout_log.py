@@ -3,12 +3,13 @@
 Why: OpenRLHF logs only the mean reward of a rollout, so nobody can check that PPO was trained
 on what the reward model says about its samples. With ``NORMBT_PLUGIN_ROLLOUT_LOG=<dir>`` in the
 job's environment, the PPO controller appends one JSON line per sample (step, token ids,
-attention mask, reward) to ``<dir>/rollouts.jsonl`` when it computes its rollout statistics.
+attention mask, reward) to ``<dir>/rollouts.jsonl`` as its experience maker returns them.
 Not applied (nothing in PPO's path changes) unless the variable is set.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
 import os
@@ -16,35 +17,41 @@ from pathlib import Path
 
 NAME = "rollout_log"
 ENV = "NORMBT_PLUGIN_ROLLOUT_LOG"
-_original = None
-_step = 0
 
 
 def needed() -> bool:
     return bool(os.environ.get(ENV))
 
 
-def compute_rollout_stats(self, experiences):
-    global _step
-    _step += 1
+def write_rollouts(experiences, step: int) -> None:
     path = Path(os.environ[ENV]) / "rollouts.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         for exp in experiences:
             for i in range(len(exp.sequences)):
                 row = {
-                    "step": _step,
+                    "step": step,
                     "sequence": exp.sequences[i].tolist(),
                     "attention_mask": exp.attention_mask[i].tolist(),
                     "reward": float(exp.info["reward"][i]),
                 }
                 f.write(json.dumps(row) + "\n")
-    return _original(self, experiences)
 
 
 def apply() -> None:
-    global _original
-    trainer = importlib.import_module("openrlhf.trainer.ppo_trainer").BasePPOTrainer
-    if trainer._compute_rollout_stats is not compute_rollout_stats:
-        _original = trainer._compute_rollout_stats
-        trainer._compute_rollout_stats = compute_rollout_stats
+    # The experience maker is built inside the PPO controller's own process (Ray ships the
+    # controller class by value, so its methods are not patched; this class comes by import).
+    maker = importlib.import_module("openrlhf.trainer.ppo_utils.experience_maker").RemoteExperienceMaker
+    original = maker.make_experience_batch
+    if getattr(original, "_normbt", False):
+        return
+
+    @functools.wraps(original)
+    def make_experience_batch(self, rollout_samples):
+        experiences = original(self, rollout_samples)
+        self._normbt_rollouts = getattr(self, "_normbt_rollouts", 0) + 1
+        write_rollouts(experiences, self._normbt_rollouts)
+        return experiences
+
+    make_experience_batch._normbt = True
+    maker.make_experience_batch = make_experience_batch

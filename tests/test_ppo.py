@@ -1,0 +1,271 @@
+"""The downstream chain: recipes' commands against the pinned OpenRLHF's parsers, the PPO launcher's
+checks before Ray starts, and the tiny CPU chain end to end (real OpenRLHF Ray PPO, real vLLM CPU
+engine, real DeepSpeed and Ray) with the weight sync and the rewards PPO used checked."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import BIN, REPO
+
+CONFIGS = sorted((REPO / "recipes" / "configs").glob("*.env"))
+ENV = {
+    **os.environ,
+    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+}
+
+
+# ------------------------------------------------------------------ recipe commands
+
+
+@pytest.fixture(scope="module")
+def parsers(openrlhf_patched):
+    from normbt_plugin.patches import apply_openrlhf_patches
+    from normbt_plugin.patches.openrlhf_0_11_2.cli_options import capture_parser
+
+    apply_openrlhf_patches(ppo=True)  # as the PPO launcher does
+
+    modules = ("train_rm", "train_sft", "train_ppo_ray")
+    return {module: capture_parser(f"openrlhf.cli.{module}") for module in modules}
+
+
+def dry_run(config: Path, tmp_path: Path, **env: str) -> list[list[str]]:
+    """Every command ``recipes/compare.sh`` would run for ``config`` (DRY_RUN=1)."""
+    proc = subprocess.run(
+        ["bash", "recipes/compare.sh"],
+        cwd=REPO,
+        env={**ENV, "DRY_RUN": "1", "CONFIG": str(config), "RUN_DIR": str(tmp_path / "run"),
+             "LOSSES": "bt normbt", "SEEDS": "1 2", **env},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return [shlex.split(line) for line in proc.stdout.splitlines() if not line.startswith("compare.sh")]
+
+
+def openrlhf_args(cmd: list[str]) -> tuple[str, list[str]] | None:
+    """(CLI name, its flags) for a launcher command line; None for the plugin's own commands."""
+    for module in ("train_rm", "train_sft", "train_ppo"):
+        target = f"normbt_plugin.{module}"
+        if target in cmd:
+            return ("train_ppo_ray" if module == "train_ppo" else module), cmd[cmd.index(target) + 1 :]
+    return None
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
+def test_every_recipe_command_parses_with_the_pinned_openrlhf(config, parsers, tmp_path, capsys):
+    from normbt_plugin.cli import main as normbt_main
+    from normbt_plugin.train_ppo import gpus_required
+
+    commands = dry_run(config, tmp_path)
+    env = dict(line.split("=", 1) for line in _exports(config))
+    seen = set()
+    for cmd in commands:
+        found = openrlhf_args(cmd)
+        if found is None:
+            assert cmd[0] == "normbt" or "normbt_plugin.tiny" in cmd or "normbt_plugin.evidence" in cmd, cmd
+            if cmd[0] == "normbt":  # our own CLI: its subcommand's --help lists every flag used
+                capsys.readouterr()
+                with pytest.raises(SystemExit) as done:
+                    normbt_main([cmd[1], "--help"])
+                assert done.value.code == 0
+                usage = capsys.readouterr().out
+                assert all(f in usage for f in cmd if f.startswith("--")), (cmd, usage)
+            continue
+        name, flags = found
+        seen.add(name)
+        args = parsers[name].parse_args(flags)  # a stale or misspelt flag exits here
+        if name == "train_ppo_ray":
+            # the layout asks for what the config's node/GPU settings say
+            per_node = int(env.get("GPUS_PER_NODE", 8)) * int(env.get("NODES", 1))
+            assert gpus_required(args) == per_node, (config.name, gpus_required(args))
+    assert "train_rm" in seen and ("train_ppo_ray" in seen) == (env.get("PPO") == "1"), seen
+
+
+def _exports(config: Path) -> list[str]:
+    proc = subprocess.run(
+        ["bash", "-c", f"set -a; source {shlex.quote(str(config))}; env"],
+        cwd=REPO, env={**ENV, "RUN_DIR": "/tmp"}, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return [line for line in proc.stdout.splitlines() if "=" in line]
+
+
+def test_a_stale_flag_fails_the_parse(parsers):
+    """Flags were renamed in OpenRLHF 0.10.2: the old flat names must fail here, not on a GPU job."""
+    with pytest.raises(SystemExit):
+        parsers["train_ppo_ray"].parse_args(["--pretrain", "some/model"])
+    with pytest.raises(SystemExit):
+        parsers["train_rm"].parse_args(["--model.model_name_or_path", "m", "--micro_train_batch_size", "4"])
+
+
+# ------------------------------------------------------------------ checks before Ray starts
+
+
+def launch_ppo(*flags: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "normbt_plugin.train_ppo", *flags],
+        env=ENV, capture_output=True, text=True, timeout=timeout, check=False,
+    )  # fmt: skip
+
+
+def cpu_flags(policy: Path, rm: Path, prompts: Path) -> list[str]:
+    return [
+        "--actor.model_name_or_path", str(policy), "--reward.model_name_or_path", str(rm),
+        "--data.prompt_dataset", str(prompts), "--ds.param_dtype", "fp32", "--ds.attn_implementation", "sdpa",
+        "--vllm.sync_backend", "gloo", "--vllm.num_engines", "1", "--train.colocate_all",
+        *[f for role in ("actor", "ref", "critic", "reward") for f in (f"--{role}.num_gpus_per_node", "1")],
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def other_tokenizer_model(tmp_path_factory):
+    """A tiny model whose tokenizer was trained on other text."""
+    from normbt_plugin.tiny import build_model, build_tokenizer
+
+    out = tmp_path_factory.mktemp("other") / "model"
+    tokenizer = build_tokenizer(["zebra quartz " * 50, "lorem ipsum dolor " * 50], out, vocab_size=300)
+    build_model(out, len(tokenizer), tokenizer=tokenizer)
+    return out
+
+
+def assert_stopped_before_ray(proc: subprocess.CompletedProcess, message: str) -> None:
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert message in output, output[-3000:]
+    assert "Started a local Ray instance" not in output and "Connecting to existing Ray" not in output
+
+
+def test_bad_input_stops_before_ray_starts(tiny, other_tokenizer_model, tmp_path):
+    flags = cpu_flags(tiny["model"], tiny["model"], tiny["train"])
+    missing = tmp_path / "no-such-model"
+    bad = launch_ppo(*flags, "--reward.model_name_or_path", str(missing))
+    assert_stopped_before_ray(bad, f"--reward.model_name_or_path {missing}: no such file or directory")
+
+    bad = launch_ppo(*flags, "--reward.model_name_or_path", str(other_tokenizer_model))
+    assert_stopped_before_ray(bad, "have different tokenizers")
+
+    spread = [f for f in flags if f != "--train.colocate_all"] + ["--actor.num_gpus_per_node", "8"]
+    bad = launch_ppo(*spread)
+    assert_stopped_before_ray(bad, "GPUs but this machine (no GPU: one pretend GPU")
+
+    bad = launch_ppo(*[f if f != "gloo" else "nccl" for f in flags])
+    assert_stopped_before_ray(bad, "without a GPU, PPO needs --vllm.sync_backend gloo")
+
+
+# ------------------------------------------------------------------ the tiny chain, end to end
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """The README's main command: ``bash recipes/compare.sh`` on its tiny CPU default."""
+    run_dir = tmp_path_factory.mktemp("chain")
+    proc = subprocess.run(
+        ["bash", "recipes/compare.sh"], cwd=REPO, env={**ENV, "RUN_DIR": str(run_dir)},
+        capture_output=True, text=True, timeout=1500, check=False,
+    )  # fmt: skip
+    (run_dir / "compare.out").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return run_dir
+
+
+def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v.float() for k, v in load_file(model_dir / "model.safetensors").items()}
+
+
+@pytest.mark.slow
+def test_tiny_chain_trains_both_policies(chain):
+    policy = load_weights(chain / "policy")
+    for label in ("bt", "normbt"):
+        actor = load_weights(chain / f"ppo-{label}-seed1" / "model")
+        assert actor.keys() == policy.keys()
+        assert all(torch.isfinite(t).all() for t in actor.values()), label
+        changed = max((actor[k] - policy[k]).abs().max().item() for k in policy)
+        assert changed > 1e-4, (label, changed)
+    report = (chain / "report" / "report.md").read_text()
+    assert "| normbt |" in report and "| bt |" in report
+
+
+def rm_scores(rm_dir: Path, rows: list[dict], fixed: bool) -> dict:
+    """The reward model scored directly by OpenRLHF's own model class, normalisation on (with or
+    without the reward_norm patch); also returns the mean/std it normalised with."""
+    out = subprocess.run(
+        [sys.executable, "-c", SCORE_SCRIPT, str(rm_dir), json.dumps(rows), str(int(fixed))],
+        env=ENV, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+SCORE_SCRIPT = """
+import json, sys, torch
+from normbt_plugin.patches import apply_openrlhf_patches
+apply_openrlhf_patches(ppo=True, reward_norm=sys.argv[3] == "1")
+from openrlhf.models import get_llm_for_sequence_regression
+model = get_llm_for_sequence_regression(sys.argv[1], "reward", normalize_reward=True,
+    attn_implementation="sdpa", param_dtype="fp32").eval()
+rows = json.loads(sys.argv[2])
+with torch.no_grad():
+    scores = [model(torch.tensor([r["sequence"]]), attention_mask=torch.tensor([r["attention_mask"]]))
+              .item() for r in rows]
+print(json.dumps({"scores": scores, "mean": model.mean.item(), "std": model.std.item()}))
+"""
+
+
+@pytest.mark.slow
+def test_rewards_ppo_used_equal_scoring_its_samples_with_the_given_rm(chain):
+    for label in ("bt", "normbt"):
+        rm_dir = chain / f"rm-{label}-seed1" / "model"
+        config = json.loads((rm_dir / "config.json").read_text())
+        rows = [json.loads(x) for x in (chain / f"ppo-{label}-seed1" / "rollouts" / "rollouts.jsonl").open()]
+        assert len(rows) >= 16 and len({r["step"] for r in rows}) >= 2
+        fixed = rm_scores(rm_dir, rows, fixed=True)
+        assert fixed["mean"] == pytest.approx(config["mean"]) and fixed["std"] == pytest.approx(config["std"])
+        logged = [r["reward"] for r in rows]
+        assert fixed["scores"] == pytest.approx(logged, abs=1e-4), label
+        # the same samples by hand: raw score, normalised with the statistics the RM stage saved
+        assert len(set(round(x, 4) for x in logged)) > 1  # not a constant (the unfixed buffers gave one)
+
+
+@pytest.mark.slow
+def test_reward_normalisation_needs_the_fix(chain):
+    """Without the reward_norm patch, OpenRLHF 0.11.2 + transformers 5.15 loads garbage mean/std."""
+    rm_dir = chain / "rm-normbt-seed1" / "model"
+    config = json.loads((rm_dir / "config.json").read_text())
+    upstream = rm_scores(rm_dir, [], fixed=False)
+    fixed = rm_scores(rm_dir, [], fixed=True)
+    assert fixed["mean"] == pytest.approx(config["mean"]) and fixed["std"] == pytest.approx(config["std"])
+    same = math.isclose(upstream["mean"], config["mean"]) and math.isclose(upstream["std"], config["std"])
+    assert not same, upstream
+
+
+@pytest.mark.slow
+def test_weight_sync_reaches_the_vllm_engine(chain):
+    """After PPO, syncing the actor into a vLLM engine makes it generate what HF generates."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "normbt_plugin.sync_check", "--base", str(chain / "policy"),
+         "--updated", str(chain / "ppo-normbt-seed1" / "model"),
+         "--prompts", str(chain / "tiny" / "prompts.jsonl"), "--n", "64"],
+        env=ENV, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    result = json.loads([x for x in proc.stdout.splitlines() if x.startswith('{"prompts"')][-1])
+    tol = 1e-4  # float32, two implementations of the same model
+    assert result["hf_logprob_gap_base_vs_updated"] > 100 * tol, result  # PPO changed the policy
+    assert result["before_sync"]["tokens_eq_base"] == 1.0, result
+    assert result["before_sync"]["logprob_err_vs_base"] < tol, result
+    # weights loaded but vLLM CPU's packed copies not rebuilt: not the updated model
+    assert result["synced_not_repacked"]["logprob_err_vs_updated"] > 100 * tol, result
+    assert result["after_sync"]["tokens_eq_updated"] == 1.0, result
+    assert result["after_sync"]["logprob_err_vs_updated"] < tol, result
