@@ -15,10 +15,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import runpy
-import sys
-from collections.abc import Iterator
 from pathlib import Path
+
+from normbt_plugin.train_rm import run_openrlhf_cli
 
 AUTOPATCH_DIR = str(Path(__file__).resolve().parent / "autopatch")
 PATCH_ENV = "NORMBT_PLUGIN_PATCHES"
@@ -52,8 +51,9 @@ def check_paths(args: argparse.Namespace) -> None:
         for path in (_get(args, flag) or "").split(","):
             if path:
                 named.append((f"--{flag}", path))
-    if _get(args, "data.prompt_dataset"):
-        named += [("--data.prompt_dataset", p) for p in args.__dict__["data.prompt_dataset"].split(",")]
+    for path in (_get(args, "data.prompt_dataset") or "").split(","):
+        if path:
+            named.append(("--data.prompt_dataset", path))
     if not named[0][1]:
         raise PreflightError("--actor.model_name_or_path is required (the initial policy)")
     for flag, path in named:
@@ -174,40 +174,21 @@ def start_ray() -> None:
         ray.init(num_cpus=os.cpu_count(), num_gpus=1, runtime_env={"env_vars": env})
 
 
-@contextlib.contextmanager
-def checked_parser() -> Iterator[None]:
+def checked_parser() -> contextlib.AbstractContextManager[None]:
     """train_ppo_ray's parser, with fp32 allowed on CPU and the preflight checks after parsing."""
-    import torch
+    from normbt_plugin.patches.openrlhf_0_11_2.cli_options import allow_fp32_without_gpu, hooked_parse_args
 
-    original = argparse.ArgumentParser.parse_args
-
-    def parse_args(self, args=None, namespace=None):
-        dtype = self._option_string_actions.get("--ds.param_dtype")
-        if dtype is not None and not torch.cuda.is_available() and "fp32" not in dtype.choices:
-            dtype.choices = [*dtype.choices, "fp32"]
-        parsed = original(self, args, namespace)
-        if "--actor.model_name_or_path" in self._option_string_actions:
+    def check_then_start_ray(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
+        if "--actor.model_name_or_path" in parser._option_string_actions:
             preflight(parsed)
             start_ray()
-        return parsed
 
-    argparse.ArgumentParser.parse_args = parse_args
-    try:
-        yield
-    finally:
-        argparse.ArgumentParser.parse_args = original
+    return hooked_parse_args(before=allow_fp32_without_gpu, after=check_then_start_ray)
 
 
 def main() -> None:
     os.environ.update(patched_environment())  # a local Ray and its workers inherit it
-    from normbt_plugin.patches import UnsupportedOpenRLHFError, apply_openrlhf_patches
-
-    try:
-        apply_openrlhf_patches(ppo=True)
-    except UnsupportedOpenRLHFError as exc:
-        sys.exit(f"normbt-plugin: {exc}")
-    with checked_parser():
-        runpy.run_module("openrlhf.cli.train_ppo_ray", run_name="__main__", alter_sys=True)
+    run_openrlhf_cli("openrlhf.cli.train_ppo_ray", ppo=True, parser=checked_parser)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,12 @@ patches for the installed OpenRLHF in this process; every DeepSpeed rank runs th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import runpy
 import socket
 import sys
+from collections.abc import Callable
 
 
 def single_process_env() -> None:
@@ -28,18 +30,29 @@ def single_process_env() -> None:
     os.environ.setdefault("MASTER_PORT", str(port))
 
 
-def main() -> None:
-    single_process_env()
+def run_openrlhf_cli(
+    module: str,
+    *,
+    ppo: bool = False,
+    parser: Callable[[], contextlib.AbstractContextManager] | None = None,
+) -> None:
+    """Apply the patches for this stage, then run an OpenRLHF CLI module as ``__main__``
+    (inside ``parser()``, which may extend or check its argument parser)."""
     from normbt_plugin.patches import UnsupportedOpenRLHFError, apply_openrlhf_patches
 
     try:
-        apply_openrlhf_patches()
+        apply_openrlhf_patches(ppo=ppo)
     except UnsupportedOpenRLHFError as exc:
         sys.exit(f"normbt-plugin: {exc}")
+    with parser() if parser is not None else contextlib.nullcontext():
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+def main() -> None:
+    single_process_env()
     from normbt_plugin.patches.openrlhf_0_11_2.cli_options import extended_parser
 
-    with extended_parser():
-        runpy.run_module("openrlhf.cli.train_rm", run_name="__main__", alter_sys=True)
+    run_openrlhf_cli("openrlhf.cli.train_rm", parser=extended_parser)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,7 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
         exec_module = spec.loader.exec_module
 
         def exec_then_patch(module) -> None:
-            exec_module(module)
-            sys.modules[fullname] = module
+            exec_module(module)  # the import system put it in sys.modules already
             from normbt_plugin.patches import apply_openrlhf_patches
 
             apply_openrlhf_patches(ppo=self.stage == "ppo")

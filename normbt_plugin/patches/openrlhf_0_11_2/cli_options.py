@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from normbt_plugin.losses import _REGISTRY, available_losses, resolve_loss_name
 
@@ -95,17 +95,20 @@ def check_plugin_arguments(parser: argparse.ArgumentParser, parsed: argparse.Nam
 
 
 @contextlib.contextmanager
-def extended_parser() -> Iterator[None]:
-    """While active, parsers owning ``--model.loss_type`` take and check the plugin's flags."""
+def hooked_parse_args(
+    before: Callable[[argparse.ArgumentParser], None] | None = None,
+    after: Callable[[argparse.ArgumentParser, argparse.Namespace], None] | None = None,
+) -> Iterator[None]:
+    """While active, every ``parse_args`` calls ``before(parser)`` and ``after(parser, parsed)``:
+    how the launchers reach parsers that OpenRLHF's CLIs build inline under ``__main__``."""
     original = argparse.ArgumentParser.parse_args
 
     def parse_args(self, args=None, namespace=None):
-        if LOSS_FLAG in self._option_string_actions and not getattr(self, "_normbt", False):
-            self._normbt = True
-            add_plugin_arguments(self)
+        if before is not None:
+            before(self)
         parsed = original(self, args, namespace)
-        if getattr(self, "_normbt", False):
-            check_plugin_arguments(self, parsed)
+        if after is not None:
+            after(self, parsed)
         return parsed
 
     argparse.ArgumentParser.parse_args = parse_args
@@ -113,6 +116,31 @@ def extended_parser() -> Iterator[None]:
         yield
     finally:
         argparse.ArgumentParser.parse_args = original
+
+
+def _add_once(parser: argparse.ArgumentParser) -> None:
+    if LOSS_FLAG in parser._option_string_actions and not getattr(parser, "_normbt", False):
+        parser._normbt = True
+        add_plugin_arguments(parser)
+
+
+def _check(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
+    if getattr(parser, "_normbt", False):
+        check_plugin_arguments(parser, parsed)
+
+
+def extended_parser() -> contextlib.AbstractContextManager[None]:
+    """While active, parsers owning ``--model.loss_type`` take and check the plugin's flags."""
+    return hooked_parse_args(before=_add_once, after=_check)
+
+
+def allow_fp32_without_gpu(parser: argparse.ArgumentParser) -> None:
+    """``--ds.param_dtype fp32`` where there is no GPU (vLLM CPU runs float32; ``cpu_ppo``)."""
+    import torch
+
+    dtype = parser._option_string_actions.get("--ds.param_dtype")
+    if dtype is not None and not torch.cuda.is_available() and "fp32" not in dtype.choices:
+        dtype.choices = [*dtype.choices, "fp32"]
 
 
 def needed() -> bool:
@@ -138,26 +166,18 @@ def capture_parser(module: str) -> argparse.ArgumentParser:
     import runpy
     import sys
 
-    import torch
+    def capture(parser: argparse.ArgumentParser) -> None:
+        _add_once(parser)
+        allow_fp32_without_gpu(parser)
+        raise _Captured(parser)
 
-    original = argparse.ArgumentParser.parse_args
-
-    def capture(self, args=None, namespace=None):
-        if LOSS_FLAG in self._option_string_actions:
-            add_plugin_arguments(self)
-        dtype = self._option_string_actions.get("--ds.param_dtype")
-        if dtype is not None and not torch.cuda.is_available() and "fp32" not in dtype.choices:
-            dtype.choices = [*dtype.choices, "fp32"]
-        raise _Captured(self)
-
-    argparse.ArgumentParser.parse_args = capture
     argv = sys.argv
     try:
         sys.argv = [module]
-        runpy.run_module(module, run_name="__main__")
+        with hooked_parse_args(before=capture):
+            runpy.run_module(module, run_name="__main__")
     except _Captured as captured:
         return captured.parser
     finally:
-        argparse.ArgumentParser.parse_args = original
         sys.argv = argv
     raise RuntimeError(f"{module} did not build an argument parser")
