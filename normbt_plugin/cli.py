@@ -2,6 +2,10 @@
 
 normbt doctor          versions, active patches, GPU / flash-attn / vLLM usability
 normbt losses          registered losses and their options
+normbt eval-rm         reward-model accuracy on preference data
+normbt eval-policy     policies sampled with vLLM, scored by a gold RM; best-of-N curves
+normbt compare         runs into one report with intervals and plots
+normbt diagnose        per-pair gradient norm vs representation distance
 """
 
 from __future__ import annotations
@@ -123,7 +127,13 @@ def compare(args: argparse.Namespace) -> int:
     from normbt_plugin.evaluation import EvalInputError
 
     try:
-        report = build_report(args.runs, args.out, baseline=args.baseline, eval_name=args.eval_name)
+        report = build_report(
+            args.runs,
+            args.out,
+            baseline=args.baseline,
+            eval_name=args.eval_name,
+            policy_eval=args.policy_eval,
+        )
     except EvalInputError as exc:
         print(f"normbt compare: {exc}", file=sys.stderr)
         return 2
@@ -164,6 +174,35 @@ def eval_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+def eval_policy(args: argparse.Namespace) -> int:
+    from normbt_plugin.evaluation import EvalInputError
+    from normbt_plugin.policy_eval import (
+        evaluate_policies,
+        format_policy_report,
+        load_prompts,
+        parse_named,
+    )
+
+    try:
+        policies = parse_named(args.policy, "policy")
+        proxies = parse_named(args.proxy or [], "proxy")
+        prompts = load_prompts(args.prompts, args.prompt_key, args.split, args.n_prompts)
+        result = evaluate_policies(
+            policies, args.gold, prompts, args.out, proxies=proxies, reference=args.reference,
+            samples=args.samples, bon_samples=args.bon_samples, bon_prompts=args.bon_prompts,
+            max_new=args.max_new, temperature=args.temperature, seed=args.seed, tie_tol=args.tie_tol,
+            apply_chat_template=args.apply_chat_template, input_template=args.input_template,
+            rm_input_template=args.rm_input_template, max_len=args.max_len,
+            batch_size=args.batch_size, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
+        )  # fmt: skip
+    except EvalInputError as exc:
+        print(f"normbt eval-policy: {exc}", file=sys.stderr)
+        return 2
+    print(format_policy_report(result))
+    print(f"wrote {Path(args.out) / 'policy_eval.json'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="normbt", description="NormBT plugin for OpenRLHF")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -174,6 +213,7 @@ def main(argv: list[str] | None = None) -> None:
     cmp.add_argument("--out", required=True, help="report folder (report.md, PNGs, summary.json)")
     cmp.add_argument("--baseline", default="bt", help="loss the others are compared with")
     cmp.add_argument("--eval_name", default="eval.json", help="eval-rm result file in each run")
+    cmp.add_argument("--policy_eval", help="normbt eval-policy's policy_eval.json: downstream section")
     ev = sub.add_parser("eval-rm", help="score a reward model on preference data")
     ev.add_argument("--model", required=True, help="OpenRLHF RM checkpoint or HF seq-cls RM")
     ev.add_argument("--data", required=True, help="local .jsonl/.json/.parquet or a dataset name")
@@ -191,6 +231,36 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--input_template", help="as train_rm's --data.input_template, e.g. '[CLS]{}'")
     ev.add_argument("--bins", type=int, default=5, help="distance quantile bins (0: off)")
     ev.add_argument("--out", help="write the full result (per-pair scores included) as JSON")
+    ep = sub.add_parser("eval-policy", help="sample policies with vLLM, score them with a gold RM")
+    ep.add_argument(
+        "--policy",
+        action="append",
+        required=True,
+        metavar="NAME=PATH",
+        help="a policy (repeat); the first is the reference unless --reference",
+    )
+    ep.add_argument("--gold", required=True, help="the gold reward model (OpenRLHF or HF seq-cls)")
+    ep.add_argument("--proxy", action="append", metavar="NAME=PATH", help="a proxy RM for best-of-N")
+    ep.add_argument("--prompts", required=True, help="held-out prompts: .jsonl/.json/.parquet or name")
+    ep.add_argument("--prompt_key", default="input")
+    ep.add_argument("--split", default="train", help="dataset split (for dataset names)")
+    ep.add_argument("--n_prompts", type=int, default=None, help="use the first N prompts")
+    ep.add_argument("--reference", default=None, help="policy name for win rates and KL")
+    ep.add_argument("--samples", type=int, default=1, help="responses per prompt and policy")
+    ep.add_argument("--bon_samples", type=int, default=0, help="best-of-N: K samples (0: off)")
+    ep.add_argument("--bon_prompts", type=int, default=None, help="best-of-N on the first N prompts")
+    ep.add_argument("--max_new", type=int, default=256)
+    ep.add_argument("--temperature", type=float, default=1.0)
+    ep.add_argument("--seed", type=int, default=0)
+    ep.add_argument("--tie_tol", type=float, default=0.0, help="gold rewards this close tie")
+    ep.add_argument("--apply_chat_template", action="store_true")
+    ep.add_argument("--input_template", default=None, help="prompt template of the policy")
+    ep.add_argument("--rm_input_template", default=None, help="prompt template of the RMs")
+    ep.add_argument("--max_len", type=int, default=2048, help="prompt + response tokens")
+    ep.add_argument("--tensor_parallel_size", type=int, default=1, help="GPUs per vLLM engine")
+    ep.add_argument("--batch_size", type=int, default=16)
+    ep.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    ep.add_argument("--out", required=True, help="folder: policy_eval.json, generations/")
     dg = sub.add_parser("diagnose", help="per-pair gradient norm vs distance, BT and NormBT")
     dg.add_argument("--model", required=True)
     dg.add_argument("--data", required=True)
@@ -204,6 +274,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(diagnose(args))
     if args.command == "eval-rm":
         sys.exit(eval_rm(args))
+    if args.command == "eval-policy":
+        sys.exit(eval_policy(args))
     if args.command == "compare":
         sys.exit(compare(args))
     sys.exit({"doctor": doctor, "losses": losses}[args.command]())

@@ -14,6 +14,7 @@ seeds per loss, a paired t-test across seeds (scipy.stats.ttest_rel).
 from __future__ import annotations
 
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,13 @@ def _subset_masks(run: Run) -> dict[str, np.ndarray]:
     return {s: arr == s for s in sorted(set(subsets))}
 
 
-def build_report(paths: list[str], out_dir: str, baseline: str = "bt", eval_name: str = "eval.json") -> Path:
+def build_report(
+    paths: list[str],
+    out_dir: str,
+    baseline: str = "bt",
+    eval_name: str = "eval.json",
+    policy_eval: str | None = None,
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -271,17 +278,22 @@ def build_report(paths: list[str], out_dir: str, baseline: str = "bt", eval_name
     fig.tight_layout()
     figures.append(("training_curves.png", fig))
 
+    if policy_eval:
+        policy_lines, policy_figures, summary["downstream"] = downstream_section(policy_eval, base)
+        lines += policy_lines
+        figures += policy_figures
+    else:
+        lines += [
+            "",
+            "## Downstream policies",
+            "",
+            "No `--policy_eval` given: policy quality is not compared here.",
+        ]
     lines += ["", "## Plots", ""]
     for name, figure in figures:
         figure.savefig(out / name, dpi=110)
         plt.close(figure)
         lines.append(f"![{name}]({name})")
-    lines += [
-        "",
-        "## Downstream policies",
-        "",
-        "No PPO runs in these folders: policy quality is not compared here.",
-    ]
     report = out / "report.md"
     report.write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -302,3 +314,179 @@ def training_curve(run: Run, key: str) -> tuple[list[int], list[float]]:
                 return [s.step for s in scalars], [s.value for s in scalars]
     points = [(r["step"], r[key]) for r in run.train if key in r]
     return [p[0] for p in points], [p[1] for p in points]
+
+
+# ------------------------------------------------------------------ downstream policies
+
+
+def _label(name: str) -> tuple[str, int | None]:
+    """``bt-seed3`` -> ('bt', 3); a name without a seed is its own group."""
+    match = re.fullmatch(r"(.+)-seed(\d+)", name)
+    return (match.group(1), int(match.group(2))) if match else (name, None)
+
+
+def _matched(a: dict[int | None, Any], b: dict[int | None, Any]) -> list[tuple[Any, Any]]:
+    """Seed-matched pairs of two groups; every pair when they share no seed."""
+    common = sorted(set(a) & set(b), key=str)
+    return [(a[s], b[s]) for s in common] if common else [(x, y) for x in a.values() for y in b.values()]
+
+
+def _ci_text(values: dict[str, float], digits: int = 4) -> str:
+    return f"{values['mean']:.{digits}f} [{values['low']:.{digits}f}, {values['high']:.{digits}f}]"
+
+
+def _interval(samples: list[np.ndarray]) -> dict[str, float]:
+    mean = float(np.mean([x.mean() for x in samples]))
+    low, high = bootstrap_ci(samples) if len(samples[0]) > 1 else (mean, mean)
+    return {"mean": mean, "low": low, "high": high}
+
+
+def downstream_section(path: str, baseline: str) -> tuple[list[str], list, dict[str, Any]]:
+    """The ``normbt eval-policy`` result as report lines, figures and a summary: per loss label
+    (seeds averaged) gold reward, win rate against the reference policy and KL with bootstrap 95%
+    intervals over prompts, the difference to the baseline label's policies (paired bootstrap,
+    permutation test over prompts, t-test across seeds), head-to-head win rates, best-of-N."""
+    import matplotlib.pyplot as plt
+
+    source = Path(path)
+    if not source.exists():
+        raise EvalInputError(f"{path} does not exist (run normbt eval-policy --out {source.parent})")
+    result = json.loads(source.read_text())
+    ref = result["reference"]
+    groups: dict[str, dict[int | None, dict]] = defaultdict(dict)
+    for name, policy in result["policies"].items():
+        label, seed = _label(name)
+        groups[label][seed] = policy
+    labels = [ref] + sorted(g for g in groups if g != _label(ref)[0])
+    groups[ref] = groups.pop(_label(ref)[0])
+    base = baseline if baseline in groups else None
+
+    def per_prompt(policy: dict, key: str) -> np.ndarray:
+        return np.asarray(policy["per_prompt"][key], dtype=np.float64)
+
+    lines = [
+        "",
+        "## Downstream policies",
+        "",
+        f"`normbt eval-policy`: {result['prompts']} held-out prompts x {result['samples']} samples per "
+        f"policy (temperature {result['temperature']}, up to {result['max_new']} new tokens), gold RM "
+        f"`{result['gold']}`, reference policy `{ref}`. Win rate: 1 / 0 / 0.5 for a higher / lower / tied "
+        "gold reward on the same prompt and sample index (tie: identical text or within "
+        f"{result['tie_tol']}). KL: mean of log pi - log pi_ref over the policy's own samples.",
+        "Intervals: 95% bootstrap over prompts (seeds averaged); p: paired permutation test over "
+        "prompts; t-test: paired across seeds.",
+        "",
+        f"| policy | seeds | gold reward | win rate vs {ref} | KL to {ref} | length | gold vs {base or '-'} "
+        "| p (prompts) | p (seeds, t-test) |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    summary: dict[str, Any] = {"reference": ref, "policies": {}}
+    for label in labels:
+        members = groups[label]
+        gold = [per_prompt(p, "gold") for p in members.values()]
+        row: dict[str, Any] = {
+            "seeds": sorted((s for s in members if s is not None), key=int),
+            "gold": _interval(gold),
+            "kl": _interval([per_prompt(p, "kl") for p in members.values()]),
+            "length": float(np.mean([p["length"] for p in members.values()])),
+        }
+        cells = [_ci_text(row["gold"]), "", _ci_text(row["kl"], 3), f"{row['length']:.1f}", "", "", ""]
+        if label != ref:
+            wins = [np.asarray(p["wins"][ref]["per_prompt"]) for p in members.values()]
+            row["win_vs_reference"] = _interval(wins)
+            cells[1] = _ci_text(row["win_vs_reference"], 3)
+        if base and label not in (base, ref):
+            pairs = _matched(members, groups[base])
+            d = paired_difference(
+                [per_prompt(a, "gold") for a, _ in pairs], [per_prompt(b, "gold") for _, b in pairs]
+            )
+            row["gold_vs_baseline"] = d
+            cells[4] = f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
+            cells[5] = f"{d['p_permutation']:.3g}"
+            seeds = sorted(set(members) & set(groups[base]) - {None})
+            if len(seeds) >= 2:
+                t = stats.ttest_rel(
+                    [members[s]["gold_mean"] for s in seeds], [groups[base][s]["gold_mean"] for s in seeds]
+                )
+                row["t_test"] = {"statistic": float(t.statistic), "p": float(t.pvalue), "seeds": seeds}
+                cells[6] = f"{t.pvalue:.3g} (n={len(seeds)})"
+            else:
+                cells[6] = "n/a (1 seed)"
+        summary["policies"][label] = row
+        lines.append(f"| {label} | {len(members)} | " + " | ".join(cells) + " |")
+
+    trained = [g for g in labels if g != ref]
+    if len(trained) >= 2:
+        lines += [
+            "",
+            "Head to head: win rate of the row's policies against the column's (same seeds paired), 95% CI.",
+            "",
+            "| | " + " | ".join(trained) + " |",
+            "|---|" + "---|" * len(trained),
+        ]
+        for a in trained:
+            cells = []
+            for b in trained:
+                if a == b:
+                    cells.append("-")
+                    continue
+                pairs = _matched(groups[a], groups[b])
+                names = {id(p): n for n, p in result["policies"].items()}
+                wins = [np.asarray(x["wins"][names[id(y)]]["per_prompt"]) for x, y in pairs]
+                interval = _interval(wins)
+                summary["policies"][a].setdefault("head_to_head", {})[b] = interval
+                cells.append(_ci_text(interval, 3))
+            lines.append(f"| {a} | " + " | ".join(cells) + " |")
+
+    figures = []
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, key, title in (
+        (axes[0], "gold", "gold reward"),
+        (axes[1], "win_vs_reference", f"win rate vs {ref}"),
+    ):
+        shown = [g for g in labels if key in summary["policies"][g]]
+        values = [summary["policies"][g][key] for g in shown]
+        for i, (g, v) in enumerate(zip(shown, values, strict=True)):  # points: rewards can be negative
+            err = [[v["mean"] - v["low"]], [v["high"] - v["mean"]]]
+            ax.errorbar([i], [v["mean"]], yerr=err, fmt="o", color=f"C{labels.index(g)}", capsize=5, ms=8)
+        ax.set_xticks(range(len(shown)), shown, rotation=20, ha="right")
+        ax.set_xlim(-0.5, len(shown) - 0.5)
+        ax.set_title(f"{title} (95% bootstrap CI)")
+        if key == "win_vs_reference":
+            ax.axhline(0.5, color="grey", lw=0.8, ls="--")
+            ax.set_ylim(0, 1)
+    fig.tight_layout()
+    figures.append(("downstream_policies.png", fig))
+
+    if "best_of_n" in result:
+        bon = result["best_of_n"]
+        ns = bon["n"]
+        lines += [
+            "",
+            f"Best-of-N from `{ref}` ({bon['prompts']} prompts x {bon['samples']} samples): expected gold "
+            "reward of the response each proxy RM ranks first among N (exact over all N-subsets), "
+            "proxies of a loss averaged over seeds, 95% bootstrap CI over prompts.",
+            "",
+            "| proxy | " + " | ".join(f"N={n}" for n in ns) + " |",
+            "|---|" + "---|" * len(ns),
+        ]
+        bon_groups: dict[str, list[np.ndarray]] = defaultdict(list)
+        for name, curve in bon["curves"].items():
+            bon_groups[_label(name)[0]].append(np.asarray(curve["per_prompt"], dtype=np.float64))
+        fig, ax = plt.subplots(figsize=(6, 4))
+        summary["best_of_n"] = {"n": ns, "kl": bon["kl"], "curves": {}}
+        for k, (label, curves) in enumerate(bon_groups.items()):
+            points = [_interval([c[:, j] for c in curves]) for j in range(len(ns))]
+            summary["best_of_n"]["curves"][label] = points
+            lines.append(f"| {label} | " + " | ".join(f"{p['mean']:.4f}" for p in points) + " |")
+            style = {"color": "black", "ls": "--"} if label.startswith("oracle") else {"color": f"C{k}"}
+            ax.plot(ns, [p["mean"] for p in points], marker="o", label=label, **style)
+            ax.fill_between(ns, [p["low"] for p in points], [p["high"] for p in points], alpha=0.2, **style)
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("N (KL bound log N - (N-1)/N)")
+        ax.set_ylabel("gold reward of the proxy's best of N")
+        ax.set_title("Best-of-N")
+        ax.legend()
+        fig.tight_layout()
+        figures.append(("best_of_n.png", fig))
+    return lines, figures, summary

@@ -94,7 +94,7 @@ def _load_rows(source: str, split: str) -> list[dict]:
     path = Path(source)
     if path.exists():
         if path.is_file() and path.stat().st_size == 0:
-            raise EvalInputError(f"{source} is empty: no preference pairs to evaluate")
+            raise EvalInputError(f"{source} is empty: nothing to evaluate")
         kind = "parquet" if path.suffix == ".parquet" else "json"
         data = load_dataset(kind, data_files=str(path), split="train")
     else:  # a dataset name, loaded from the hub on users' nodes
@@ -167,7 +167,7 @@ class RewardScorer:
         device: str | None = None,
         dtype: str = "float32",
     ) -> None:
-        from transformers import AutoConfig, AutoTokenizer
+        from transformers import AutoTokenizer
 
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
         self.batch_size, self.max_len = batch_size, max_len
@@ -175,13 +175,8 @@ class RewardScorer:
         if input_template is not None and "{}" not in input_template:
             raise EvalInputError(f"--input_template needs a '{{}}' for the prompt, got {input_template!r}")
         self.input_template = input_template
-        try:
-            config = AutoConfig.from_pretrained(model_path)
-        except (OSError, ValueError) as exc:
-            raise EvalInputError(f"{model_path} is not a model folder or name: {exc}") from exc
-        if loader == "auto":
-            loader = "openrlhf" if hasattr(config, "value_head_prefix") else "hf"
-        self.loader = loader
+        config, self.loader = check_reward_model(model_path, loader)
+        loader = self.loader
         torch_dtype = getattr(torch, dtype)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.tokenizer.padding_side = "left"
@@ -189,7 +184,6 @@ class RewardScorer:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if loader == "openrlhf":
             prefix = getattr(config, "value_head_prefix", "score")
-            _require_value_head(model_path, prefix)
             from normbt_plugin.patches import apply_openrlhf_patches
 
             apply_openrlhf_patches()
@@ -262,6 +256,32 @@ class RewardScorer:
             for j, i in enumerate(idx):
                 rewards[i], hidden[i] = reward[j], h[j]
         return np.asarray(rewards, dtype=np.float64), torch.stack(hidden).numpy()
+
+
+def check_reward_model(model_path: str, loader: str = "auto") -> tuple[Any, str]:
+    """The model's config and loader ('openrlhf' or 'hf'), after the checks that need no weights
+    loaded: a model folder or name, and a value head in an OpenRLHF checkpoint."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model_path)
+    except (OSError, ValueError) as exc:
+        raise EvalInputError(f"{model_path} is not a model folder or name: {exc}") from exc
+    if loader == "auto":
+        loader = "openrlhf" if hasattr(config, "value_head_prefix") else "hf"
+    if loader == "openrlhf":
+        _require_value_head(model_path, getattr(config, "value_head_prefix", "score"))
+    architectures = getattr(config, "architectures", None) or []
+    if (
+        loader == "hf"
+        and architectures
+        and not any("SequenceClassification" in a or "Reward" in a for a in architectures)
+    ):
+        raise EvalInputError(
+            f"{model_path} is not a reward model: its architectures are {architectures} (a causal LM or "
+            "base model?). Pass an OpenRLHF reward model or an HF sequence-classification RM."
+        )
+    return config, loader
 
 
 def _require_value_head(model_path: str, prefix: str) -> None:

@@ -4,7 +4,7 @@ preference pairs with a known right answer, fine-grained and coarse.
 The task: the chosen response lists the prompt's numbers sorted. A fine-grained rejected
 response swaps two neighbours (one token pair changed); a coarse one is unrelated words.
 
-    python -m normbt_plugin.tiny --out runs/tiny      # model/, train.jsonl, test.jsonl, prompts.jsonl
+    python -m normbt_plugin.tiny --out runs/tiny   # model/, train/test.jsonl, prompts/eval_prompts.jsonl
 """
 
 from __future__ import annotations
@@ -123,11 +123,13 @@ def build_tiny_setup(
     tokenizer = build_tokenizer(texts, model_dir)
     build_model(model_dir, len(tokenizer), seed=seed, tokenizer=tokenizer, **model_kwargs)
     prompts = [{"input": r["prompt"]} for r in make_pairs(n_test, seed + 20_000)]  # for PPO
+    held_out = [{"input": r["prompt"]} for r in make_pairs(n_test, seed + 30_000)]  # for eval-policy
     return {
         "model": model_dir,
         "train": write_jsonl(train, out / "train.jsonl"),
         "test": write_jsonl(test, out / "test.jsonl"),
         "prompts": write_jsonl(prompts, out / "prompts.jsonl"),
+        "eval_prompts": write_jsonl(held_out, out / "eval_prompts.jsonl"),
     }
 
 

@@ -1,20 +1,22 @@
 #!/usr/bin/env bash
 # Compare reward-model losses: train one RM per loss and seed (recipes/rm.sh), evaluate each on
 # held-out pairs (normbt eval-rm), run PPO with vLLM rollouts on each (recipes/ppo.sh, PPO=1),
-# then write one report with intervals and plots (normbt compare).
+# judge the policies with a gold RM (normbt eval-policy), and write one report with intervals and
+# plots (normbt compare).
 #   bash recipes/compare.sh                         # the tiny CPU default (recipes/configs/tiny-cpu.env)
 #   CONFIG=recipes/configs/<your>.env LOSSES="bt normbt" SEEDS="1 2 3" bash recipes/compare.sh
-# Policy evaluation (gold reward, win rates) is not built yet: the chain stops after PPO.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,5p' "$0"; echo
+  sed -n '2,7p' "$0"; echo
   echo "Environment (defaults): CONFIG=recipes/configs/tiny-cpu.env LOSSES='bt normbt' SEEDS=1"
   echo "  LOSSES entries: a loss name, or label=loss:--flag=value,--flag=value for a variant,"
   echo "  e.g. 'bt normbt noema=normbt:--normbt.use_ema=false clip0.1=bt:--max_norm=0.1'"
   echo "  RUN_DIR=runs/compare BASELINE=bt SUBSET_KEY (group eval accuracy by a column),"
   echo "  PPO=1 (chain each RM into recipes/ppo.sh; its variables apply), POLICY, PROMPTS"
+  echo "  eval-policy: GOLD_RM (tiny: trained here), EVAL_PROMPTS EVAL_PROMPT_KEY=input EVAL_PROMPT_SPLIT"
+  echo "  EVAL_N_PROMPTS=500 EVAL_SAMPLES=1 BON_SAMPLES=64 BON_PROMPTS=200 EVAL_MAX_NEW=\$MAX_NEW EVAL_SEED=0 EVAL_TP=1"
   echo "  plus every variable of recipes/rm.sh"
   exit 0
 fi
@@ -52,10 +54,14 @@ elif [[ "${TINY:-0}" == 1 ]]; then
     --n_test "$N_TEST" --heads "${TINY_HEADS:-4}"
   export MODEL="$RUN_DIR/tiny/model" DATASET="$RUN_DIR/tiny/train.jsonl"
   export EVAL_DATASET="$RUN_DIR/tiny/test.jsonl" PROMPTS="$RUN_DIR/tiny/prompts.jsonl"
+  EVAL_PROMPTS="$RUN_DIR/tiny/eval_prompts.jsonl"
+  # train_sft's default --data.input_template is 'User: {}\nAssistant: ', PPO's is none: '{}' keeps
+  # the policy's prompts as PPO and eval-policy give them
   if [[ "${PPO:-0}" == 1 ]]; then  # a policy that has seen the task, so its samples are not noise
     echo "compare.sh: SFT of the tiny policy on the chosen responses -> $RUN_DIR/policy"
     run "$RUN_DIR/policy.log" python -m normbt_plugin.train_sft --model.model_name_or_path "$MODEL" \
       --data.dataset "$DATASET" --data.input_key prompt --data.output_key chosen \
+      --data.input_template '{}' \
       --data.max_len "$MAX_LEN" --train.max_epochs "$SFT_EPOCHS" --train.micro_batch_size 8 \
       --train.batch_size 32 --adam.lr "$SFT_LR" --ds.zero_stage 2 --ds.param_dtype bf16 \
       --ds.attn_implementation sdpa --ckpt.output_dir "$RUN_DIR/policy" --ckpt.path "$RUN_DIR/policy.ckpt"
@@ -93,13 +99,40 @@ for seed in $SEEDS; do
   done
 done
 
+compare_args=(--out "$RUN_DIR/report" --baseline "$BASELINE")
+if (( ${#ppo_runs[@]} )); then
+  if [[ "${TINY:-0}" == 1 && -z "${GOLD_RM:-}" ]]; then  # the judge: trained apart from the proxies
+    gold="$RUN_DIR/gold"
+    [[ "$dry" == 1 ]] || echo "compare.sh: an independent gold RM (own tokenizer, init, data; seed $GOLD_SEED) -> $gold"
+    run "$gold.data.log" python -m normbt_plugin.tiny --out "$gold/data" --seed "$GOLD_SEED" \
+      --n_train "$GOLD_N_TRAIN" --n_test "$N_TEST" --heads 4
+    MODEL="$gold/data/model" DATASET="$gold/data/train.jsonl" EVAL_DATASET="$gold/data/test.jsonl" \
+      LOSS=bt LABEL=gold SEED=$GOLD_SEED EPOCHS=$GOLD_EPOCHS BS=32 MICRO_BS=8 OUT=$gold \
+      run "$gold.log" bash recipes/rm.sh
+    run "$gold.eval.log" normbt eval-rm --model "$gold/model" --data "$EVAL_DATASET" "${eval_flags[@]}" \
+      --out "$gold/eval.json"
+    [[ "$dry" == 1 ]] || grep -m1 "accuracy" "$gold.eval.log" | sed 's/^/compare.sh: gold RM on the eval pairs: /'
+    GOLD_RM="$gold/model"
+  fi
+  policy_flags=(--policy "initial=$POLICY")
+  for r in "${ppo_runs[@]}"; do policy_flags+=(--policy "${r##*/ppo-}=$r/model"); done
+  for r in "${runs[@]}"; do policy_flags+=(--proxy "${r##*/rm-}=$r/model"); done
+  [[ -n "${EVAL_PROMPT_SPLIT:-}" ]] && policy_flags+=(--split "$EVAL_PROMPT_SPLIT")
+  [[ "${APPLY_CHAT_TEMPLATE:-0}" == 1 ]] && policy_flags+=(--apply_chat_template)
+  [[ -n "${INPUT_TEMPLATE:-}" ]] && policy_flags+=(--rm_input_template "$INPUT_TEMPLATE")
+  [[ "$dry" == 1 ]] || echo "compare.sh: sampling and judging the policies (normbt eval-policy) -> $RUN_DIR/policy-eval"
+  run "$RUN_DIR/policy-eval.log" normbt eval-policy "${policy_flags[@]}" \
+    --gold "${GOLD_RM:?set GOLD_RM to the gold reward model that judges the policies}" \
+    --prompts "${EVAL_PROMPTS:?set EVAL_PROMPTS to held-out prompts}" --prompt_key "${EVAL_PROMPT_KEY:-input}" \
+    --n_prompts "${EVAL_N_PROMPTS:-500}" --samples "${EVAL_SAMPLES:-1}" --bon_samples "${BON_SAMPLES:-64}" \
+    --bon_prompts "${BON_PROMPTS:-200}" --max_new "${EVAL_MAX_NEW:-$MAX_NEW}" \
+    --max_len "${PPO_MAX_LEN:-$MAX_LEN}" --seed "${EVAL_SEED:-0}" --tensor_parallel_size "${EVAL_TP:-1}" \
+    --out "$RUN_DIR/policy-eval"
+  compare_args+=(--policy_eval "$RUN_DIR/policy-eval/policy_eval.json")
+fi
+
 if [[ "$dry" == 1 ]]; then
-  printf '%q ' normbt compare "${runs[@]}" --out "$RUN_DIR/report" --baseline "$BASELINE"; echo
+  printf '%q ' normbt compare "${runs[@]}" "${compare_args[@]}"; echo
   exit 0
 fi
-normbt compare "${runs[@]}" --out "$RUN_DIR/report" --baseline "$BASELINE"
-if (( ${#ppo_runs[@]} )); then
-  echo "compare.sh: PPO policies: ${ppo_runs[*]/%//model}"
-  echo "compare.sh: policy evaluation (gold reward, win rates, KL; normbt eval-policy) is not built"
-  echo "  yet: the chain stops after PPO. PPO's own logs (reward per step) are in each tensorboard/."
-fi
+normbt compare "${runs[@]}" "${compare_args[@]}"

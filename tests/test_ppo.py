@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import BIN, REPO
@@ -269,3 +270,51 @@ def test_weight_sync_reaches_the_vllm_engine(chain):
     assert result["synced_not_repacked"]["logprob_err_vs_updated"] > 100 * tol, result
     assert result["after_sync"]["tokens_eq_updated"] == 1.0, result
     assert result["after_sync"]["logprob_err_vs_updated"] < tol, result
+
+
+# ------------------------------------------------------------------ eval-policy on the chain
+
+
+@pytest.mark.slow
+def test_policies_judged_by_an_independent_gold_rm(chain):
+    from normbt_plugin.evaluation import RewardScorer
+
+    result = json.loads((chain / "policy-eval" / "policy_eval.json").read_text())
+    assert set(result["policies"]) == {"initial", "bt-seed1", "normbt-seed1"}
+    assert result["policies"]["initial"]["kl"] == 0.0  # the reference against itself
+    for name, policy in result["policies"].items():
+        assert np.isfinite(policy["gold_per_sample"]).all()
+        assert len(policy["gold_per_sample"]) == result["prompts"] == 64
+        # vLLM sampled the model that transformers scores (float32): the sampler is the policy
+        assert policy["engine_logprob_gap"] < 1e-3, (name, policy["engine_logprob_gap"])
+        for other, wins in policy["wins"].items():
+            mirror = result["policies"][other]["wins"][name]["per_prompt"]
+            assert np.allclose(np.add(wins["per_prompt"], mirror), 1.0)  # ties counted once, as 1/2
+    for name in ("bt-seed1", "normbt-seed1"):
+        assert abs(result["policies"][name]["kl"]) > 1e-3, name  # PPO moved the policy
+
+    # the logged gold rewards are the gold RM's scores of the sampled texts
+    gold = RewardScorer(str(chain / "gold" / "model"))
+    rows = [json.loads(x) for x in (chain / "policy-eval" / "generations" / "normbt-seed1.jsonl").open()]
+    texts = [gold.format(r["prompt"], s["text"]) for r in rows[:8] for s in r["samples"]]
+    logged = np.asarray(result["policies"]["normbt-seed1"]["gold_per_sample"][:8]).ravel()
+    np.testing.assert_allclose(gold.score(texts)[0], logged, atol=1e-4)
+    # independent of the proxies: its own tokenizer
+    assert (chain / "gold" / "model" / "tokenizer.json").read_text() != (
+        chain / "rm-bt-seed1" / "model" / "tokenizer.json"
+    ).read_text()
+
+    bon = result["best_of_n"]
+    assert bon["n"] == [1, 2, 4, 8, 16, 32] and bon["samples"] == 32
+    curves = {k: np.asarray(v["mean"]) for k, v in bon["curves"].items()}
+    assert set(curves) == {"oracle (gold)", "bt-seed1", "normbt-seed1"}
+    oracle = curves.pop("oracle (gold)")
+    assert (np.diff(oracle) > 0).all()  # picking by the gold itself can only gain
+    for name, curve in curves.items():
+        assert curve[0] == pytest.approx(oracle[0]), name  # best of 1: a random sample
+        assert (curve <= oracle + 1e-9).all(), name  # no proxy picks better than the gold
+
+    report = (chain / "report" / "report.md").read_text()
+    assert "## Downstream policies" in report and "| normbt | 1 |" in report and "Best-of-N" in report
+    for png in ("downstream_policies.png", "best_of_n.png"):
+        assert (chain / "report" / png).stat().st_size > 10_000, png

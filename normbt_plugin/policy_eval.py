@@ -1,0 +1,340 @@
+"""Downstream policy quality: what the policies trained on each reward model generate.
+
+    normbt eval-policy --policy initial=runs/compare/policy \\
+        --policy bt-seed1=runs/compare/ppo-bt-seed1/model --policy normbt-seed1=... \\
+        --proxy bt-seed1=runs/compare/rm-bt-seed1/model --proxy normbt-seed1=... \\
+        --gold runs/compare/gold/model --prompts eval_prompts.jsonl --out runs/compare/policy-eval
+
+For each policy, vLLM samples ``--samples`` responses per held-out prompt (``generation.py``, one
+child process per policy). A gold reward model the user names scores every response; per policy:
+- gold reward mean;
+- win rate against the reference policy and head to head: the same prompt and sample index of two
+  policies, 1 if the gold reward is higher, 0 if lower, 1/2 for a tie (identical response text,
+  or gold rewards within ``--tie_tol``);
+- KL to the reference policy, ``E_y~pi [log pi(y|x) - log pi_ref(y|x)]`` over the sampled
+  responses, both log-probabilities from ``transformers`` at the sampling temperature;
+- response length in tokens and the share cut at ``--max_new``.
+Best-of-N (as in the paper; Gao et al. 2023): ``--bon_samples`` K responses per prompt from the
+reference policy, scored by each proxy RM and the gold RM; for N = 1, 2, 4 ... K the expected gold
+reward of the response the proxy ranks first among N drawn without replacement, computed exactly
+over all N-subsets (``best_of_n``), and its KL bound ``log N - (N-1)/N``.
+
+Names ``<label>-seed<k>`` group policies and proxies by loss label for ``normbt compare``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from normbt_plugin.evaluation import EvalInputError, RewardScorer, _load_rows, check_reward_model
+from normbt_plugin.generation import GenerationSpec, generate
+
+# ------------------------------------------------------------------ metrics
+
+
+def win_rate(
+    a: np.ndarray, b: np.ndarray, a_text: list[list[str]], b_text: list[list[str]], tie_tol: float = 0.0
+) -> np.ndarray:
+    """Per prompt, the mean over sample indices of 1 (a's gold reward higher), 0 (lower) or 1/2
+    (a tie: identical response text, or rewards within ``tie_tol``). ``a``, ``b``: [prompts, samples]."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"win rate needs the same prompts and samples, got {a.shape} and {b.shape}")
+    same = np.array(
+        [[x == y for x, y in zip(ra, rb, strict=True)] for ra, rb in zip(a_text, b_text, strict=True)]
+    )
+    outcome = np.where(a > b, 1.0, 0.0)
+    outcome = np.where(same | (np.abs(a - b) <= tie_tol), 0.5, outcome)
+    return outcome.mean(axis=1)
+
+
+def best_of_n(proxy: np.ndarray, gold: np.ndarray, ns: list[int]) -> np.ndarray:
+    """Expected gold reward of the proxy's best among N of the K samples (drawn without
+    replacement), exactly: sorted by proxy reward, the i-th smallest (1-based) is the best of a
+    random N-subset with probability C(i-1, N-1) / C(K, N). [prompts, K] -> [prompts, len(ns)]."""
+    proxy, gold = np.asarray(proxy, dtype=np.float64), np.asarray(gold, dtype=np.float64)
+    k = proxy.shape[1]
+    order = np.argsort(proxy, axis=1, kind="stable")
+    gold_sorted = np.take_along_axis(gold, order, axis=1)
+    out = np.empty((proxy.shape[0], len(ns)))
+    for j, n in enumerate(ns):
+        if not 1 <= n <= k:
+            raise ValueError(f"best-of-{n} needs 1 <= N <= {k} samples per prompt")
+        rank = np.arange(1, k + 1)
+        weights = np.array([math.comb(i - 1, n - 1) for i in rank], dtype=np.float64) / math.comb(k, n)
+        out[:, j] = gold_sorted @ weights
+    return out
+
+
+def bon_kl(n: int) -> float:
+    """KL(best-of-N || policy) upper bound, log N - (N-1)/N (Stiennon et al. 2020)."""
+    return math.log(n) - (n - 1) / n
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    model_path: str,
+    rows: list[dict],
+    temperature: float = 1.0,
+    batch_size: int = 8,
+    dtype: str = "float32",
+) -> np.ndarray:
+    """Sum of log p(response token | prefix) under ``model_path`` for every sample of ``rows``
+    (as ``generation`` writes them), at ``temperature``: [prompts, samples]."""
+    from transformers import AutoModelForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=getattr(torch, dtype))
+    except (OSError, ValueError) as exc:
+        raise EvalInputError(f"{model_path} is not a causal LM policy: {exc}") from exc
+    model = model.to(device).eval()
+    seqs = [(r["prompt_ids"], s["ids"]) for r in rows for s in r["samples"]]
+    totals = np.zeros(len(seqs))
+    for start in range(0, len(seqs), batch_size):
+        batch = seqs[start : start + batch_size]
+        width = max(len(p) + len(y) for p, y in batch)
+        ids = torch.zeros(len(batch), width, dtype=torch.long)
+        mask = torch.zeros(len(batch), width, dtype=torch.long)
+        for i, (p, y) in enumerate(batch):  # right padding: positions stay those of generation
+            ids[i, : len(p) + len(y)] = torch.tensor(p + y)
+            mask[i, : len(p) + len(y)] = 1
+        logits = model(ids.to(device), attention_mask=mask.to(device)).logits.float() / temperature
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, ids[:, 1:, None].to(device))[..., 0]
+        for i, (p, y) in enumerate(batch):
+            totals[start + i] = logp[i, len(p) - 1 : len(p) + len(y) - 1].sum().item()
+    del model
+    n = len(rows[0]["samples"]) if rows else 0
+    return totals.reshape(len(rows), n)
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def check_policy(name: str, path: str) -> None:
+    """A local policy folder must hold a causal LM (a reward model's folder would load with a
+    random LM head)."""
+    config_path = Path(path) / "config.json"
+    if not Path(path).exists():
+        if path.startswith((".", "/")):
+            raise EvalInputError(f"policy {name}: {path} does not exist")
+        return  # a hub name, loaded on users' nodes
+    if not config_path.exists():
+        raise EvalInputError(f"policy {name}: {path} has no config.json (not a model folder)")
+    architectures = json.loads(config_path.read_text()).get("architectures") or []
+    if not any(a.endswith(("ForCausalLM", "ForConditionalGeneration")) for a in architectures):
+        raise EvalInputError(
+            f"policy {name}: {path} is not a causal LM (architectures {architectures}); a reward "
+            "model goes to --gold or --proxy"
+        )
+
+
+def parse_named(entries: list[str], what: str) -> dict[str, str]:
+    """``name=path`` entries, names unique."""
+    out: dict[str, str] = {}
+    for entry in entries:
+        name, sep, path = entry.partition("=")
+        if not sep or not name or not path:
+            raise EvalInputError(f"--{what} takes name=path, got {entry!r}")
+        if name in out:
+            raise EvalInputError(f"--{what} name {name!r} given twice")
+        out[name] = path
+    return out
+
+
+def load_prompts(
+    source: str, key: str = "input", split: str = "train", limit: int | None = None
+) -> list[str]:
+    path = Path(source)
+    if not path.exists() and (
+        source.startswith((".", "/")) or path.suffix in {".jsonl", ".json", ".parquet"}
+    ):
+        raise EvalInputError(f"prompt file {source} does not exist")
+    rows = _load_rows(source, split)
+    if not rows:
+        raise EvalInputError(f"{source} has no prompts")
+    if key not in rows[0]:
+        raise EvalInputError(
+            f"{source} has no {key!r} column (columns: {sorted(rows[0])}): pass --prompt_key"
+        )
+    prompts = [r[key] if isinstance(r[key], str) else r[key][0]["content"] for r in rows]
+    return prompts[:limit] if limit else prompts
+
+
+# ------------------------------------------------------------------ the evaluation
+
+
+def _scores(scorer: RewardScorer, rows: list[dict], label: str) -> np.ndarray:
+    texts = [scorer.format(r["prompt"], s["text"]) for r in rows for s in r["samples"]]
+    rewards, _ = scorer.score(texts, progress=label)
+    if not np.isfinite(rewards).all():
+        raise FloatingPointError(f"{label}: the reward model gave a non-finite reward")
+    return rewards.reshape(len(rows), -1)
+
+
+def evaluate_policies(
+    policies: dict[str, str],
+    gold: str,
+    prompts: list[str],
+    out_dir: str | Path,
+    *,
+    proxies: dict[str, str] | None = None,
+    reference: str | None = None,
+    samples: int = 1,
+    bon_samples: int = 0,
+    bon_prompts: int | None = None,
+    max_new: int = 64,
+    temperature: float = 1.0,
+    seed: int = 0,
+    tie_tol: float = 0.0,
+    apply_chat_template: bool = False,
+    input_template: str | None = None,
+    rm_input_template: str | None = None,
+    max_len: int = 2048,
+    batch_size: int = 16,
+    dtype: str = "float32",
+    tensor_parallel_size: int = 1,
+) -> dict[str, Any]:
+    """Generate, score and compare; the result is what ``normbt compare`` reads."""
+    out = Path(out_dir)
+    reference = reference or next(iter(policies))
+    if reference not in policies:
+        raise EvalInputError(f"--reference {reference!r} is not one of the policies {sorted(policies)}")
+    proxies = proxies or {}
+    # fail before any generation on a path that is not what it should be
+    for path in [gold, *proxies.values()]:
+        check_reward_model(path)
+    for name, path in policies.items():
+        check_policy(name, path)
+
+    def scorer(path: str) -> RewardScorer:  # loaded after generation: vLLM has the GPU until then
+        return RewardScorer(
+            path, batch_size=batch_size, max_len=max_len, apply_chat_template=apply_chat_template,
+            input_template=rm_input_template, dtype=dtype,
+        )  # fmt: skip
+
+    n_bon = min(bon_prompts or len(prompts), len(prompts)) if bon_samples else 0
+    if bon_samples and bon_samples < samples:
+        raise EvalInputError(f"--bon_samples ({bon_samples}) must be at least --samples ({samples})")
+    generations, bon_rows = {}, None
+    for name in policies:
+        # the reference also draws best-of-N's K samples on the first prompts: one engine start
+        counts = [bon_samples if name == reference and i < n_bon else samples for i in range(len(prompts))]
+        print(
+            f"eval-policy: sampling {name} ({len(prompts)} prompts x {samples}"
+            + (f"; best-of-N: {n_bon} x {bon_samples})" if name == reference and n_bon else ")"),
+            flush=True,
+        )
+        spec = GenerationSpec(
+            model=policies[name], prompts=prompts, out=str(out / "generations" / f"{name}.jsonl"),
+            samples=counts, max_new=max_new, temperature=temperature, seed=seed,
+            max_prompt_len=max_len - max_new, apply_chat_template=apply_chat_template,
+            input_template=input_template, tensor_parallel_size=tensor_parallel_size, extra={"name": name},
+        )  # fmt: skip
+        rows = generate(spec, log=out / "generations" / f"{name}.log")
+        if name == reference and n_bon:
+            bon_rows = rows[:n_bon]
+            rows = [{**r, "samples": r["samples"][:samples]} for r in rows]
+        generations[name] = rows
+
+    result: dict[str, Any] = {
+        "reference": reference, "gold": gold, "prompts": len(prompts), "samples": samples,
+        "max_new": max_new, "temperature": temperature, "seed": seed, "tie_tol": tie_tol, "policies": {},
+    }  # fmt: skip
+    texts = {n: [[s["text"] for s in r["samples"]] for r in rows] for n, rows in generations.items()}
+    gold_scorer = scorer(gold)
+    gold_scores = {n: _scores(gold_scorer, rows, f"gold on {n}") for n, rows in generations.items()}
+    for name, rows in generations.items():
+        logp = sequence_logprobs(policies[name], rows, temperature, batch_size)
+        logp_ref = sequence_logprobs(policies[reference], rows, temperature, batch_size)
+        engine = np.array([[s["engine_logprob"] for s in r["samples"]] for r in rows])
+        lengths = np.array([[len(s["ids"]) for s in r["samples"]] for r in rows], dtype=np.float64)
+        truncated = np.array([[s["truncated"] for s in r["samples"]] for r in rows], dtype=np.float64)
+        kl = (logp - logp_ref).mean(axis=1)
+        result["policies"][name] = {
+            "path": policies[name],
+            "gold_mean": float(gold_scores[name].mean()),
+            "kl": float(kl.mean()),
+            "length": float(lengths.mean()),
+            "truncated": float(truncated.mean()),
+            # vLLM's own log-probs vs transformers' (temperature 1 only): the sampler is the model
+            "engine_logprob_gap": float(np.abs(engine - logp).max()) if temperature == 1.0 else None,
+            "per_prompt": {
+                "gold": gold_scores[name].mean(axis=1).tolist(),
+                "kl": kl.tolist(),
+                "length": lengths.mean(axis=1).tolist(),
+            },
+            "gold_per_sample": gold_scores[name].tolist(),
+            "texts": texts[name],
+        }
+    names = list(policies)
+    for a in names:
+        wins = {}
+        for b in names:
+            if a != b:
+                per_prompt = win_rate(gold_scores[a], gold_scores[b], texts[a], texts[b], tie_tol)
+                wins[b] = {"win_rate": float(per_prompt.mean()), "per_prompt": per_prompt.tolist()}
+        result["policies"][a]["wins"] = wins
+
+    if bon_rows is not None:
+        gold_k = _scores(gold_scorer, bon_rows, "gold on best-of-N samples")
+        ns = [n for n in (2**i for i in range(int(math.log2(bon_samples)) + 1))]
+        if ns[-1] != bon_samples:
+            ns.append(bon_samples)
+        curves = {"oracle (gold)": best_of_n(gold_k, gold_k, ns)}
+        for name, path in proxies.items():
+            curves[name] = best_of_n(_scores(scorer(path), bon_rows, f"proxy {name}"), gold_k, ns)
+        result["best_of_n"] = {
+            "n": ns,
+            "kl": [bon_kl(n) for n in ns],
+            "prompts": len(bon_rows),
+            "samples": bon_samples,
+            "curves": {
+                k: {"mean": v.mean(axis=0).tolist(), "per_prompt": v.tolist()} for k, v in curves.items()
+            },
+        }
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "policy_eval.json").write_text(json.dumps(result))
+    return result
+
+
+def format_policy_report(result: dict[str, Any]) -> str:
+    ref = result["reference"]
+    lines = [
+        f"policies on {result['prompts']} prompts x {result['samples']} samples, gold RM {result['gold']}",
+        f"{'policy':<24} {'gold':>9} {'win vs ' + ref:>16} {'KL':>9} {'length':>8} {'cut':>6}",
+    ]
+    for name, p in result["policies"].items():
+        win = p["wins"].get(ref, {}).get("win_rate")
+        win_text = f"{win:.3f}" if win is not None else "-"
+        lines.append(
+            f"{name:<24} {p['gold_mean']:>9.4f} {win_text:>16} {p['kl']:>9.4f} "
+            f"{p['length']:>8.1f} {p['truncated']:>6.2f}"
+        )
+    if "best_of_n" in result:
+        bon = result["best_of_n"]
+        lines.append(
+            f"best-of-N gold reward ({bon['prompts']} prompts x {bon['samples']} samples from {ref})"
+        )
+        lines.append(f"{'proxy':<24} " + " ".join(f"{'N=' + str(n):>8}" for n in bon["n"]))
+        for name, curve in bon["curves"].items():
+            lines.append(f"{name:<24} " + " ".join(f"{v:>8.4f}" for v in curve["mean"]))
+    return "\n".join(lines)
+
+
+__all__ = [
+    "best_of_n",
+    "bon_kl",
+    "evaluate_policies",
+    "format_policy_report",
+    "load_prompts",
+    "parse_named",
+    "sequence_logprobs",
+    "win_rate",
+]

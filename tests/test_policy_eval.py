@@ -1,0 +1,213 @@
+"""normbt eval-policy: win rates with ties, the exact best-of-N estimator, KL, bad input, and the
+downstream section of normbt compare on data with a known answer."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from normbt_plugin.compare import downstream_section
+from normbt_plugin.evaluation import EvalInputError
+from normbt_plugin.policy_eval import (
+    best_of_n,
+    bon_kl,
+    load_prompts,
+    parse_named,
+    sequence_logprobs,
+    win_rate,
+)
+
+BIN = Path(sys.executable).parent
+
+
+def test_win_rate_counts_ties_as_half():
+    a = np.array([[2.0, 1.0], [0.0, 5.0], [3.0, 3.0]])
+    b = np.array([[1.0, 2.0], [0.0, 5.0], [3.0, 2.9999]])
+    a_text = [["x", "y"], ["p", "same"], ["u", "v"]]
+    b_text = [["z", "w"], ["q", "same"], ["u2", "v2"]]
+    # prompt 0: win, loss; prompt 1: equal rewards, then identical text; prompt 2: equal, win
+    assert win_rate(a, b, a_text, b_text).tolist() == [0.5, 0.5, 0.75]
+    # within tie_tol counts as a tie too
+    assert win_rate(a, b, a_text, b_text, tie_tol=1e-3).tolist() == [0.5, 0.5, 0.5]
+    # identical text ties even where a reward model scored the copies differently (batch noise)
+    assert win_rate(np.array([[1.0]]), np.array([[0.9]]), [["t"]], [["t"]]).tolist() == [0.5]
+    # antisymmetric: a vs b + b vs a = 1
+    assert (win_rate(a, b, a_text, b_text) + win_rate(b, a, b_text, a_text)).tolist() == [1.0] * 3
+    with pytest.raises(ValueError, match="same prompts and samples"):
+        win_rate(a[:2], b, a_text[:2], b_text)
+
+
+def test_best_of_n_is_exact_over_all_subsets():
+    rng = np.random.default_rng(0)
+    proxy, gold = rng.normal(size=(5, 7)), rng.normal(size=(5, 7))
+    ns = [1, 2, 3, 4, 7]
+    exact = best_of_n(proxy, gold, ns)
+    for p in range(5):
+        for j, n in enumerate(ns):
+            picks = [
+                gold[p, list(s)][np.argmax(proxy[p, list(s)])] for s in itertools.combinations(range(7), n)
+            ]
+            assert exact[p, j] == pytest.approx(np.mean(picks), abs=1e-12)
+    assert exact[:, 0] == pytest.approx(gold.mean(axis=1))  # N=1: a random sample
+    assert exact[:, -1] == pytest.approx(gold[np.arange(5), proxy.argmax(axis=1)])  # N=K: the argmax
+    oracle = best_of_n(gold, gold, ns)
+    assert (np.diff(oracle, axis=1) >= -1e-12).all()  # the gold as its own proxy only gains
+    anti = best_of_n(-gold, gold, ns)
+    assert (np.diff(anti, axis=1) <= 1e-12).all()  # an inverted proxy only loses
+    with pytest.raises(ValueError, match="1 <= N <= 7"):
+        best_of_n(proxy, gold, [8])
+
+
+def test_bon_kl():
+    assert bon_kl(1) == 0.0
+    assert bon_kl(64) == pytest.approx(np.log(64) - 63 / 64)
+
+
+def test_sequence_logprobs_padding_and_self_kl(tiny):
+    """Batched right-padded log-probs equal one sequence at a time; a policy's KL to itself is 0."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    rows = [
+        {"prompt_ids": [5, 6, 7], "samples": [{"ids": [8, 9]}, {"ids": [10, 11, 12, 13]}]},
+        {"prompt_ids": [20, 21, 22, 23, 24], "samples": [{"ids": [30]}, {"ids": [31, 32, 33]}]},
+    ]
+    batched = sequence_logprobs(str(tiny["model"]), rows, batch_size=4)
+    model = AutoModelForCausalLM.from_pretrained(tiny["model"], dtype=torch.float32).eval()
+    for i, row in enumerate(rows):
+        for j, sample in enumerate(row["samples"]):
+            ids = torch.tensor([row["prompt_ids"] + sample["ids"]])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(ids).logits[0, :-1], -1)
+            n = len(row["prompt_ids"])
+            want = sum(logp[n - 1 + t, tok].item() for t, tok in enumerate(sample["ids"]))
+            assert batched[i, j] == pytest.approx(want, abs=1e-4)
+    assert (batched < 0).all()
+    hot = sequence_logprobs(str(tiny["model"]), rows, temperature=0.5, batch_size=1)
+    assert not np.allclose(hot, batched)  # the temperature is applied
+
+
+def test_named_entries_and_prompt_files(tmp_path):
+    assert parse_named(["a=x", "b=y=z"], "policy") == {"a": "x", "b": "y=z"}
+    with pytest.raises(EvalInputError, match="name=path"):
+        parse_named(["just/a/path"], "policy")
+    with pytest.raises(EvalInputError, match="given twice"):
+        parse_named(["a=x", "a=y"], "proxy")
+    good = tmp_path / "p.jsonl"
+    good.write_text('{"input": "one"}\n{"input": "two"}\n{"input": "three"}\n')
+    assert load_prompts(str(good), limit=2) == ["one", "two"]
+    with pytest.raises(EvalInputError, match="no 'question' column"):
+        load_prompts(str(good), key="question")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(EvalInputError, match="empty"):
+        load_prompts(str(empty))
+    with pytest.raises(EvalInputError, match="does not exist"):
+        load_prompts(str(tmp_path / "missing.jsonl"))
+
+
+def eval_policy(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "normbt"), "eval-policy", *args], capture_output=True, text=True, timeout=300, check=False
+    )
+
+
+@pytest.mark.slow
+def test_eval_policy_refuses_bad_models_before_sampling(tiny, trained_pair, tmp_path):
+    rm = str(trained_pair["normbt"] / "out")
+    prompts = str(tiny["prompts"])
+    # a reward model given as a policy
+    proc = eval_policy(
+        "--policy", f"initial={rm}", "--gold", rm, "--prompts", prompts, "--out", str(tmp_path)
+    )
+    assert proc.returncode == 2 and "is not a causal LM" in proc.stderr, proc.stderr[-2000:]
+    # a causal LM given as the gold reward model
+    model = str(tiny["model"])
+    proc = eval_policy(
+        "--policy", f"initial={model}", "--gold", model, "--prompts", prompts, "--out", str(tmp_path)
+    )
+    assert proc.returncode == 2 and "is not a reward model" in proc.stderr, proc.stderr[-2000:]
+    # a policy path that does not exist
+    proc = eval_policy(
+        "--policy", "p=/nowhere/model", "--gold", rm, "--prompts", prompts, "--out", str(tmp_path)
+    )
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    assert not (tmp_path / "generations").exists()  # nothing was sampled
+
+
+def synthetic_policy_eval(path: Path, effect: float, seeds=(1, 2, 3), prompts: int = 200) -> Path:
+    """A policy_eval.json whose 'normbt' policies beat the 'bt' ones by ``effect`` gold reward."""
+    rng = np.random.default_rng(0)
+    difficulty = rng.normal(size=prompts)  # shared by all policies: the pairing matters
+    policies = {"initial": {"gold": difficulty}}
+    for seed in seeds:
+        policies[f"bt-seed{seed}"] = {"gold": difficulty + 0.5 + rng.normal(0, 0.5, prompts)}
+        policies[f"normbt-seed{seed}"] = {"gold": difficulty + 0.5 + effect + rng.normal(0, 0.5, prompts)}
+    result = {"reference": "initial", "gold": "gold-rm", "prompts": prompts, "samples": 1, "max_new": 8,
+              "temperature": 1.0, "tie_tol": 0.0, "policies": {}}  # fmt: skip
+    for name, p in policies.items():
+        result["policies"][name] = {
+            "gold_mean": float(p["gold"].mean()),
+            "kl": 0.0 if name == "initial" else 1.0,
+            "length": 8.0,
+            "per_prompt": {"gold": p["gold"].tolist(), "kl": [0.0 if name == "initial" else 1.0] * prompts},
+            "wins": {
+                other: {"per_prompt": np.where(p["gold"] > q["gold"], 1.0, 0.0).tolist()}
+                for other, q in policies.items()
+                if other != name
+            },
+        }
+    gold = rng.normal(size=(50, 8))
+    result["best_of_n"] = {
+        "n": [1, 2, 4, 8],
+        "kl": [bon_kl(n) for n in (1, 2, 4, 8)],
+        "prompts": 50,
+        "samples": 8,
+        "curves": {
+            "oracle (gold)": {"per_prompt": best_of_n(gold, gold, [1, 2, 4, 8]).tolist()},
+            **{
+                f"{label}-seed{s}": {
+                    "per_prompt": best_of_n(gold + rng.normal(0, 1, gold.shape), gold, [1, 2, 4, 8]).tolist()
+                }
+                for label in ("bt", "normbt")
+                for s in seeds
+            },
+        },
+    }
+    path.write_text(json.dumps(result))
+    return path
+
+
+def test_downstream_section_finds_a_known_effect(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    lines, figures, summary = downstream_section(str(synthetic_policy_eval(tmp_path / "pe.json", 0.3)), "bt")
+    normbt = summary["policies"]["normbt"]
+    d = normbt["gold_vs_baseline"]
+    assert d["low"] < 0.3 < d["high"] and d["p_permutation"] < 0.01
+    assert normbt["t_test"]["seeds"] == [1, 2, 3] and normbt["t_test"]["p"] < 0.05
+    assert summary["policies"]["initial"]["kl"]["mean"] == 0.0
+    assert 0.5 < normbt["head_to_head"]["bt"]["mean"] < 1.0
+    assert (
+        normbt["head_to_head"]["bt"]["mean"] + summary["policies"]["bt"]["head_to_head"]["normbt"]["mean"]
+        <= 1
+    )
+    text = "\n".join(lines)
+    assert "## Downstream policies" in text and "Best-of-N" in text and "| normbt | 3 |" in text
+    oracle = summary["best_of_n"]["curves"]["oracle (gold)"]
+    assert [p["mean"] for p in oracle] == sorted(p["mean"] for p in oracle)
+    for name, fig in figures:
+        fig.savefig(tmp_path / name)
+        assert (tmp_path / name).stat().st_size > 10_000, name
+
+    # no effect: the interval covers 0 and the test does not reject
+    _, _, null = downstream_section(str(synthetic_policy_eval(tmp_path / "null.json", 0.0)), "bt")
+    d = null["policies"]["normbt"]["gold_vs_baseline"]
+    assert d["low"] < 0 < d["high"]
