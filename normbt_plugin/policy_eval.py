@@ -80,13 +80,14 @@ def bon_kl(n: int) -> float:
 @torch.no_grad()
 def sequence_logprobs(
     model_path: str,
-    rows: list[dict],
+    row_sets: list[list[dict]],
     temperature: float = 1.0,
     batch_size: int = 8,
     dtype: str = "float32",
-) -> np.ndarray:
-    """Sum of log p(response token | prefix) under ``model_path`` for every sample of ``rows``
-    (as ``generation`` writes them), at ``temperature``: [prompts, samples]."""
+) -> list[np.ndarray]:
+    """Sum of log p(response token | prefix) under ``model_path`` for every sample of each set of
+    rows (as ``generation`` writes them), at ``temperature``: one [prompts, samples] array per set,
+    the model loaded once."""
     from transformers import AutoModelForCausalLM
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -95,23 +96,25 @@ def sequence_logprobs(
     except (OSError, ValueError) as exc:
         raise EvalInputError(f"{model_path} is not a causal LM policy: {exc}") from exc
     model = model.to(device).eval()
-    seqs = [(r["prompt_ids"], s["ids"]) for r in rows for s in r["samples"]]
-    totals = np.zeros(len(seqs))
-    for start in range(0, len(seqs), batch_size):
-        batch = seqs[start : start + batch_size]
-        width = max(len(p) + len(y) for p, y in batch)
-        ids = torch.zeros(len(batch), width, dtype=torch.long)
-        mask = torch.zeros(len(batch), width, dtype=torch.long)
-        for i, (p, y) in enumerate(batch):  # right padding: positions stay those of generation
-            ids[i, : len(p) + len(y)] = torch.tensor(p + y)
-            mask[i, : len(p) + len(y)] = 1
-        logits = model(ids.to(device), attention_mask=mask.to(device)).logits.float() / temperature
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, ids[:, 1:, None].to(device))[..., 0]
-        for i, (p, y) in enumerate(batch):
-            totals[start + i] = logp[i, len(p) - 1 : len(p) + len(y) - 1].sum().item()
+    out = []
+    for rows in row_sets:
+        seqs = [(r["prompt_ids"], s["ids"]) for r in rows for s in r["samples"]]
+        totals = np.zeros(len(seqs))
+        for start in range(0, len(seqs), batch_size):
+            batch = seqs[start : start + batch_size]
+            width = max(len(p) + len(y) for p, y in batch)
+            ids = torch.zeros(len(batch), width, dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for i, (p, y) in enumerate(batch):  # right padding: positions stay those of generation
+                ids[i, : len(p) + len(y)] = torch.tensor(p + y)
+                mask[i, : len(p) + len(y)] = 1
+            logits = model(ids.to(device), attention_mask=mask.to(device)).logits.float() / temperature
+            logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(2, ids[:, 1:, None].to(device))[..., 0]
+            for i, (p, y) in enumerate(batch):
+                totals[start + i] = logp[i, len(p) - 1 : len(p) + len(y) - 1].sum().item()
+        out.append(totals.reshape(len(rows), -1))
     del model
-    n = len(rows[0]["samples"]) if rows else 0
-    return totals.reshape(len(rows), n)
+    return out
 
 
 # ------------------------------------------------------------------ inputs
@@ -248,15 +251,35 @@ def evaluate_policies(
         "max_new": max_new, "temperature": temperature, "seed": seed, "tie_tol": tie_tol, "policies": {},
     }  # fmt: skip
     texts = {n: [[s["text"] for s in r["samples"]] for r in rows] for n, rows in generations.items()}
+    # one model in memory at a time, each loaded once: the gold, the proxies, the policies
     gold_scorer = scorer(gold)
     gold_scores = {n: _scores(gold_scorer, rows, f"gold on {n}") for n, rows in generations.items()}
+    gold_k = _scores(gold_scorer, bon_rows, "gold on best-of-N samples") if bon_rows else None
+    del gold_scorer
+    proxy_k = (
+        {name: _scores(scorer(path), bon_rows, f"proxy {name}") for name, path in proxies.items()}
+        if bon_rows
+        else {}
+    )
+    logp_ref = dict(
+        zip(
+            generations,
+            sequence_logprobs(
+                policies[reference], list(generations.values()), temperature, batch_size, dtype
+            ),
+            strict=True,
+        )
+    )
     for name, rows in generations.items():
-        logp = sequence_logprobs(policies[name], rows, temperature, batch_size)
-        logp_ref = sequence_logprobs(policies[reference], rows, temperature, batch_size)
+        logp = (
+            logp_ref[name]
+            if name == reference
+            else sequence_logprobs(policies[name], [rows], temperature, batch_size, dtype)[0]
+        )
         engine = np.array([[s["engine_logprob"] for s in r["samples"]] for r in rows])
         lengths = np.array([[len(s["ids"]) for s in r["samples"]] for r in rows], dtype=np.float64)
         truncated = np.array([[s["truncated"] for s in r["samples"]] for r in rows], dtype=np.float64)
-        kl = (logp - logp_ref).mean(axis=1)
+        kl = (logp - logp_ref[name]).mean(axis=1)
         result["policies"][name] = {
             "path": policies[name],
             "gold_mean": float(gold_scores[name].mean()),
@@ -282,14 +305,12 @@ def evaluate_policies(
                 wins[b] = {"win_rate": float(per_prompt.mean()), "per_prompt": per_prompt.tolist()}
         result["policies"][a]["wins"] = wins
 
-    if bon_rows is not None:
-        gold_k = _scores(gold_scorer, bon_rows, "gold on best-of-N samples")
+    if gold_k is not None:
         ns = [n for n in (2**i for i in range(int(math.log2(bon_samples)) + 1))]
         if ns[-1] != bon_samples:
             ns.append(bon_samples)
         curves = {"oracle (gold)": best_of_n(gold_k, gold_k, ns)}
-        for name, path in proxies.items():
-            curves[name] = best_of_n(_scores(scorer(path), bon_rows, f"proxy {name}"), gold_k, ns)
+        curves.update({name: best_of_n(scores, gold_k, ns) for name, scores in proxy_k.items()})
         result["best_of_n"] = {
             "n": ns,
             "kl": [bon_kl(n) for n in ns],

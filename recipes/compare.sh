@@ -17,6 +17,7 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   echo "  PPO=1 (chain each RM into recipes/ppo.sh; its variables apply), POLICY, PROMPTS"
   echo "  eval-policy: GOLD_RM (tiny: trained here), EVAL_PROMPTS EVAL_PROMPT_KEY=input EVAL_PROMPT_SPLIT"
   echo "  EVAL_N_PROMPTS=500 EVAL_SAMPLES=1 BON_SAMPLES=64 BON_PROMPTS=200 EVAL_MAX_NEW=\$MAX_NEW EVAL_SEED=0 EVAL_TP=1"
+  echo "  EVAL_DTYPE=float32 (RMs and the KL forward passes; bfloat16 on GPU nodes)"
   echo "  plus every variable of recipes/rm.sh"
   exit 0
 fi
@@ -127,6 +128,7 @@ if (( ${#ppo_runs[@]} )); then
     --n_prompts "${EVAL_N_PROMPTS:-500}" --samples "${EVAL_SAMPLES:-1}" --bon_samples "${BON_SAMPLES:-64}" \
     --bon_prompts "${BON_PROMPTS:-200}" --max_new "${EVAL_MAX_NEW:-$MAX_NEW}" \
     --max_len "${PPO_MAX_LEN:-$MAX_LEN}" --seed "${EVAL_SEED:-0}" --tensor_parallel_size "${EVAL_TP:-1}" \
+    --dtype "${EVAL_DTYPE:-float32}" \
     --out "$RUN_DIR/policy-eval"
   compare_args+=(--policy_eval "$RUN_DIR/policy-eval/policy_eval.json")
 fi

@@ -78,7 +78,7 @@ def test_sequence_logprobs_padding_and_self_kl(tiny):
         {"prompt_ids": [5, 6, 7], "samples": [{"ids": [8, 9]}, {"ids": [10, 11, 12, 13]}]},
         {"prompt_ids": [20, 21, 22, 23, 24], "samples": [{"ids": [30]}, {"ids": [31, 32, 33]}]},
     ]
-    batched = sequence_logprobs(str(tiny["model"]), rows, batch_size=4)
+    batched, again = sequence_logprobs(str(tiny["model"]), [rows, rows[:1]], batch_size=4)
     model = AutoModelForCausalLM.from_pretrained(tiny["model"], dtype=torch.float32).eval()
     for i, row in enumerate(rows):
         for j, sample in enumerate(row["samples"]):
@@ -88,8 +88,8 @@ def test_sequence_logprobs_padding_and_self_kl(tiny):
             n = len(row["prompt_ids"])
             want = sum(logp[n - 1 + t, tok].item() for t, tok in enumerate(sample["ids"]))
             assert batched[i, j] == pytest.approx(want, abs=1e-4)
-    assert (batched < 0).all()
-    hot = sequence_logprobs(str(tiny["model"]), rows, temperature=0.5, batch_size=1)
+    assert (batched < 0).all() and np.allclose(again, batched[:1], atol=1e-5)
+    (hot,) = sequence_logprobs(str(tiny["model"]), [rows], temperature=0.5, batch_size=1)
     assert not np.allclose(hot, batched)  # the temperature is applied
 
 
