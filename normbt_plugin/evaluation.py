@@ -205,6 +205,11 @@ class RewardScorer:
                     "OpenRLHF reward model (--loader openrlhf) or train one with normbt_plugin.train_rm."
                 )
         self.model = model.to(device=self.device, dtype=torch_dtype).eval()
+        self.normed_head = None  # --plugin.value_head_layernorm models read LayerNorm(h)
+        if loader == "openrlhf":
+            from normbt_plugin.patches.openrlhf_0_11_2.value_head_norm import normed_head
+
+            self.normed_head = normed_head(self.model)
 
     def format(self, prompt: str, response: str) -> str:
         if self.apply_chat_template:
@@ -238,7 +243,10 @@ class RewardScorer:
         else:
             output = self.model(**batch, output_hidden_states=True)
             reward, last = output.logits.squeeze(-1), output.hidden_states[-1]
-        return reward, eos_hidden_states(last, batch.attention_mask, packed=False)
+        hidden = eos_hidden_states(last, batch.attention_mask, packed=False)
+        if self.normed_head is not None:  # the distance the loss saw in training
+            hidden = self.normed_head.normalize(hidden)
+        return reward, hidden
 
     @torch.no_grad()
     def score(self, texts: list[str], progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -271,6 +279,11 @@ def check_reward_model(model_path: str, loader: str = "auto") -> tuple[Any, str]
         loader = "openrlhf" if hasattr(config, "value_head_prefix") else "hf"
     if loader == "openrlhf":
         _require_value_head(model_path, getattr(config, "value_head_prefix", "score"))
+    elif getattr(config, "value_head_layernorm", False):
+        raise EvalInputError(
+            f"{model_path} was trained with --plugin.value_head_layernorm: only OpenRLHF's loader "
+            "(with the plugin's patch) rebuilds that head; use --loader openrlhf"
+        )
     architectures = getattr(config, "architectures", None) or []
     if (
         loader == "hf"

@@ -306,3 +306,32 @@ def test_unsupported_openrlhf_version_is_refused(tmp_path):
     )  # fmt: skip
     assert proc.returncode == 1
     assert "OpenRLHF 0.10.0 is installed" in proc.stderr and "0.11.2" in proc.stderr
+
+
+# ------------------------------------------------------------------ the LayerNorm-head comparator
+
+
+def test_value_head_layernorm_is_trained_saved_and_rebuilt(run_train_rm, tiny):
+    """``--plugin.value_head_layernorm`` under ZeRO-3: the head reads LayerNorm(h), the flag is
+    saved, and OpenRLHF's loader (patched) rebuilds the same head for eval-rm and PPO."""
+    from normbt_plugin.evaluation import EvalInputError, RewardScorer
+
+    run = run_train_rm("--ds.zero_stage", "3", "--plugin.value_head_layernorm", loss="bt", name="ln")
+    assert run.returncode == 0, run.output[-3000:]
+    assert json.loads((run.out_dir / "config.json").read_text())["value_head_layernorm"] is True
+    assert run.eval_bins()[-1]["distance_bins"]
+
+    scorer = RewardScorer(str(run.out_dir))
+    assert scorer.normed_head is not None
+    rows = [json.loads(line) for line in open(tiny["test"])][:8]
+    rewards, read = scorer.score([scorer.format(r["prompt"], r["chosen"]) for r in rows])
+    read = torch.from_numpy(read).double()
+    # what the head reads is normalised per sequence, and the reward is the head applied to it
+    torch.testing.assert_close(read.mean(-1), torch.zeros(8, dtype=torch.float64), atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        read.var(-1, unbiased=False), torch.ones(8, dtype=torch.float64), atol=1e-3, rtol=0
+    )
+    weight = scorer.normed_head.weight.detach().double()[0]
+    torch.testing.assert_close(torch.from_numpy(rewards), read @ weight, atol=1e-4, rtol=1e-4)
+    with pytest.raises(EvalInputError, match="value_head_layernorm"):
+        RewardScorer(str(run.out_dir), loader="hf")

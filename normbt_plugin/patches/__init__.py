@@ -54,6 +54,7 @@ def apply_openrlhf_patches(
     registered_loss: bool | None = None,
     cpu_ppo: bool | None = None,
     vllm_cpu: bool | None = None,
+    value_head_norm: bool | None = None,
     reward_norm: bool | None = None,
     rollout_log: bool | None = None,
 ) -> list[str]:
@@ -74,6 +75,7 @@ def apply_openrlhf_patches(
         "registered_loss": registered_loss,
         "cpu_ppo": cpu_ppo,
         "vllm_cpu": vllm_cpu,
+        "value_head_norm": value_head_norm,
         "reward_norm": reward_norm,
         "rollout_log": rollout_log,
     }

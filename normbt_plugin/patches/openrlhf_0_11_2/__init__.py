@@ -13,9 +13,18 @@ ORDER = (
     "registered_loss",
     "cpu_ppo",
     "vllm_cpu",
+    "value_head_norm",
     "reward_norm",
     "rollout_log",
 )
 # what each stage applies (where needed on the machine)
-RM = ("flash_attn_standin", "cpu_gloo", "dataset_keys", "cli_options", "registered_loss")
-PPO = ("flash_attn_standin", "cpu_gloo", "cpu_ppo", "vllm_cpu", "reward_norm", "rollout_log")
+RM = ("flash_attn_standin", "cpu_gloo", "dataset_keys", "cli_options", "registered_loss", "value_head_norm")
+PPO = (
+    "flash_attn_standin",
+    "cpu_gloo",
+    "cpu_ppo",
+    "vllm_cpu",
+    "value_head_norm",
+    "reward_norm",
+    "rollout_log",
+)

@@ -63,6 +63,12 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
         help="end the run after this many optimizer steps, as a preemption would (no final "
         "save; checkpoint with --ckpt.save_steps, resume with --ckpt.load_enable); 0: off",
     )
+    group.add_argument(
+        "--plugin.value_head_layernorm",
+        action="store_true",
+        help="a parameter-free LayerNorm before the value head (a comparator for NormBT); saved in "
+        "the model's config and rebuilt by every OpenRLHF load (patch value_head_norm)",
+    )
     for spec in _REGISTRY.values():
         if spec.options is None:
             continue
@@ -127,6 +133,9 @@ def _add_once(parser: argparse.ArgumentParser) -> None:
 def _check(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
     if getattr(parser, "_normbt", False):
         check_plugin_arguments(parser, parsed)
+        from normbt_plugin.patches.openrlhf_0_11_2 import value_head_norm
+
+        value_head_norm.REQUESTED = bool(getattr(parsed, "plugin.value_head_layernorm", False))
 
 
 def extended_parser() -> contextlib.AbstractContextManager[None]:

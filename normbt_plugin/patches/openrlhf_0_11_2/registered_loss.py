@@ -31,6 +31,7 @@ from openrlhf.utils.deepspeed import deepspeed as ds_strategy
 from normbt_plugin.evaluation import distance_bins
 from normbt_plugin.hidden import eos_hidden_states
 from normbt_plugin.losses import PairwiseLoss, host_metrics, loss_spec, pair_distance
+from normbt_plugin.patches.openrlhf_0_11_2.value_head_norm import normed_head
 
 NAME = "registered_loss"
 CLIENT_STATE_KEY = "normbt_plugin_loss"
@@ -96,6 +97,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
             )
         self.loss_fn = _LossAdapter(self)
         self._hidden: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
+        self._normed_head = normed_head(self.model)  # --plugin.value_head_layernorm
         self._metric_values: dict[str, list[float]] = defaultdict(list)
         self._eval_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.eval_distance_bins = self.args.plugin.eval_distance_bins
@@ -152,6 +154,8 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
         batch = chosen_ids.shape[0]
         if self.plugin_loss.needs_hidden or not self.in_training():
             hidden = eos_hidden_states(output["last_hidden_state"], att_masks, self.packing_samples)
+            if self._normed_head is not None:  # the distance of what the value head reads
+                hidden = self._normed_head.normalize(hidden)
             self._hidden = (hidden[:batch], hidden[batch:])
         aux_loss = output.aux_loss if "aux_loss" in output else []
         del output  # the [2B, L, H] states live no longer than under upstream's BT
