@@ -7,8 +7,9 @@ preferred over either
 - ``fine``: the same function with one small injected bug (one comparison, arithmetic or boolean
   operator swapped, or a small integer constant changed), one token apart, like RewardBench's
   hep-* code pairs;
-- ``coarse``: the same function with its body statements (after the docstring) shuffled:
-  broken control flow, the same tokens.
+- ``coarse`` (``--coarse shuffle``): the same function with its body statements (after the
+  docstring) shuffled: broken control flow, the same tokens; or (``--coarse unrelated``) another
+  module's function from the same split: far apart in every representation.
 Train and test are split by module, so no function appears in both.
 
     python -m normbt_plugin.evidence --out runs/evidence/data
@@ -143,20 +144,53 @@ def stdlib_functions(max_chars: int) -> dict[str, list[ast.FunctionDef]]:
     return found
 
 
+def unrelated_function(
+    func: ast.FunctionDef, module: str, pool: list[tuple[str, ast.FunctionDef]], rng: random.Random
+) -> str:
+    """Another function of the same split, from another module: a wrong answer to everything."""
+    while True:
+        other_module, other = pool[rng.randrange(len(pool))]
+        if other_module != module:
+            return ast.unparse(other)
+
+
 def build_stdlib_pairs(
-    out: str | Path, *, n_train: int = 600, n_test: int = 300, seed: int = 0, max_chars: int = 360
+    out: str | Path,
+    *,
+    n_train: int = 600,
+    n_test: int = 300,
+    seed: int = 0,
+    max_chars: int = 360,
+    coarse: str = "shuffle",
 ) -> dict[str, object]:
-    """Write ``train.jsonl`` and ``test.jsonl`` (prompt, chosen, rejected, kind, module, function)."""
+    """Write ``train.jsonl`` and ``test.jsonl`` (prompt, chosen, rejected, kind, module, function).
+
+    ``coarse``: ``shuffle`` (the body's statements reordered) or ``unrelated`` (another module's
+    function from the same split)."""
+    if coarse not in ("shuffle", "unrelated"):
+        raise ValueError(f"coarse pairs are 'shuffle' or 'unrelated', got {coarse!r}")
     rng = random.Random(seed)
     modules = stdlib_functions(max_chars)
     # the split depends on the module name only: the same module is always on the same side
     test_modules = {m for m in modules if zlib.crc32(m.encode()) % 3 == 0}
+    # the same source in two modules (boilerplate such as __subclasshook__) stays in train only
+    train_sources = {ast.unparse(f) for m in modules if m not in test_modules for f in modules[m]}
+    for module in test_modules:
+        modules[module] = [f for f in modules[module] if ast.unparse(f) not in train_sources]
+    pools: dict[str, list[tuple[str, ast.FunctionDef]]] = {"train": [], "test": []}
+    for module in sorted(modules):
+        pools["test" if module in test_modules else "train"] += [(module, f) for f in modules[module]]
     rows: dict[str, list[dict]] = {"train": [], "test": []}
     for module in sorted(modules):
         split = "test" if module in test_modules else "train"
         for func in modules[module]:
             kind = "fine" if rng.random() < 0.5 else "coarse"
-            rejected = inject_bug(func, rng) if kind == "fine" else shuffle_body(func, rng)
+            if kind == "fine":
+                rejected = inject_bug(func, rng)
+            elif coarse == "shuffle":
+                rejected = shuffle_body(func, rng)
+            else:
+                rejected = unrelated_function(func, module, pools[split], rng)
             chosen = ast.unparse(func)
             if rejected is None or rejected == chosen:
                 continue
@@ -191,6 +225,7 @@ def build_stdlib_pairs(
         "python": sys.version.split()[0],
         "seed": seed,
         "max_chars": max_chars,
+        "coarse": coarse,
         "counts": counts,
         "test_modules_overlap_train": sorted(
             {r["module"] for r in rows["train"]} & {r["module"] for r in rows["test"]}
@@ -230,10 +265,15 @@ def main() -> None:
     parser.add_argument("--n_test", type=int, default=300)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_chars", type=int, default=360)
+    parser.add_argument(
+        "--coarse", choices=["shuffle", "unrelated"], default="shuffle",
+        help="coarse pairs: the body's statements shuffled, or another module's function",
+    )  # fmt: skip
     args = parser.parse_args()
     card = build_stdlib_pairs(
-        Path(args.out), n_train=args.n_train, n_test=args.n_test, seed=args.seed, max_chars=args.max_chars
-    )
+        Path(args.out), n_train=args.n_train, n_test=args.n_test, seed=args.seed, max_chars=args.max_chars,
+        coarse=args.coarse,
+    )  # fmt: skip
     model_dir = prepare_minilm(Path(args.out) / "minilm")
     test_rows = [json.loads(x) for x in (Path(args.out) / "test.jsonl").read_text().splitlines()]
     distances = backbone_distances(model_dir, test_rows)

@@ -31,6 +31,7 @@ def test_pairs_split_by_module_and_known_answers(stdlib_pairs):
     out, card, rows = stdlib_pairs
     assert card["counts"]["train"]["pairs"] == 300 and card["counts"]["test"]["pairs"] == 120
     assert not {r["module"] for r in rows["train"]} & {r["module"] for r in rows["test"]}
+    assert not {r["chosen"] for r in rows["train"]} & {r["chosen"] for r in rows["test"]}  # duplicates too
     for row in rows["train"] + rows["test"]:
         ast.parse(row["chosen"])  # the original, unparsed: valid Python
         assert row["chosen"] != row["rejected"]
@@ -44,6 +45,24 @@ def test_pairs_split_by_module_and_known_answers(stdlib_pairs):
     assert {r["kind"] for r in rows["train"]} == {"fine", "coarse"}
     again = build_stdlib_pairs(out / "again", n_train=300, n_test=120, seed=0)
     assert again == card and (out / "again" / "train.jsonl").read_text() == (out / "train.jsonl").read_text()
+
+
+def test_unrelated_coarse_pairs_stay_inside_their_split(tmp_path):
+    card = build_stdlib_pairs(tmp_path, n_train=200, n_test=80, seed=0, coarse="unrelated")
+    assert card["coarse"] == "unrelated"
+    sources = {}
+    for split in ("train", "test"):
+        rows = [json.loads(x) for x in (tmp_path / f"{split}.jsonl").read_text().splitlines()]
+        coarse = [r for r in rows if r["kind"] == "coarse"]
+        assert coarse and all(r["rejected"] != r["chosen"] for r in coarse)
+        sources[split] = {r["chosen"] for r in rows} | {r["rejected"] for r in rows}
+        names = {r["function"] for r in coarse}
+        # the rejected function is another one: its name differs, or it is another module's copy
+        assert sum(ast.parse(r["rejected"]).body[0].name != r["function"] for r in coarse) > 0.8 * len(coarse)
+        assert names
+    assert not sources["train"] & sources["test"]  # no code on both sides of the split
+    with pytest.raises(ValueError, match="'shuffle' or 'unrelated'"):
+        build_stdlib_pairs(tmp_path / "bad", coarse="random")
 
 
 @pytest.mark.slow
