@@ -9,7 +9,9 @@ preferred over either
   hep-* code pairs;
 - ``coarse`` (``--coarse shuffle``): the same function with its body statements (after the
   docstring) shuffled: broken control flow, the same tokens; or (``--coarse unrelated``) another
-  module's function from the same split: far apart in every representation.
+  module's function from the same split: far apart in every representation. Then every pair's
+  prompt names the function asked for (``module.name:``), else an unrelated real function would
+  be as good an answer.
 Train and test are split by module, so no function appears in both.
 
     python -m normbt_plugin.evidence --out runs/evidence/data
@@ -196,7 +198,9 @@ def build_stdlib_pairs(
                 continue
             rows[split].append(
                 {
-                    "prompt": "",
+                    # with unrelated rejections the prompt says which function is asked for:
+                    # without it another real function would be as good an answer
+                    "prompt": f"{module}.{func.name}:\n" if coarse == "unrelated" else "",
                     "chosen": chosen,
                     "rejected": rejected,
                     "kind": kind,

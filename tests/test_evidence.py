@@ -57,6 +57,7 @@ def test_unrelated_coarse_pairs_stay_inside_their_split(tmp_path):
         assert coarse and all(r["rejected"] != r["chosen"] for r in coarse)
         sources[split] = {r["chosen"] for r in rows} | {r["rejected"] for r in rows}
         names = {r["function"] for r in coarse}
+        assert all(r["prompt"] == f"{r['module']}.{r['function']}:\n" for r in rows)  # what is asked
         # the rejected function is another one: its name differs, or it is another module's copy
         assert sum(ast.parse(r["rejected"]).body[0].name != r["function"] for r in coarse) > 0.8 * len(coarse)
         assert names
