@@ -318,3 +318,32 @@ def test_policies_judged_by_an_independent_gold_rm(chain):
     assert "## Downstream policies" in report and "| normbt | 1 |" in report and "Best-of-N" in report
     for png in ("downstream_policies.png", "best_of_n.png"):
         assert (chain / "report" / png).stat().st_size > 10_000, png
+
+
+def test_evidence_study_commands_parse(parsers, tmp_path, capsys):
+    """``recipes/evidence-study.sh``: every RM command parses with the pinned OpenRLHF, every
+    ``normbt`` flag exists, and the variants are all there."""
+    from normbt_plugin.cli import main as normbt_main
+
+    proc = subprocess.run(
+        ["bash", "recipes/evidence-study.sh"], cwd=REPO,
+        env={**ENV, "DRY_RUN": "1", "RUN_DIR": str(tmp_path / "study")},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    commands = [shlex.split(x) for x in proc.stdout.splitlines() if not x.startswith("compare.sh")]
+    labels = []
+    for cmd in commands:
+        found = openrlhf_args(cmd)
+        if found is not None:
+            args = parsers[found[0]].parse_args(found[1])
+            labels.append(getattr(args, "plugin.label"))
+        elif cmd[0] == "normbt":
+            capsys.readouterr()
+            with pytest.raises(SystemExit):
+                normbt_main([cmd[1], "--help"])
+            usage = capsys.readouterr().out
+            assert all(f in usage for f in cmd if f.startswith("--")), cmd
+    assert labels.count("bt") == labels.count("normbt") == 5
+    for variant in ("noema", "ls", "center", "clip0.1", "ln"):
+        assert labels.count(variant) == 3, (variant, labels)
