@@ -187,9 +187,8 @@ def build_report(
         for k, loss in enumerate(losses):
             means, errs = [], [[], []]
             for s, m in masks.items():
-                samples = [r.correct[m] for r in groups[loss]]
-                mean = float(np.mean([x.mean() for x in samples]))
-                lo, hi = bootstrap_ci(samples) if m.sum() > 1 else (mean, mean)
+                interval = _interval([r.correct[m] for r in groups[loss]])
+                mean, lo, hi = interval["mean"], interval["low"], interval["high"]
                 means.append(mean)
                 errs[0].append(mean - lo)
                 errs[1].append(hi - mean)
@@ -336,6 +335,7 @@ def _ci_text(values: dict[str, float], digits: int = 4) -> str:
 
 
 def _interval(samples: list[np.ndarray]) -> dict[str, float]:
+    """Mean over seeds of per-item arrays, with its bootstrap 95% interval (none for one item)."""
     mean = float(np.mean([x.mean() for x in samples]))
     low, high = bootstrap_ci(samples) if len(samples[0]) > 1 else (mean, mean)
     return {"mean": mean, "low": low, "high": high}
