@@ -46,7 +46,7 @@ run() {  # run "$log" cmd...: quiet into a log, its tail on failure
 if [[ "${EVIDENCE:-0}" == 1 ]]; then
   echo "compare.sh: stdlib preference pairs and MiniLM-L6 -> $RUN_DIR/data"
   run "$RUN_DIR.data.log" python -m normbt_plugin.evidence --out "$RUN_DIR/data" \
-    --n_train "$N_TRAIN" --n_test "$N_TEST" --coarse "${COARSE:-shuffle}"
+    --n_train "$N_TRAIN" --n_test "$N_TEST" --coarse "${COARSE:-shuffle}" --dropout "${DROPOUT:-0}"
   export MODEL="$RUN_DIR/data/minilm" DATASET="$RUN_DIR/data/train.jsonl"
   export EVAL_DATASET="$RUN_DIR/data/test.jsonl"
 elif [[ "${TINY:-0}" == 1 ]]; then
