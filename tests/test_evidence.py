@@ -9,6 +9,7 @@ import json
 import tokenize
 
 import pytest
+import torch
 
 from normbt_plugin.evidence import build_stdlib_pairs, prepare_minilm
 
@@ -68,22 +69,58 @@ def test_unrelated_coarse_pairs_stay_inside_their_split(tmp_path):
 
 @pytest.mark.slow
 def test_minilm_trains_through_the_rm_stage_two_steps(stdlib_pairs, tiny, tmp_path):
-    """The CI smoke run of the evidence study: the pretrained encoder, two NormBT steps."""
+    """The CI smoke run of the evidence study: the pretrained encoder, two NormBT steps; with
+    BERT's own dropout (0.1) NormBT warns and its distances are dropout noise, and
+    ``--plugin.disable_dropout`` brings back the pairs' own distances."""
     from conftest import train_rm
 
     from normbt_plugin.evaluation import RewardScorer
 
     out, _, _ = stdlib_pairs
-    model = prepare_minilm(tmp_path / "minilm")
-    run = train_rm(
-        {**tiny, "test": out / "test.jsonl"}, tmp_path / "run", "--data.max_samples", "32",
-        "--data.input_template", "[CLS]{}", "--data.max_len", "128", "--adam.lr", "5e-5",
-        dataset=out / "train.jsonl", model=model,
-    )  # fmt: skip
-    assert run.returncode == 0, run.output[-3000:]
-    records = run.records()
-    assert len(records) == 2 and all(r["normbt_mu"] > 0 for r in records)
-    assert "score.weight" in run.output and "bert." not in run.output.split("LOAD REPORT")[-1][:600]
-    scorer = RewardScorer(str(run.out_dir), loader="openrlhf", batch_size=8, max_len=128)
+    model = prepare_minilm(tmp_path / "minilm", dropout=0.1)
+
+    def run(*flag: str):
+        return train_rm(
+            {**tiny, "test": out / "test.jsonl"}, tmp_path / f"run{len(flag)}", "--data.max_samples", "32",
+            "--data.input_template", "[CLS]{}", "--data.max_len", "128", "--adam.lr", "5e-5", *flag,
+            dataset=out / "train.jsonl", model=model,
+        )  # fmt: skip
+
+    runs = {flag: run(*flag) for flag in ((), ("--plugin.disable_dropout",))}
+    for r in runs.values():
+        assert r.returncode == 0, r.output[-3000:]
+        records = r.records()
+        assert len(records) == 2 and all(r["normbt_mu"] > 0 for r in records)
+    noisy, clean = runs[()], runs[("--plugin.disable_dropout",)]
+    assert "WARNING: the model trains with dropout" in noisy.output
+    assert "dropout off (" in clean.output and "WARNING: the model trains" not in clean.output
+    # the closest of 16 pairs at step 1: pretrained distances are below 1.2 (90th percentile of
+    # shuffled bodies), the same text twice under dropout about 3.5 apart
+    assert noisy.records()[0]["normbt_dist_min"] > 2.0
+    assert clean.records()[0]["normbt_dist_min"] < 1.0
+    assert "score.weight" in clean.output and "bert." not in clean.output.split("LOAD REPORT")[-1][:600]
+    scorer = RewardScorer(str(clean.out_dir), loader="openrlhf", batch_size=8, max_len=128)
     rewards, hidden = scorer.score([scorer.format("[CLS]", "def f(x):\n    return x")])
     assert hidden.shape == (1, 384)
+
+
+def test_dropout_found_and_disabled():
+    """Both kinds of dropout: nn.Dropout modules (BERT) and Llama's attention_dropout float."""
+    from transformers import BertConfig, BertModel, LlamaConfig, LlamaModel
+
+    from normbt_plugin.hidden import active_dropout, disable_dropout
+
+    bert = BertModel(BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                intermediate_size=64, vocab_size=100))  # fmt: skip
+    llama = LlamaModel(LlamaConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                   intermediate_size=64, vocab_size=100, attention_dropout=0.1))  # fmt: skip
+    assert active_dropout(llama) and all(k.endswith("attention_dropout") for k in active_dropout(llama))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    for model in (bert, llama):
+        model.train()
+        n = len(active_dropout(model))
+        assert n and not torch.equal(model(ids).last_hidden_state, model(ids).last_hidden_state)
+        assert disable_dropout(model) == n
+        assert not active_dropout(model) and disable_dropout(model) == 0
+        # training mode, yet deterministic
+        assert torch.equal(model(ids).last_hidden_state, model(ids).last_hidden_state)

@@ -69,6 +69,12 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
         help="a parameter-free LayerNorm before the value head (a comparator for NormBT); saved in "
         "the model's config and rebuilt by every OpenRLHF load (patch value_head_norm)",
     )
+    group.add_argument(
+        "--plugin.disable_dropout",
+        action="store_true",
+        help="set the model's dropout rates to 0 for training (dropout noise enters the pair "
+        "distance NormBT divides by; Llama-style models have none, BERT-style 0.1)",
+    )
     for spec in _REGISTRY.values():
         if spec.options is None:
             continue

@@ -29,7 +29,7 @@ from openrlhf.trainer import rm_trainer
 from openrlhf.utils.deepspeed import deepspeed as ds_strategy
 
 from normbt_plugin.evaluation import distance_bins
-from normbt_plugin.hidden import eos_hidden_states
+from normbt_plugin.hidden import active_dropout, disable_dropout, eos_hidden_states
 from normbt_plugin.losses import PairwiseLoss, host_metrics, loss_spec, pair_distance
 from normbt_plugin.patches.openrlhf_0_11_2.value_head_norm import normed_head
 
@@ -98,6 +98,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
         self.loss_fn = _LossAdapter(self)
         self._hidden: tuple[torch.Tensor | None, torch.Tensor | None] = (None, None)
         self._normed_head = normed_head(self.model)  # --plugin.value_head_layernorm
+        self._check_dropout()
         self._metric_values: dict[str, list[float]] = defaultdict(list)
         self._eval_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.eval_distance_bins = self.args.plugin.eval_distance_bins
@@ -119,6 +120,21 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
         strategy.print(f"normbt-plugin: loss {self.loss_name} ({type(self.plugin_loss).__name__})")
         self._write_run_meta()
 
+    def _check_dropout(self) -> None:
+        """``--plugin.disable_dropout``, or a warning where a distance-using loss meets dropout."""
+        module = self.strategy._unwrap_model(self.model)
+        if self.args.plugin.disable_dropout:
+            n = disable_dropout(module)
+            self.strategy.print(f"normbt-plugin: dropout off ({n} dropout rates were > 0)")
+        elif self.plugin_loss.needs_hidden and (rates := active_dropout(module)):
+            self.strategy.print(
+                f"normbt-plugin: WARNING: the model trains with dropout ({len(rates)} rates > 0, "
+                f"max {max(rates.values())}): the chosen-rejected distance {self.loss_name} reads "
+                "then includes dropout noise, which can swamp the distance of close pairs (MiniLM: "
+                "the same text twice 3.5 apart, a one-token bug 0.2). Pass "
+                "--plugin.disable_dropout to train without it."
+            )
+
     def _write_run_meta(self) -> None:
         """``--plugin.metrics_dir``: which loss, options and seed made this run (for compare)."""
         out_dir = self.args.plugin.metrics_dir
@@ -130,6 +146,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
             "label": self.args.plugin.label or self.loss_name,
             "loss": self.loss_name,
             "max_norm": self.args.max_norm,
+            "disable_dropout": self.args.plugin.disable_dropout,
             "options": vars(spec_options) if spec_options is not None else {},
             "seed": self.args.train.seed,
             "model": self.args.model.model_name_or_path,
