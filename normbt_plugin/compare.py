@@ -197,6 +197,7 @@ def build_report(
         for s, m in masks.items():
             cells = [f"{summary[loss]['per_subset'][s]['accuracy']:.4f}" for loss in losses]
             lines.append(f"| {s} | {int(m.sum())} | " + " | ".join(cells) + " |")
+        lines += _versus_table("subset", masks, groups, base, summary, "per_subset_vs_baseline")
         ax.set_xticks(np.arange(len(masks)) + 0.4 - width / 2, list(masks), rotation=30, ha="right")
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1.05)
@@ -238,7 +239,19 @@ def build_report(
         ax.errorbar(np.arange(len(mean)), mean, yerr=spread, marker="o", capsize=3, label=loss)
         lines.append(f"| {loss} | " + " | ".join(f"{v:.4f}" for v in mean) + " |")
         summary[loss]["distance_bins"] = mean.tolist()
-    ax.set_xticks(range(len(runs[0].eval["distance_bins"])))
+    # the same pairs for every loss, so differences can be paired: bins of the baseline's distance
+    n_bins = len(runs[0].eval["distance_bins"])
+    base_distance = np.mean([r.eval["per_pair"]["distance"] for r in groups[base]], axis=0)
+    edges = np.quantile(base_distance, np.linspace(0, 1, n_bins + 1)[1:-1])
+    bin_of = np.searchsorted(edges, base_distance, side="right")
+    common = {f"bin {i}": bin_of == i for i in range(n_bins)}
+    lines += [
+        "",
+        f"The same pairs binned by the baseline's (`{base}`) distance, mean over its seeds, so every"
+        " loss is scored on the same pairs per bin:",
+    ]
+    lines += _versus_table("baseline bin", common, groups, base, summary, "baseline_distance_bins")
+    ax.set_xticks(range(n_bins))
     ax.set_xlabel("distance quantile bin (0 = closest pairs)")
     ax.set_ylabel("accuracy (error bars: std over seeds)")
     ax.axhline(0.5, color="grey", lw=0.8, ls="--")
@@ -249,30 +262,28 @@ def build_report(
     figures.append(("accuracy_by_distance.png", fig))
 
     # training curves from the TensorBoard logs (JSON lines when there are none)
-    keys = [
-        ("loss", "loss as optimised (log)"),
-        ("acc", "accuracy"),
-        ("normbt_mu", "NormBT mu"),
-        ("normbt_weight_mean", "NormBT weight mean"),
-        ("normbt_weight_max", "NormBT weight max"),
-    ]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5))
+    keys = [("loss", "loss as optimised (log)"), ("acc", "accuracy"), ("normbt_mu", "NormBT mu")]
+    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4 * (len(keys) + 1), 3.5))
     for loss, rs in groups.items():
-        for ax, (key, title) in zip(axes, keys, strict=True):
-            for i, r in enumerate(rs):
+        color = f"C{losses.index(loss)}"
+        for i, r in enumerate(rs):
+            label = loss if i == 0 else None
+            for ax, (key, _) in zip(axes, keys, strict=False):
                 steps, values = training_curve(r, key)
                 if steps:
-                    ax.plot(
-                        steps,
-                        values,
-                        color=f"C{losses.index(loss)}",
-                        alpha=0.8,
-                        label=loss if i == 0 else None,
-                    )
-            ax.set_title(title)
-            ax.set_xlabel("step")
-            if key == "loss":
-                ax.set_yscale("log")  # NormBT's loss is weighted: its scale moves with mu
+                    ax.plot(steps, values, color=color, alpha=0.8, label=label)
+            # the weight distribution per step: mean line, min-max band (per seed)
+            steps, mean = training_curve(r, "normbt_weight_mean")
+            if steps:
+                low, high = (training_curve(r, f"normbt_weight_{k}")[1] for k in ("min", "max"))
+                axes[-1].plot(steps, mean, color=color, alpha=0.8, label=label)
+                if len(low) == len(high) == len(steps):
+                    axes[-1].fill_between(steps, low, high, color=color, alpha=0.08, lw=0)
+    for ax, (key, title) in zip(axes, [*keys, ("", "NormBT weights: mean, min-max band (log)")], strict=True):
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if key in ("loss", ""):
+            ax.set_yscale("log")  # NormBT's loss is weighted: its scale moves with mu
     axes[0].legend()
     fig.tight_layout()
     figures.append(("training_curves.png", fig))
@@ -297,6 +308,37 @@ def build_report(
     report.write_text("\n".join(lines) + "\n")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return report
+
+
+def _versus_table(
+    name: str,
+    masks: dict[str, np.ndarray],
+    groups: dict[str, list[Run]],
+    base: str,
+    summary: dict[str, Any],
+    key: str,
+) -> list[str]:
+    """Per group of pairs: each loss's accuracy [95% CI] and its paired difference to the baseline
+    [95% CI] with the permutation p over those pairs (also into ``summary[loss][key]``)."""
+    lines = [
+        "",
+        f"| loss | {name}: " + " | ".join(f"{s} (n={int(m.sum())})" for s, m in masks.items()) + " |",
+        "|---|" + "---|" * len(masks),
+    ]
+    for loss, rs in groups.items():
+        cells = []
+        for s, m in masks.items():
+            acc = _interval([r.correct[m] for r in rs])
+            entry: dict[str, Any] = {"accuracy": acc}
+            text = _ci_text(acc, 3)
+            if loss != base:
+                d = paired_difference([r.correct[m] for r in rs], [r.correct[m] for r in groups[base]])
+                entry["vs_baseline"] = d
+                text += f"; {d['diff']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}] p={d['p_permutation']:.2g}"
+            summary[loss].setdefault(key, {})[s] = entry
+            cells.append(text)
+        lines.append(f"| {loss} | " + " | ".join(cells) + " |")
+    return lines + ["", f"Cells: accuracy [95% CI]; for other losses, minus `{base}` [95% CI], paired p."]
 
 
 def training_curve(run: Run, key: str) -> tuple[list[int], list[float]]:

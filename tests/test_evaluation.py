@@ -176,6 +176,44 @@ def test_compare_report_from_two_real_runs(trained_pair, tmp_path):
     )
 
 
+def _fake_run(
+    folder: Path, loss: str, seed: int, correct: np.ndarray, distance: np.ndarray, subset: list[str]
+) -> str:
+    """A run folder as train_rm and eval-rm leave it, with chosen per-pair results."""
+    (folder / "metrics").mkdir(parents=True)
+    (folder / "metrics" / "meta.json").write_text(json.dumps({"loss": loss, "seed": seed}))
+    result = {
+        "per_pair": {"correct": correct.tolist(), "distance": distance.tolist(), "subset": subset},
+        "distance_bins": distance_bins(distance, correct, 4),
+        "data": "made up",
+    }
+    (folder / "eval.json").write_text(json.dumps(result))
+    return str(folder)
+
+
+def test_compare_pairs_subsets_and_baseline_distance_bins(tmp_path):
+    """Known answer: the other loss gets every close (fine) pair right, the baseline half of them."""
+    n = 200
+    distance = np.linspace(0.1, 10, n)
+    fine = distance < 2.6  # the closest quarter and a bit
+    subset = ["fine" if f else "coarse" for f in fine]
+    base = np.where(fine, np.arange(n) % 2, 1.0)
+    runs = [_fake_run(tmp_path / f"bt{s}", "bt", s, base, distance, subset) for s in (1, 2)]
+    runs += [_fake_run(tmp_path / f"nb{s}", "normbt", s, np.ones(n), distance * 3, subset) for s in (1, 2)]
+    build_report(runs, str(tmp_path / "report"))
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())["normbt"]
+    vs_fine = summary["per_subset_vs_baseline"]["fine"]["vs_baseline"]
+    assert vs_fine["diff"] == pytest.approx(0.5, abs=0.02)  # 26 of 51 fine pairs gained
+    assert vs_fine["low"] > 0.3 and vs_fine["p_permutation"] < 0.01
+    vs_coarse = summary["per_subset_vs_baseline"]["coarse"]["vs_baseline"]
+    assert vs_coarse["diff"] == 0 and vs_coarse["p_permutation"] > 0.5
+    bins = summary["baseline_distance_bins"]  # the baseline's quartiles: bin 0 is all fine
+    assert list(bins) == ["bin 0", "bin 1", "bin 2", "bin 3"]
+    assert bins["bin 0"]["vs_baseline"]["diff"] == pytest.approx(0.5)
+    assert bins["bin 3"]["vs_baseline"]["diff"] == 0
+    assert "p=" in (tmp_path / "report" / "report.md").read_text()
+
+
 def test_compare_refuses_runs_on_different_pairs(trained_pair, tmp_path):
     other = tmp_path / "other"
     (other / "metrics").mkdir(parents=True)
