@@ -182,7 +182,7 @@ def build_report(
             "| subset | n | " + " | ".join(losses) + " |",
             "|---|---|" + "---|" * len(losses),
         ]
-        fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(masks) * len(losses)), 4))
+        fig, ax = plt.subplots(figsize=(min(14, 3 + 0.5 * len(masks) * len(losses)), 4))
         width = 0.8 / len(losses)
         for k, loss in enumerate(losses):
             means, errs = [], [[], []]
@@ -202,7 +202,7 @@ def build_report(
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1.05)
         ax.axhline(0.5, color="grey", lw=0.8, ls="--")
-        ax.legend()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # outside: bars reach 1.0
         ax.set_title("Accuracy per subset (95% bootstrap CI)")
         fig.tight_layout()
         figures.append(("accuracy_per_subset.png", fig))
