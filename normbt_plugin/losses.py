@@ -293,10 +293,14 @@ class CenterLoss(BTLoss):
 
 
 def pair_distance(chosen_hidden: Tensor, reject_hidden: Tensor, kind: str = "l2") -> Tensor:
-    """Detached per-pair representation distance in float32, ``[B]``: 'l2' or 'cosine'."""
+    """Detached per-pair representation distance in float32, ``[B]``: 'l2', 'unit_l2' (L2 between
+    the unit-normalised states, sqrt(2 (1 - cos)): linear in the angle) or 'cosine' (1 - cos:
+    quadratic in the angle, so close pairs' weights grow with the square of their closeness)."""
     hc, hr = chosen_hidden.detach().float(), reject_hidden.detach().float()
     if kind == "l2":
         return torch.linalg.vector_norm(hc - hr, dim=-1)
+    if kind == "unit_l2":
+        return torch.linalg.vector_norm(F.normalize(hc, dim=-1) - F.normalize(hr, dim=-1), dim=-1)
     return 1.0 - F.cosine_similarity(hc, hr, dim=-1, eps=1e-12)
 
 
@@ -311,7 +315,9 @@ class NormBTOptions:
     update: str = option(
         "before", "'before': weight a batch with the mu it just updated; 'after': the previous mu"
     )
-    distance: str = option("l2", "'l2' (the paper) or 'cosine' (1 - cos(h_c, h_r))")
+    distance: str = option(
+        "l2", "'l2' (the paper), 'unit_l2' (L2 of the unit-normalised states) or 'cosine' (1 - cos)"
+    )
     weight_cap: float = option(0.0, "cap on each pair's weight; 0 disables (the paper's setting)")
     use_ema: bool = option(True, "false: w = batch mean / dist (the paper's no-EMA ablation)")
     base: str = option("bt", "per-pair loss that is weighted: bt, margin, label_smoothing, center")
@@ -359,8 +365,8 @@ class NormBTLoss(PairwiseLoss):
             raise ValueError(f"normbt eps must be > 0, got {eps}")
         if update not in ("before", "after"):
             raise ValueError(f"normbt update must be 'before' or 'after', got {update!r}")
-        if distance not in ("l2", "cosine"):
-            raise ValueError(f"normbt distance must be 'l2' or 'cosine', got {distance!r}")
+        if distance not in ("l2", "unit_l2", "cosine"):
+            raise ValueError(f"normbt distance must be 'l2', 'unit_l2' or 'cosine', got {distance!r}")
         if identical_tol < 0:
             raise ValueError(f"normbt identical_tol must be >= 0, got {identical_tol}")
         if weight_cap < 0:

@@ -248,6 +248,15 @@ def test_cosine_distance_weight_cap_and_stacked_bases():
     # the near pair's cosine distance (~1e-5) is inside identical_tol * mu: not in the mean
     assert metrics["normbt_identical_pairs"] == 1.0
     assert cos.mu == pytest.approx(cos_dist[1:].mean().item(), rel=1e-5)
+    # unit_l2 = sqrt(2 (1 - cos)): linear in the angle, so the near pair is no longer "identical"
+    unit = NormBTLoss(distance="unit_l2")
+    metrics = host_metrics(unit(c, r, h_c, h_r)[1])
+    unit_dist = (2 * cos_dist).sqrt()
+    assert metrics["normbt_identical_pairs"] == 0.0
+    assert unit.mu == pytest.approx(unit_dist.mean().item(), rel=1e-4)
+    assert metrics["normbt_dist_min"] == pytest.approx(unit_dist.min().item(), rel=1e-3)
+    with pytest.raises(ValueError, match="'l2', 'unit_l2' or 'cosine'"):
+        NormBTLoss(distance="manhattan")
 
     capped = host_metrics(NormBTLoss(weight_cap=2.0)(c, r, h_c, h_r)[1])
     uncapped = host_metrics(NormBTLoss()(c, r, h_c, h_r)[1])
