@@ -2,7 +2,7 @@
 # The evidence study: NormBT vs BT and the comparators on a real pretrained backbone (MiniLM-L6)
 # and real fine-grained pairs (stdlib functions: one-token bug = fine, unrelated function =
 # coarse), same data and budget for all; one report (normbt compare) and the gradient diagnostic.
-#   bash recipes/evidence-study.sh            # ~3 min per run on 2 cores: 31 runs, about 90 min
+#   bash recipes/evidence-study.sh            # 28 runs, about 2.2 min each: 63 min on 2 cores
 #   DRY_RUN=1 bash recipes/evidence-study.sh  # print every command
 set -euo pipefail
 cd "$(dirname "$0")/.."
