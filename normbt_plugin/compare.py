@@ -284,7 +284,8 @@ def build_report(
         ax.set_xlabel("step")
         if key in ("loss", ""):
             ax.set_yscale("log")  # NormBT's loss is weighted: its scale moves with mu
-    axes[0].legend()
+    if axes[0].get_legend_handles_labels()[0]:  # runs without training logs draw nothing
+        axes[0].legend()
     fig.tight_layout()
     figures.append(("training_curves.png", fig))
 
