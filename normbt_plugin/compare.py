@@ -182,22 +182,18 @@ def build_report(
             "| subset | n | " + " | ".join(losses) + " |",
             "|---|---|" + "---|" * len(losses),
         ]
+        versus = _versus_table("subset", masks, groups, base, summary, "per_subset")
         fig, ax = plt.subplots(figsize=(min(14, 3 + 0.5 * len(masks) * len(losses)), 4))
         width = 0.8 / len(losses)
         for k, loss in enumerate(losses):
-            means, errs = [], [[], []]
-            for s, m in masks.items():
-                interval = _interval([r.correct[m] for r in groups[loss]])
-                mean, lo, hi = interval["mean"], interval["low"], interval["high"]
-                means.append(mean)
-                errs[0].append(mean - lo)
-                errs[1].append(hi - mean)
-                summary[loss].setdefault("per_subset", {})[s] = {"accuracy": mean, "low": lo, "high": hi}
+            cells = [summary[loss]["per_subset"][s] for s in masks]
+            means = [c["accuracy"] for c in cells]
+            errs = [[c["accuracy"] - c["low"] for c in cells], [c["high"] - c["accuracy"] for c in cells]]
             ax.bar(np.arange(len(masks)) + k * width, means, width, yerr=errs, label=loss, capsize=3)
         for s, m in masks.items():
             cells = [f"{summary[loss]['per_subset'][s]['accuracy']:.4f}" for loss in losses]
             lines.append(f"| {s} | {int(m.sum())} | " + " | ".join(cells) + " |")
-        lines += _versus_table("subset", masks, groups, base, summary, "per_subset_vs_baseline")
+        lines += versus
         ax.set_xticks(np.arange(len(masks)) + 0.4 - width / 2, list(masks), rotation=30, ha="right")
         ax.set_ylabel("accuracy")
         ax.set_ylim(0, 1.05)
@@ -263,19 +259,21 @@ def build_report(
 
     # training curves from the TensorBoard logs (JSON lines when there are none)
     keys = [("loss", "loss as optimised (log)"), ("acc", "accuracy"), ("normbt_mu", "NormBT mu")]
+    weights = ("mean", "min", "max")
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4 * (len(keys) + 1), 3.5))
     for loss, rs in groups.items():
         color = f"C{losses.index(loss)}"
         for i, r in enumerate(rs):
             label = loss if i == 0 else None
+            curves = training_curves(r, [k for k, _ in keys] + [f"normbt_weight_{k}" for k in weights])
             for ax, (key, _) in zip(axes, keys, strict=False):
-                steps, values = training_curve(r, key)
+                steps, values = curves[key]
                 if steps:
                     ax.plot(steps, values, color=color, alpha=0.8, label=label)
             # the weight distribution per step: mean line, min-max band (per seed)
-            steps, mean = training_curve(r, "normbt_weight_mean")
+            steps, mean = curves["normbt_weight_mean"]
             if steps:
-                low, high = (training_curve(r, f"normbt_weight_{k}")[1] for k in ("min", "max"))
+                low, high = curves["normbt_weight_min"][1], curves["normbt_weight_max"][1]
                 axes[-1].plot(steps, mean, color=color, alpha=0.8, label=label)
                 if len(low) == len(high) == len(steps):
                     axes[-1].fill_between(steps, low, high, color=color, alpha=0.08, lw=0)
@@ -320,7 +318,8 @@ def _versus_table(
     key: str,
 ) -> list[str]:
     """Per group of pairs: each loss's accuracy [95% CI] and its paired difference to the baseline
-    [95% CI] with the permutation p over those pairs (also into ``summary[loss][key]``)."""
+    [95% CI] with the permutation p over those pairs (also into ``summary[loss][key][group]``:
+    accuracy, low, high, vs_baseline)."""
     lines = [
         "",
         f"| loss | {name}: " + " | ".join(f"{s} (n={int(m.sum())})" for s, m in masks.items()) + " |",
@@ -330,7 +329,7 @@ def _versus_table(
         cells = []
         for s, m in masks.items():
             acc = _interval([r.correct[m] for r in rs])
-            entry: dict[str, Any] = {"accuracy": acc}
+            entry: dict[str, Any] = {"accuracy": acc["mean"], "low": acc["low"], "high": acc["high"]}
             text = _ci_text(acc, 3)
             if loss != base:
                 d = paired_difference([r.correct[m] for r in rs], [r.correct[m] for r in groups[base]])
@@ -342,8 +341,10 @@ def _versus_table(
     return lines + ["", f"Cells: accuracy [95% CI]; for other losses, minus `{base}` [95% CI], paired p."]
 
 
-def training_curve(run: Run, key: str) -> tuple[list[int], list[float]]:
-    """``train/<key>`` from the run's TensorBoard events, else from its metrics JSON lines."""
+def training_curves(run: Run, keys: list[str]) -> dict[str, tuple[list[int], list[float]]]:
+    """``train/<key>`` per key from the run's TensorBoard events (each file read once), else from
+    its metrics JSON lines; empty where neither has it."""
+    curves: dict[str, tuple[list[int], list[float]]] = {}
     tb = run.path / "tensorboard"
     if tb.exists():
         from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -351,11 +352,16 @@ def training_curve(run: Run, key: str) -> tuple[list[int], list[float]]:
         for events in sorted(p.parent for p in tb.rglob("events.out.tfevents.*")):
             acc = EventAccumulator(str(events), size_guidance={"scalars": 0})
             acc.Reload()
-            if f"train/{key}" in acc.Tags()["scalars"]:
-                scalars = acc.Scalars(f"train/{key}")
-                return [s.step for s in scalars], [s.value for s in scalars]
-    points = [(r["step"], r[key]) for r in run.train if key in r]
-    return [p[0] for p in points], [p[1] for p in points]
+            tags = acc.Tags()["scalars"]
+            for key in keys:
+                if key not in curves and f"train/{key}" in tags:
+                    scalars = acc.Scalars(f"train/{key}")
+                    curves[key] = ([s.step for s in scalars], [s.value for s in scalars])
+    for key in keys:
+        if key not in curves:
+            points = [(r["step"], r[key]) for r in run.train if key in r]
+            curves[key] = ([p[0] for p in points], [p[1] for p in points])
+    return curves
 
 
 # ------------------------------------------------------------------ downstream policies

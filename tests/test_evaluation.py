@@ -202,10 +202,10 @@ def test_compare_pairs_subsets_and_baseline_distance_bins(tmp_path):
     runs += [_fake_run(tmp_path / f"nb{s}", "normbt", s, np.ones(n), distance * 3, subset) for s in (1, 2)]
     build_report(runs, str(tmp_path / "report"))
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())["normbt"]
-    vs_fine = summary["per_subset_vs_baseline"]["fine"]["vs_baseline"]
+    vs_fine = summary["per_subset"]["fine"]["vs_baseline"]
     assert vs_fine["diff"] == pytest.approx(0.5, abs=0.02)  # 26 of 51 fine pairs gained
     assert vs_fine["low"] > 0.3 and vs_fine["p_permutation"] < 0.01
-    vs_coarse = summary["per_subset_vs_baseline"]["coarse"]["vs_baseline"]
+    vs_coarse = summary["per_subset"]["coarse"]["vs_baseline"]
     assert vs_coarse["diff"] == 0 and vs_coarse["p_permutation"] > 0.5
     bins = summary["baseline_distance_bins"]  # the baseline's quartiles: bin 0 is all fine
     assert list(bins) == ["bin 0", "bin 1", "bin 2", "bin 3"]
