@@ -55,7 +55,7 @@ def prepare_minilm(out: str | Path, dropout: float = 0.0) -> Path:
 
     Changes: ``eos_token = [SEP]`` in the tokenizer config (the stock tokenizer has no EOS token,
     and OpenRLHF's RewardDataset appends one), and the dropout rates set to ``dropout`` (BERT's
-    own 0.1 puts the same text 3.5 apart at the final ``[SEP]`` in training mode, 17x a one-token
+    own 0.1 puts the same text about 3.6 apart at the final ``[SEP]`` in training mode, 18x a one-token
     bug's 0.2: NormBT's distance, and BT's gradient scale, would measure dropout noise; the
     paper's decoder backbones have no dropout). Train with
     ``--data.input_template '[CLS]{}'``: the dataset tokenises without special tokens, so the

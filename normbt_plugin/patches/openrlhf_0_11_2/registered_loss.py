@@ -131,7 +131,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
                 f"normbt-plugin: WARNING: the model trains with dropout ({len(rates)} rates > 0, "
                 f"max {max(rates.values())}): the chosen-rejected distance {self.loss_name} reads "
                 "then includes dropout noise, which can swamp the distance of close pairs (MiniLM: "
-                "the same text twice 3.5 apart, a one-token bug 0.2). Pass "
+                "the same text twice about 3.6 apart, a one-token bug 0.2). Pass "
                 "--plugin.disable_dropout to train without it."
             )
 
