@@ -1,6 +1,6 @@
 """The ``normbt`` console command.
 
-normbt doctor          versions, active patches, GPU / flash-attn / vLLM usability
+normbt doctor          versions against the lock, CPU and dtype, active patches, GPU / vLLM
 normbt losses          registered losses and their options
 normbt eval-rm         reward-model accuracy on preference data
 normbt eval-policy     policies sampled with vLLM, scored by a gold RM; best-of-N curves
@@ -38,10 +38,10 @@ def _usable(module: str) -> str:
     return "yes"
 
 
-def doctor() -> int:
+def doctor(lock: Path | None = None) -> int:
     import torch
 
-    from normbt_plugin import __version__
+    from normbt_plugin import __version__, environment
     from normbt_plugin.patches import (
         SUPPORTED_OPENRLHF,
         UnsupportedOpenRLHFError,
@@ -63,6 +63,11 @@ def doctor() -> int:
         if torch.cuda.is_available()
         else "no (CPU: gloo backend, cpu_gloo patch)"
     )
+    param_dtype = (
+        "bf16 (OpenRLHF's default; GPU configs set it)"
+        if torch.cuda.is_available()
+        else f"{environment.CPU_PARAM_DTYPE} (no GPU: the CPU default, patch cpu_fp32)"
+    )
     flash = _usable("flash_attn")  # checked before the stand-in can take its name
     vllm = _usable("vllm")
     status = 0
@@ -75,7 +80,18 @@ def doctor() -> int:
         ppo_stage = ", ".join(n for n in package.PPO if n in active) if vllm == "yes" else "vLLM missing"
     except UnsupportedOpenRLHFError as exc:
         rm_stage, ppo_stage, status = f"none: {exc}", "none", 1
+    lock = lock or environment.REPO_LOCK
+    diffs = environment.check(lock) if lock.exists() else []
+    if not lock.exists():
+        lock_row = f"no {lock.name} here (GPU installs follow OpenRLHF's pins)"
+    elif diffs:
+        lock_row, status = f"{len(diffs)} distribution(s) differ from {lock} (below)", 1
+    else:
+        lock_row = f"every distribution as in {lock}"
     rows += [
+        ("CPU", environment.cpu_summary()),
+        ("param dtype", param_dtype),
+        ("lock", lock_row),
         ("GPU", gpu),
         ("flash-attn", flash),
         ("vLLM", vllm),
@@ -85,6 +101,10 @@ def doctor() -> int:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    for diff in diffs:
+        print(f"  {diff.describe()}\n      fix: {diff.fix()}")
+    if diffs:
+        print("  or rebuild the environment: rm -rf .venv && bash scripts/install-cpu.sh")
     return status
 
 
@@ -206,7 +226,10 @@ def eval_policy(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="normbt", description="NormBT plugin for OpenRLHF")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("doctor", help="versions, active patches, GPU / flash-attn / vLLM usability")
+    doc = sub.add_parser(
+        "doctor", help="versions against the lock, CPU and dtype, active patches, GPU / flash-attn / vLLM"
+    )
+    doc.add_argument("--lock", type=Path, default=None, help="lock file (default: requirements-cpu.lock)")
     sub.add_parser("losses", help="registered losses and their options")
     cmp = sub.add_parser("compare", help="runs (losses x seeds) into a Markdown report with plots")
     cmp.add_argument("runs", nargs="+", help="run folders (metrics/, tensorboard/, eval.json)")
@@ -278,7 +301,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(eval_policy(args))
     if args.command == "compare":
         sys.exit(compare(args))
-    sys.exit({"doctor": doctor, "losses": losses}[args.command]())
+    if args.command == "doctor":
+        sys.exit(doctor(args.lock))
+    sys.exit(losses())
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ differs (and the command that fixes it) before a run fails an hour in.
 from __future__ import annotations
 
 import argparse
+import site
 import sys
 from dataclasses import dataclass
 from importlib.metadata import distributions
@@ -91,9 +92,10 @@ def read_lock(path: Path) -> dict[str, str]:
 
 
 def installed() -> dict[str, str]:
-    """Every distribution of this interpreter's environment, names canonicalised."""
+    """Every distribution installed in this interpreter's site-packages, names canonicalised
+    (not what other packages vendor: setuptools puts its ``_vendor`` folder on sys.path)."""
     found = {}
-    for dist in distributions():
+    for dist in distributions(path=site.getsitepackages()):
         name = dist.metadata["Name"]
         if name:
             found.setdefault(canonicalize_name(name), dist.version)

@@ -176,14 +176,19 @@ def start_ray() -> None:
 
 def checked_parser() -> contextlib.AbstractContextManager[None]:
     """train_ppo_ray's parser, with fp32 allowed on CPU and the preflight checks after parsing."""
-    from normbt_plugin.patches.openrlhf_0_11_2.cli_options import allow_fp32_without_gpu, hooked_parse_args
+    from normbt_plugin.patches.openrlhf_0_11_2.cli_options import (
+        cpu_param_dtype,
+        hooked_parse_args,
+        warn_slow_bf16,
+    )
 
     def check_then_start_ray(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
+        warn_slow_bf16(parser, parsed)
         if "--actor.model_name_or_path" in parser._option_string_actions:
             preflight(parsed)
             start_ray()
 
-    return hooked_parse_args(before=allow_fp32_without_gpu, after=check_then_start_ray)
+    return hooked_parse_args(before=cpu_param_dtype, after=check_then_start_ray)
 
 
 def main() -> None:

@@ -38,6 +38,9 @@ def test_doctor_reports_versions_and_patches():
     assert rows["openrlhf"] == "0.11.2 (supported: 0.11.2)" and rows["vLLM"] == "yes"
     assert rows["patches, RM stage"].endswith("registered_loss, value_head_norm")
     assert rows["patches, PPO stage"].endswith("cpu_ppo, vllm_cpu, value_head_norm, reward_norm")
+    assert rows["lock"].startswith("every distribution as in") and rows["lock"].endswith(
+        "requirements-cpu.lock"
+    )
 
 
 def test_losses_command_lists_options():

@@ -50,6 +50,7 @@ def apply_openrlhf_patches(
     ppo: bool = False,
     flash_attn_standin: bool | None = None,
     cpu_gloo: bool | None = None,
+    cpu_fp32: bool | None = None,
     dataset_keys: bool | None = None,
     registered_loss: bool | None = None,
     cpu_ppo: bool | None = None,
@@ -71,6 +72,7 @@ def apply_openrlhf_patches(
     switches = {
         "flash_attn_standin": flash_attn_standin,
         "cpu_gloo": cpu_gloo,
+        "cpu_fp32": cpu_fp32,
         "dataset_keys": dataset_keys,
         "registered_loss": registered_loss,
         "cpu_ppo": cpu_ppo,

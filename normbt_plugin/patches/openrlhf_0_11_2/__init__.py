@@ -8,6 +8,7 @@ Each module has ``NAME``, ``needed()`` (whether it applies on this machine) and 
 ORDER = (
     "flash_attn_standin",
     "cpu_gloo",
+    "cpu_fp32",
     "dataset_keys",
     "cli_options",
     "registered_loss",
@@ -18,10 +19,19 @@ ORDER = (
     "rollout_log",
 )
 # what each stage applies (where needed on the machine)
-RM = ("flash_attn_standin", "cpu_gloo", "dataset_keys", "cli_options", "registered_loss", "value_head_norm")
+RM = (
+    "flash_attn_standin",
+    "cpu_gloo",
+    "cpu_fp32",
+    "dataset_keys",
+    "cli_options",
+    "registered_loss",
+    "value_head_norm",
+)
 PPO = (
     "flash_attn_standin",
     "cpu_gloo",
+    "cpu_fp32",
     "cpu_ppo",
     "vllm_cpu",
     "value_head_norm",

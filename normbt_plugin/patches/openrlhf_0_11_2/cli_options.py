@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import warnings
 from collections.abc import Callable, Iterator
 
 from normbt_plugin.losses import _REGISTRY, available_losses, resolve_loss_name
@@ -131,12 +132,14 @@ def hooked_parse_args(
 
 
 def _add_once(parser: argparse.ArgumentParser) -> None:
+    cpu_param_dtype(parser)
     if LOSS_FLAG in parser._option_string_actions and not getattr(parser, "_normbt", False):
         parser._normbt = True
         add_plugin_arguments(parser)
 
 
 def _check(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
+    warn_slow_bf16(parser, parsed)
     if getattr(parser, "_normbt", False):
         check_plugin_arguments(parser, parsed)
         from normbt_plugin.patches.openrlhf_0_11_2 import value_head_norm
@@ -149,13 +152,40 @@ def extended_parser() -> contextlib.AbstractContextManager[None]:
     return hooked_parse_args(before=_add_once, after=_check)
 
 
-def allow_fp32_without_gpu(parser: argparse.ArgumentParser) -> None:
-    """``--ds.param_dtype fp32`` where there is no GPU (vLLM CPU runs float32; ``cpu_ppo``)."""
+def cpu_param_dtype(parser: argparse.ArgumentParser) -> None:
+    """Without a GPU, ``--ds.param_dtype`` also takes fp32 and defaults to it (patch ``cpu_fp32``)."""
     import torch
 
+    from normbt_plugin.environment import CPU_PARAM_DTYPE
+
     dtype = parser._option_string_actions.get("--ds.param_dtype")
-    if dtype is not None and not torch.cuda.is_available() and "fp32" not in dtype.choices:
-        dtype.choices = [*dtype.choices, "fp32"]
+    if dtype is None or torch.cuda.is_available() or getattr(dtype, "_normbt", False):
+        return
+    dtype._normbt = True
+    if CPU_PARAM_DTYPE not in dtype.choices:
+        dtype.choices = [*dtype.choices, CPU_PARAM_DTYPE]
+    dtype.default = CPU_PARAM_DTYPE
+    dtype.help = f"{dtype.help or ''} (no GPU here: default {CPU_PARAM_DTYPE})"
+
+
+def warn_slow_bf16(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
+    """An explicit bf16 on a CPU that only emulates it: say what it costs."""
+    import torch
+
+    from normbt_plugin.environment import CPU_PARAM_DTYPE, cpu_summary, native_bf16
+
+    on_cpu = not torch.cuda.is_available()
+    if on_cpu and getattr(parsed, "ds.param_dtype", None) == "bf16" and not native_bf16():
+        warnings.warn(
+            f"--ds.param_dtype bf16 without a GPU on a CPU with {cpu_summary()}: bf16 matmuls run "
+            f"about 75x slower than float32 here; use --ds.param_dtype {CPU_PARAM_DTYPE} (the CPU default)",
+            stacklevel=2,
+        )
+
+
+def cpu_dtype_parser() -> contextlib.AbstractContextManager[None]:
+    """While active, parsers owning ``--ds.param_dtype`` take fp32 (and default to it) on CPU."""
+    return hooked_parse_args(before=cpu_param_dtype, after=warn_slow_bf16)
 
 
 def needed() -> bool:
@@ -175,15 +205,14 @@ def capture_parser(module: str) -> argparse.ArgumentParser:
     """The argument parser an OpenRLHF CLI module builds under ``__main__``, without running it.
 
     For ``openrlhf.cli.train_rm`` it carries the plugin's flags, as under the launcher; for
-    ``openrlhf.cli.train_ppo_ray`` ``--ds.param_dtype`` also takes fp32 where there is no GPU,
-    as under ``normbt_plugin.train_ppo``.
+    every CLI ``--ds.param_dtype`` takes (and defaults to) fp32 where there is no GPU, as under
+    the launchers.
     """
     import runpy
     import sys
 
     def capture(parser: argparse.ArgumentParser) -> None:
         _add_once(parser)
-        allow_fp32_without_gpu(parser)
         raise _Captured(parser)
 
     argv = sys.argv

@@ -3,14 +3,13 @@
 Why, each a hard-coded CUDA or bf16 assumption upstream (on top of ``cpu_gloo``):
 - ``NaiveReplayBuffer`` targets ``torch.device(f"cuda:{current_device()}")``: CPU instead;
 - ``torch.cuda.current_stream()`` is passed to the weight broadcast: a stand-in;
-- ``--ds.param_dtype`` knows bf16/fp16 only, but vLLM's CPU engine must run float32 (its bf16
-  path needs AMX state that Ray's ``OMP_NUM_THREADS=1`` actors lack) and the sync asserts equal
-  dtypes on both sides: ``fp32`` is added;
 - the actor -> vLLM weight sync builds a PyNccl group and receives into ``device="cuda"``: a gloo
   group from vLLM's stateless helper, broadcasting from the group-local root, received on CPU.
-The vLLM side (engine dtype, packed weights) is ``vllm_cpu``. Applied only when CUDA is
+float32 training (vLLM's CPU engine needs it: its bf16 path wants AMX state that Ray's
+``OMP_NUM_THREADS=1`` actors lack) is ``cpu_fp32``; the vLLM side (engine dtype, packed weights)
+is ``vllm_cpu``. Applied only when CUDA is
 unavailable and only in PPO jobs (``apply_openrlhf_patches(ppo=True)``).
-Upstreamable as: a ``device`` on the strategy and ``fp32`` in ``convert_to_torch_dtype``.
+Upstreamable as: a ``device`` on the strategy.
 """
 
 from __future__ import annotations
@@ -20,7 +19,6 @@ import importlib
 import torch
 
 NAME = "cpu_ppo"
-FP32 = ("fp32", "float32")
 
 
 def needed() -> bool:
@@ -50,16 +48,6 @@ def stateless_gloo_group(master_address, master_port, rank, world_size, device=N
 
 def apply() -> None:
     torch.cuda.current_stream = lambda device=None: None
-
-    utils = importlib.import_module("openrlhf.utils.utils")
-    convert = utils.convert_to_torch_dtype
-    if not getattr(convert, "_normbt", False):
-
-        def convert_to_torch_dtype(param_dtype: str) -> torch.dtype:
-            return torch.float32 if param_dtype in FP32 else convert(param_dtype)
-
-        convert_to_torch_dtype._normbt = True
-        utils.convert_to_torch_dtype = convert_to_torch_dtype
 
     buffers = importlib.import_module("openrlhf.trainer.ppo_utils.replay_buffer")
     init = buffers.NaiveReplayBuffer.__init__

