@@ -26,6 +26,11 @@ SELF = "normbt-plugin"
 # anyway, and float32 leaves no bf16 ties between close rewards.
 CPU_PARAM_DTYPE = "fp32"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# vLLM's CPU engines (eval-policy's and PPO's rollout engines), where not set already: 1 GiB of KV
+# cache (vLLM's default is 4), and the model worker inside the engine process instead of a
+# spawned one of its own (vLLM's CPU platform then uses its uni executor): an engine start took
+# 3.2 s instead of 21.4 s on 2 cores, with the same greedy output.
+VLLM_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 
 
 def cpu_flags() -> set[str]:

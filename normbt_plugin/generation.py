@@ -53,8 +53,13 @@ def generate(spec: GenerationSpec, log: Path | None = None) -> list[dict]:
     out.parent.mkdir(parents=True, exist_ok=True)
     spec_path.write_text(json.dumps(asdict(spec)))
     out.unlink(missing_ok=True)
+    import torch
+
+    from normbt_plugin.environment import VLLM_CPU_ENV
+
     env = dict(os.environ)
-    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB of KV cache on CPU (vLLM's default is 4)
+    if not torch.cuda.is_available():
+        env = {**VLLM_CPU_ENV, **env}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
     log_file = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
     try:

@@ -133,6 +133,47 @@ def build_tiny_setup(
     }
 
 
+# A minimal chat template (plain-string or OpenAI-style content lists, as OpenRLHF's prompt
+# dataset passes them), so the chat-format stand-ins go through apply_chat_template like real ones.
+CHAT_TEMPLATE = (
+    "{%- for m in messages -%}{{ m.role }}:"
+    "{%- if m.content is string %} {{ m.content }}{%- else %}{%- for c in m.content %} {{ c.text }}"
+    "{%- endfor %}{%- endif %}</s>{%- endfor -%}{%- if add_generation_prompt %}assistant:{%- endif %}"
+)
+
+
+def _chat(prompt: str, response: str | None = None) -> list[dict]:
+    turns = [{"role": "user", "content": prompt}]
+    return turns + ([{"role": "assistant", "content": response.strip()}] if response is not None else [])
+
+
+def build_chat_setup(out: str | Path, n_train: int = 64, n_test: int = 32, seed: int = 0) -> dict[str, Path]:
+    """Stand-ins shaped like the GPU configs' data: ``chosen``/``rejected`` whole conversations with
+    no prompt column (Skywork-Reward-Preference, OpenRLHF's preference mixture), prompts as
+    ``context_messages`` message lists (OpenRLHF's prompt collection), and a tiny Llama whose
+    tokenizer has a chat template. vLLM-sized heads (2: head size 32)."""
+    out = Path(out)
+    train, test = make_pairs(n_train, seed), make_pairs(n_test, seed + 10_000)
+
+    def conversations(rows: list[dict]) -> list[dict]:
+        return [{"chosen": _chat(r["prompt"], r["chosen"]), "rejected": _chat(r["prompt"], r["rejected"])}
+                for r in rows]  # fmt: skip
+
+    texts = [f"user: {r['prompt']}</s>assistant: {r['chosen']}</s>" for r in train]
+    texts += [r["rejected"] for r in train] + WORDS
+    model_dir = out / "model"
+    tokenizer = build_tokenizer(texts, model_dir)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    build_model(model_dir, len(tokenizer), heads=2, seed=seed, tokenizer=tokenizer)
+    prompts = [{"context_messages": _chat(r["prompt"])} for r in make_pairs(n_test, seed + 20_000)]
+    return {
+        "model": model_dir,
+        "train": write_jsonl(conversations(train), out / "train.jsonl"),
+        "test": write_jsonl(conversations(test), out / "test.jsonl"),
+        "prompts": write_jsonl(prompts, out / "prompts.jsonl"),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)

@@ -169,9 +169,11 @@ def start_ray() -> None:
     }
     if torch.cuda.is_available():
         ray.init(runtime_env={"env_vars": env})
-    else:
-        env["VLLM_CPU_KVCACHE_SPACE"] = os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1")
-        ray.init(num_cpus=os.cpu_count(), num_gpus=1, runtime_env={"env_vars": env})
+    else:  # one machine, no GPU: no dashboard process competing for the cores
+        from normbt_plugin.environment import VLLM_CPU_ENV
+
+        env.update({k: os.environ.get(k, v) for k, v in VLLM_CPU_ENV.items()})
+        ray.init(num_cpus=os.cpu_count(), num_gpus=1, include_dashboard=False, runtime_env={"env_vars": env})
 
 
 def checked_parser() -> contextlib.AbstractContextManager[None]:

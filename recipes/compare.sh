@@ -36,11 +36,21 @@ mkdir -p "$RUN_DIR"
 # DRY_RUN=1: print each stage's command (rm.sh, eval-rm, ppo.sh, compare) instead of running it
 dry=${DRY_RUN:-0}
 export DRY_RUN=$dry
-run() {  # run "$log" cmd...: quiet into a log, its tail on failure
-  local log=$1; shift
+times="$RUN_DIR/stage_times.tsv"            # each stage's wall time, as a table at the end
+[[ "$dry" == 1 ]] || : > "$times"
+run() {  # run "$log" cmd...: quiet into a log, its tail on failure, its wall time into $times
+  local log=$1 start=$EPOCHREALTIME; shift
   if [[ "$dry" == 1 && "$1" == bash ]]; then "$@"; return; fi  # the recipe prints its command
   if [[ "$dry" == 1 ]]; then printf '%q ' "$@"; echo; return; fi
   "$@" > "$log" 2>&1 || { echo "compare.sh: failed, see $log" >&2; tail -30 "$log" >&2; exit 1; }
+  printf '%s\t%s\n' "$(basename "${log%.log}")" "$(awk "BEGIN {print $EPOCHREALTIME - $start}")" >> "$times"
+}
+stage_table() {  # the stages' wall times, longest first, with their share of the whole
+  echo "compare.sh: wall time by stage ($times)"
+  sort -t$'\t' -k2,2gr "$times" | awk -F'\t' '{name[NR]=$1; t[NR]=$2; total+=$2}
+    END {printf "| stage | wall (s) | share |\n|---|---:|---:|\n";
+         for (i = 1; i <= NR; i++) printf "| %s | %.1f | %.0f%% |\n", name[i], t[i], 100*t[i]/total;
+         printf "| total | %.1f | |\n", total}'
 }
 
 if [[ "${EVIDENCE:-0}" == 1 ]]; then
@@ -64,7 +74,7 @@ elif [[ "${TINY:-0}" == 1 ]]; then
       --data.dataset "$DATASET" --data.input_key prompt --data.output_key chosen \
       --data.input_template '{}' \
       --data.max_len "$MAX_LEN" --train.max_epochs "$SFT_EPOCHS" --train.micro_batch_size 8 \
-      --train.batch_size 32 --adam.lr "$SFT_LR" --ds.zero_stage 2 --ds.param_dtype bf16 \
+      --train.batch_size 32 --adam.lr "$SFT_LR" --ds.zero_stage 2 ${PARAM_DTYPE:+--ds.param_dtype "$PARAM_DTYPE"} \
       --ds.attn_implementation sdpa --ckpt.output_dir "$RUN_DIR/policy" --ckpt.path "$RUN_DIR/policy.ckpt"
     export POLICY="$RUN_DIR/policy"
   fi
@@ -134,7 +144,11 @@ if (( ${#ppo_runs[@]} )); then
 fi
 
 if [[ "$dry" == 1 ]]; then
-  printf '%q ' normbt compare "${runs[@]}" "${compare_args[@]}"; echo
+  printf '%q ' run "$RUN_DIR/report.log" normbt compare "${runs[@]}" "${compare_args[@]}"
+cat "$RUN_DIR/report.log"
+stage_table; echo
   exit 0
 fi
-normbt compare "${runs[@]}" "${compare_args[@]}"
+run "$RUN_DIR/report.log" normbt compare "${runs[@]}" "${compare_args[@]}"
+cat "$RUN_DIR/report.log"
+stage_table

@@ -11,7 +11,7 @@ set -euo pipefail
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   sed -n '2,8p' "$0"; echo
   echo "Environment (defaults): POLICY RM PROMPTS INPUT_KEY=input OUT=runs/ppo SEED=42"
-  echo "  NODES=1 GPUS_PER_NODE=8 VLLM_ENGINES=8 VLLM_TP=1 COLOCATE=0 ZERO=2 PPO_PARAM_DTYPE=bf16"
+  echo "  NODES=1 GPUS_PER_NODE=8 VLLM_ENGINES=8 VLLM_TP=1 COLOCATE=0 ZERO=2 PPO_PARAM_DTYPE (bf16 on GPUs, fp32 without)"
   echo "  ATTN=flash_attention_2 SYNC_BACKEND=nccl VLLM_MEM=0.5 ROLLOUT_BS=128 N_SAMPLES=1"
   echo "  MAX_NEW=1024 PPO_MAX_LEN=2048 TRAIN_BS=128 MICRO_BS=4 ROLLOUT_MICRO_BS=8 EPISODES=1"
   echo "  MAX_SAMPLES=100000 ACTOR_LR=5e-7 CRITIC_LR=9e-6 KL=0.01 ESTIMATOR=gae"
@@ -33,7 +33,7 @@ VLLM_TP=${VLLM_TP:-1}
 VLLM_MEM=${VLLM_MEM:-0.5}
 COLOCATE=${COLOCATE:-0}                 # 1: all models and engines share the GPUs (sleep between)
 ZERO=${ZERO:-2}
-PARAM_DTYPE=${PPO_PARAM_DTYPE:-bf16}    # fp32 on CPU (PPO_: the RM stage has its own PARAM_DTYPE)
+PARAM_DTYPE=${PPO_PARAM_DTYPE:-}        # empty: the launcher's default (PPO_: the RM stage has its own)
 ATTN=${ATTN:-flash_attention_2}         # sdpa on CPU
 SYNC_BACKEND=${SYNC_BACKEND:-nccl}      # gloo on CPU
 ROLLOUT_BS=${ROLLOUT_BS:-128}
@@ -73,7 +73,6 @@ args=(
   --algo.kl.init_coef "$KL"
   --algo.advantage.estimator "$ESTIMATOR"
   --ds.zero_stage "$ZERO"
-  --ds.param_dtype "$PARAM_DTYPE"
   --ds.attn_implementation "$ATTN"
   --vllm.num_engines "$VLLM_ENGINES"
   --vllm.tensor_parallel_size "$VLLM_TP"
@@ -86,6 +85,7 @@ args=(
 for role in actor ref critic reward; do
   args+=(--"$role".num_nodes "$NODES" --"$role".num_gpus_per_node "$GPUS_PER_NODE")
 done
+[[ -n "$PARAM_DTYPE" ]] && args+=(--ds.param_dtype "$PARAM_DTYPE")
 [[ "$COLOCATE" == 1 ]] && args+=(--train.colocate_all)
 [[ "$COLOCATE" == 1 && "$SYNC_BACKEND" != gloo ]] && args+=(--vllm.enable_sleep --ds.enable_sleep)
 [[ "$SYNC_BACKEND" == gloo ]] && args+=(--vllm.enforce_eager)

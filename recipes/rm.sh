@@ -10,7 +10,7 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   sed -n '2,6p' "$0"; echo
   echo "Environment (defaults): LOSS=normbt MODEL DATASET EVAL_DATASET OUT NPROC=1 ZERO=2"
   echo "  MICRO_BS=4 BS=16 EPOCHS=1 LR=2e-3 MAX_LEN=64 ATTN=sdpa PROMPT_KEY=prompt SEED=42"
-  echo "  PARAM_DTYPE=bf16 INPUT_TEMPLATE LABEL=\$LOSS CHOSEN_KEY=chosen REJECTED_KEY=rejected"
+  echo "  PARAM_DTYPE (default: bf16 on GPUs, fp32 without) INPUT_TEMPLATE LABEL=\$LOSS CHOSEN_KEY=chosen REJECTED_KEY=rejected"
   echo "  APPLY_CHAT_TEMPLATE=0 PACKING=0 HOSTFILE (several nodes) DRY_RUN=0"
   echo "All flags: python -m normbt_plugin.train_rm --help"
   exit 0
@@ -29,9 +29,9 @@ EPOCHS=${EPOCHS:-1}
 LR=${LR:-2e-3}
 MAX_LEN=${MAX_LEN:-64}
 ATTN=${ATTN:-sdpa}                      # flash_attention_2 on GPU nodes with flash-attn
-PROMPT_KEY=${PROMPT_KEY:-prompt}
+PROMPT_KEY=${PROMPT_KEY-prompt}         # set but empty: chosen/rejected are whole conversations
 SEED=${SEED:-42}
-PARAM_DTYPE=${PARAM_DTYPE:-bf16}
+PARAM_DTYPE=${PARAM_DTYPE:-}                 # empty: the launcher's default, bf16 on GPUs, fp32 without
 INPUT_TEMPLATE=${INPUT_TEMPLATE:-}      # e.g. '[CLS]{}' for BERT-style encoders
 LABEL=${LABEL:-$LOSS}                   # the run's name in reports
 CHOSEN_KEY=${CHOSEN_KEY:-chosen}
@@ -47,7 +47,6 @@ args=(
   --data.rejected_key "$REJECTED_KEY"
   --data.max_len "$MAX_LEN"
   --ds.zero_stage "$ZERO"
-  --ds.param_dtype "$PARAM_DTYPE"
   --ds.attn_implementation "$ATTN"
   --train.micro_batch_size "$MICRO_BS"
   --train.batch_size "$BS"
@@ -61,6 +60,7 @@ args=(
   --plugin.label "$LABEL"
 )
 [[ -n "$PROMPT_KEY" ]] && args+=(--data.prompt_key "$PROMPT_KEY")
+[[ -n "$PARAM_DTYPE" ]] && args+=(--ds.param_dtype "$PARAM_DTYPE")
 [[ -n "$EVAL_DATASET" ]] && args+=(--eval.dataset "$EVAL_DATASET")
 [[ -n "$INPUT_TEMPLATE" ]] && args+=(--data.input_template "$INPUT_TEMPLATE")
 [[ "$APPLY_CHAT_TEMPLATE" == 1 ]] && args+=(--data.apply_chat_template)
