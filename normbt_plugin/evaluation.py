@@ -186,11 +186,17 @@ class RewardScorer:
             prefix = getattr(config, "value_head_prefix", "score")
             from normbt_plugin.patches import apply_openrlhf_patches
 
-            apply_openrlhf_patches()
+            apply_openrlhf_patches(cpu_fp32=True)  # fp32 known to OpenRLHF's loader on GPUs too
             from openrlhf.models import get_llm_for_sequence_regression
 
+            # its param_dtype defaults to bf16: float32 checkpoints would be scored rounded
+            param_dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[dtype]
             model = get_llm_for_sequence_regression(
-                model_path, "reward", attn_implementation="sdpa", value_head_prefix=prefix
+                model_path,
+                "reward",
+                attn_implementation="sdpa",
+                value_head_prefix=prefix,
+                param_dtype=param_dtype,
             )
         else:
             from transformers import AutoModelForSequenceClassification
