@@ -5,6 +5,7 @@ normbt losses          registered losses and their options
 normbt eval-rm         reward-model accuracy on preference data
 normbt eval-policy     policies sampled with vLLM, scored by a gold RM; best-of-N curves
 normbt compare         runs into one report with intervals and plots
+normbt curves          true and proxy reward vs KL along PPO runs, compared at matched KL
 normbt diagnose        per-pair gradient norm vs representation distance
 """
 
@@ -153,12 +154,29 @@ def compare(args: argparse.Namespace) -> int:
             baseline=args.baseline,
             eval_name=args.eval_name,
             policy_eval=args.policy_eval,
+            note=args.note,
         )
     except EvalInputError as exc:
         print(f"normbt compare: {exc}", file=sys.stderr)
         return 2
     print(report.read_text())
     print(f"wrote {report} and its plots")
+    return 0
+
+
+def curves(args: argparse.Namespace) -> int:
+    from normbt_plugin.curves import run_curves
+    from normbt_plugin.evaluation import EvalInputError
+
+    try:
+        report = run_curves(
+            args.runs, args.tokenizer, args.gold_fn, args.out, exact_fn=args.exact_fn,
+            baseline=args.baseline, window=args.window, grid_points=args.grid,
+        )  # fmt: skip
+    except EvalInputError as exc:
+        print(f"normbt curves: {exc}", file=sys.stderr)
+        return 2
+    print(report.read_text())
     return 0
 
 
@@ -195,6 +213,7 @@ def eval_rm(args: argparse.Namespace) -> int:
 
 
 def eval_policy(args: argparse.Namespace) -> int:
+    from normbt_plugin.curves import load_function
     from normbt_plugin.evaluation import EvalInputError
     from normbt_plugin.policy_eval import (
         evaluate_policies,
@@ -207,8 +226,10 @@ def eval_policy(args: argparse.Namespace) -> int:
         policies = parse_named(args.policy, "policy")
         proxies = parse_named(args.proxy or [], "proxy")
         prompts = load_prompts(args.prompts, args.prompt_key, args.split, args.n_prompts)
+        gold_fn = load_function(args.gold_fn) if args.gold_fn else None
         result = evaluate_policies(
-            policies, args.gold, prompts, args.out, proxies=proxies, reference=args.reference,
+            policies, args.gold, prompts, args.out, gold_fn=gold_fn, gold_fn_name=args.gold_fn,
+            proxies=proxies, reference=args.reference,
             samples=args.samples, bon_samples=args.bon_samples, bon_prompts=args.bon_prompts,
             max_new=args.max_new, temperature=args.temperature, seed=args.seed, tie_tol=args.tie_tol,
             apply_chat_template=args.apply_chat_template, input_template=args.input_template,
@@ -237,6 +258,16 @@ def main(argv: list[str] | None = None) -> None:
     cmp.add_argument("--baseline", default="bt", help="loss the others are compared with")
     cmp.add_argument("--eval_name", default="eval.json", help="eval-rm result file in each run")
     cmp.add_argument("--policy_eval", help="normbt eval-policy's policy_eval.json: downstream section")
+    cmp.add_argument("--note", help="one line at the top of the downstream section (what the run can show)")
+    cv = sub.add_parser("curves", help="true and proxy reward vs KL along PPO runs, at matched KL")
+    cv.add_argument("runs", nargs="+", help="PPO run folders (rollouts/rollouts.jsonl, run.json)")
+    cv.add_argument("--tokenizer", required=True, help="the policy's tokenizer (decodes the rollouts)")
+    cv.add_argument("--gold_fn", required=True, help="true reward: module:function or file.py:function")
+    cv.add_argument("--exact_fn", help="success indicator (same form), e.g. normbt_plugin.tasks:exact")
+    cv.add_argument("--baseline", default="bt", help="label the others are compared with")
+    cv.add_argument("--window", type=int, default=4, help="PPO steps per curve point")
+    cv.add_argument("--grid", type=int, default=6, help="matched-KL points (0 .. smallest max KL)")
+    cv.add_argument("--out", required=True)
     ev = sub.add_parser("eval-rm", help="score a reward model on preference data")
     ev.add_argument("--model", required=True, help="OpenRLHF RM checkpoint or HF seq-cls RM")
     ev.add_argument("--data", required=True, help="local .jsonl/.json/.parquet or a dataset name")
@@ -262,7 +293,12 @@ def main(argv: list[str] | None = None) -> None:
         metavar="NAME=PATH",
         help="a policy (repeat); the first is the reference unless --reference",
     )
-    ep.add_argument("--gold", required=True, help="the gold reward model (OpenRLHF or HF seq-cls)")
+    ep.add_argument("--gold", help="the gold reward model (OpenRLHF or HF seq-cls)")
+    ep.add_argument(
+        "--gold_fn",
+        help="the task's true reward, module:function or file.py:function taking (prompt, response): "
+        "beside --gold, or alone as the gold (e.g. normbt_plugin.tasks:gold_reward)",
+    )
     ep.add_argument("--proxy", action="append", metavar="NAME=PATH", help="a proxy RM for best-of-N")
     ep.add_argument("--prompts", required=True, help="held-out prompts: .jsonl/.json/.parquet or name")
     ep.add_argument("--prompt_key", default="input")
@@ -301,6 +337,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(eval_policy(args))
     if args.command == "compare":
         sys.exit(compare(args))
+    if args.command == "curves":
+        sys.exit(curves(args))
     if args.command == "doctor":
         sys.exit(doctor(args.lock))
     sys.exit(losses())
