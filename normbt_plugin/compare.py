@@ -117,6 +117,7 @@ def build_report(
     baseline: str = "bt",
     eval_name: str = "eval.json",
     policy_eval: str | None = None,
+    note: str | None = None,
 ) -> Path:
     import matplotlib
 
@@ -288,7 +289,7 @@ def build_report(
     figures.append(("training_curves.png", fig))
 
     if policy_eval:
-        policy_lines, policy_figures, summary["downstream"] = downstream_section(policy_eval, base)
+        policy_lines, policy_figures, summary["downstream"] = downstream_section(policy_eval, base, note)
         lines += policy_lines
         figures += policy_figures
     else:
@@ -390,7 +391,24 @@ def _interval(samples: list[np.ndarray]) -> dict[str, float]:
     return {"mean": mean, "low": low, "high": high}
 
 
-def downstream_section(path: str, baseline: str) -> tuple[list[str], list, dict[str, Any]]:
+KL_RATIO = 2.0  # policies whose KLs to the reference differ more than this are not compared at a point
+
+
+def kl_note(kl_a: float, kl_b: float) -> str:
+    """'' when two policies sit at comparable KL, else why their rewards cannot be compared."""
+    low, high = sorted((abs(kl_a), abs(kl_b)))
+    if high > KL_RATIO * max(low, 1e-12):
+        return f"not comparable: KL {kl_a:.2f} vs {kl_b:.2f} (> {KL_RATIO:g}x)"
+    return ""
+
+
+def _kl(summary: dict[str, Any], label: str) -> float:
+    return summary["policies"][label]["kl"]["mean"]
+
+
+def downstream_section(
+    path: str, baseline: str, note: str | None = None
+) -> tuple[list[str], list, dict[str, Any]]:
     """The ``normbt eval-policy`` result as report lines, figures and a summary: per loss label
     (seeds averaged) gold reward, win rate against the reference policy and KL with bootstrap 95%
     intervals over prompts, the difference to the baseline label's policies (paired bootstrap,
@@ -413,9 +431,16 @@ def downstream_section(path: str, baseline: str) -> tuple[list[str], list, dict[
     def per_prompt(policy: dict, key: str) -> np.ndarray:
         return np.asarray(policy["per_prompt"][key], dtype=np.float64)
 
+    has_true = all("true" in p["per_prompt"] for p in result["policies"].values())
     lines = [
         "",
         "## Downstream policies",
+        "",
+        *([f"**{note}**", ""] if note else []),
+        "Each policy is compared at one point, the end of its PPO run, and at its own KL to the "
+        f"reference: rewards of policies whose KLs differ by more than {KL_RATIO:g}x are marked not "
+        "comparable (a policy that moved further can gain or lose for that reason alone; "
+        "`normbt curves` compares along the KL curve, at matched KL).",
         "",
         f"`normbt eval-policy`: {result['prompts']} held-out prompts x {result['samples']} samples per "
         f"policy (temperature {result['temperature']}, up to {result['max_new']} new tokens), gold RM "
@@ -425,9 +450,9 @@ def downstream_section(path: str, baseline: str) -> tuple[list[str], list, dict[
         "Intervals: 95% bootstrap over prompts (seeds averaged); p: paired permutation test over "
         "prompts; t-test: paired across seeds.",
         "",
-        f"| policy | seeds | gold reward | win rate vs {ref} | KL to {ref} | length | gold vs {base or '-'} "
-        "| p (prompts) | p (seeds, t-test) |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| policy | seeds | gold reward |{' true reward |' if has_true else ''} win rate vs {ref} | "
+        f"KL to {ref} | length | gold vs {base or '-'} (KLs) | p (prompts) | p (seeds, t-test) |",
+        "|---|---|---|" + ("---|" if has_true else "") + "---|---|---|---|---|---|",
     ]
     summary: dict[str, Any] = {"reference": ref, "policies": {}}
     for label in labels:
@@ -440,27 +465,37 @@ def downstream_section(path: str, baseline: str) -> tuple[list[str], list, dict[
             "length": float(np.mean([p["length"] for p in members.values()])),
         }
         cells = [_ci_text(row["gold"]), "", _ci_text(row["kl"], 3), f"{row['length']:.1f}", "", "", ""]
+        if has_true:
+            row["true"] = _interval([per_prompt(p, "true") for p in members.values()])
+            cells.insert(1, _ci_text(row["true"]))
+        win_cell, diff_cell = (2, 5) if has_true else (1, 4)
         if label != ref:
             wins = [np.asarray(p["wins"][ref]["per_prompt"]) for p in members.values()]
             row["win_vs_reference"] = _interval(wins)
-            cells[1] = _ci_text(row["win_vs_reference"], 3)
+            cells[win_cell] = _ci_text(row["win_vs_reference"], 3)
         if base and label not in (base, ref):
             pairs = _matched(members, groups[base])
             d = paired_difference(
                 [per_prompt(a, "gold") for a, _ in pairs], [per_prompt(b, "gold") for _, b in pairs]
             )
             row["gold_vs_baseline"] = d
-            cells[4] = f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}]"
-            cells[5] = f"{d['p_permutation']:.3g}"
+            kl_self = float(np.mean([p["kl"] for p in members.values()]))
+            kl_base = float(np.mean([p["kl"] for p in groups[base].values()]))
+            row["comparable"] = not kl_note(kl_self, kl_base)
+            cells[diff_cell] = (
+                f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] (KL {kl_self:.2f} vs {kl_base:.2f})"
+                + (f"; **{kl_note(kl_self, kl_base)}**" if kl_note(kl_self, kl_base) else "")
+            )
+            cells[diff_cell + 1] = f"{d['p_permutation']:.3g}"
             seeds = sorted(set(members) & set(groups[base]) - {None})
             if len(seeds) >= 2:
                 t = stats.ttest_rel(
                     [members[s]["gold_mean"] for s in seeds], [groups[base][s]["gold_mean"] for s in seeds]
                 )
                 row["t_test"] = {"statistic": float(t.statistic), "p": float(t.pvalue), "seeds": seeds}
-                cells[6] = f"{t.pvalue:.3g} (n={len(seeds)})"
+                cells[diff_cell + 2] = f"{t.pvalue:.3g} (n={len(seeds)})"
             else:
-                cells[6] = "n/a (1 seed)"
+                cells[diff_cell + 2] = "n/a (1 seed)"
         summary["policies"][label] = row
         lines.append(f"| {label} | {len(members)} | " + " | ".join(cells) + " |")
 
@@ -468,9 +503,10 @@ def downstream_section(path: str, baseline: str) -> tuple[list[str], list, dict[
     if len(trained) >= 2:
         lines += [
             "",
-            "Head to head: win rate of the row's policies against the column's (same seeds paired), 95% CI.",
+            "Head to head: win rate of the row's policies against the column's (same seeds paired), 95% CI; "
+            "the KL of each beside its name.",
             "",
-            "| | " + " | ".join(trained) + " |",
+            "| | " + " | ".join(f"{t} (KL {_kl(summary, t):.2f})" for t in trained) + " |",
             "|---|" + "---|" * len(trained),
         ]
         for a in trained:
@@ -484,8 +520,9 @@ def downstream_section(path: str, baseline: str) -> tuple[list[str], list, dict[
                 wins = [np.asarray(x["wins"][names[id(y)]]["per_prompt"]) for x, y in pairs]
                 interval = _interval(wins)
                 summary["policies"][a].setdefault("head_to_head", {})[b] = interval
-                cells.append(_ci_text(interval, 3))
-            lines.append(f"| {a} | " + " | ".join(cells) + " |")
+                apart = kl_note(_kl(summary, a), _kl(summary, b))
+                cells.append(_ci_text(interval, 3) + (" (not comparable: KL > 2x apart)" if apart else ""))
+            lines.append(f"| {a} (KL {_kl(summary, a):.2f}) | " + " | ".join(cells) + " |")
 
     figures = []
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -518,6 +555,7 @@ def downstream_section(path: str, baseline: str) -> tuple[list[str], list, dict[
             "",
             "| proxy | " + " | ".join(f"N={n}" for n in ns) + " |",
             "|---|" + "---|" * len(ns),
+            "| KL bound (nats) | " + " | ".join(f"{k:.2f}" for k in bon["kl"]) + " |",
         ]
         bon_groups: dict[str, list[np.ndarray]] = defaultdict(list)
         for name, curve in bon["curves"].items():

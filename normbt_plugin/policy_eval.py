@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -181,12 +182,18 @@ def _scores(scorer: RewardScorer, rows: list[dict], label: str) -> np.ndarray:
     return rewards.reshape(len(rows), -1)
 
 
+def _true_scores(gold_fn: Callable[[str, str], float], rows: list[dict]) -> np.ndarray:
+    return np.array([[float(gold_fn(r["prompt"], s["text"])) for s in r["samples"]] for r in rows])
+
+
 def evaluate_policies(
     policies: dict[str, str],
-    gold: str,
+    gold: str | None,
     prompts: list[str],
     out_dir: str | Path,
     *,
+    gold_fn: Callable[[str, str], float] | None = None,
+    gold_fn_name: str | None = None,
     proxies: dict[str, str] | None = None,
     reference: str | None = None,
     samples: int = 1,
@@ -204,14 +211,18 @@ def evaluate_policies(
     dtype: str = "float32",
     tensor_parallel_size: int = 1,
 ) -> dict[str, Any]:
-    """Generate, score and compare; the result is what ``normbt compare`` reads."""
+    """Generate, score and compare; the result is what ``normbt compare`` reads. ``gold_fn(prompt,
+    response)`` is the task's true reward where one exists: beside the gold RM (``true_*`` fields,
+    best-of-N judged by it too), or alone as the gold (``gold=None``)."""
     out = Path(out_dir)
+    if gold is None and gold_fn is None:
+        raise EvalInputError("name a judge: --gold (a reward model) and/or --gold_fn (module:function)")
     reference = reference or next(iter(policies))
     if reference not in policies:
         raise EvalInputError(f"--reference {reference!r} is not one of the policies {sorted(policies)}")
     proxies = proxies or {}
     # fail before any generation on a path that is not what it should be
-    for path in [gold, *proxies.values()]:
+    for path in [*([gold] if gold else []), *proxies.values()]:
         check_reward_model(path)
     for name, path in policies.items():
         check_policy(name, path)
@@ -247,15 +258,21 @@ def evaluate_policies(
         generations[name] = rows
 
     result: dict[str, Any] = {
-        "reference": reference, "gold": gold, "prompts": len(prompts), "samples": samples,
+        "reference": reference, "gold": gold or f"fn:{gold_fn_name}", "gold_fn": gold_fn_name,
+        "prompts": len(prompts), "samples": samples,
         "max_new": max_new, "temperature": temperature, "seed": seed, "tie_tol": tie_tol, "policies": {},
     }  # fmt: skip
     texts = {n: [[s["text"] for s in r["samples"]] for r in rows] for n, rows in generations.items()}
     # one model in memory at a time, each loaded once: the gold, the proxies, the policies
-    gold_scorer = scorer(gold)
-    gold_scores = {n: _scores(gold_scorer, rows, f"gold on {n}") for n, rows in generations.items()}
-    gold_k = _scores(gold_scorer, bon_rows, "gold on best-of-N samples") if bon_rows else None
-    del gold_scorer
+    true_scores = {n: _true_scores(gold_fn, rows) for n, rows in generations.items()} if gold_fn else {}
+    true_k = _true_scores(gold_fn, bon_rows) if gold_fn and bon_rows else None
+    if gold:
+        gold_scorer = scorer(gold)
+        gold_scores = {n: _scores(gold_scorer, rows, f"gold on {n}") for n, rows in generations.items()}
+        gold_k = _scores(gold_scorer, bon_rows, "gold on best-of-N samples") if bon_rows else None
+        del gold_scorer
+    else:  # the true reward is the gold
+        gold_scores, gold_k = true_scores, true_k
     proxy_k = (
         {name: _scores(scorer(path), bon_rows, f"proxy {name}") for name, path in proxies.items()}
         if bon_rows
@@ -296,6 +313,9 @@ def evaluate_policies(
             "gold_per_sample": gold_scores[name].tolist(),
             "texts": texts[name],
         }
+        if gold_fn:
+            result["policies"][name]["true_mean"] = float(true_scores[name].mean())
+            result["policies"][name]["per_prompt"]["true"] = true_scores[name].mean(axis=1).tolist()
     names = list(policies)
     for a in names:
         wins = {}
@@ -311,6 +331,9 @@ def evaluate_policies(
             ns.append(bon_samples)
         curves = {"oracle (gold)": best_of_n(gold_k, gold_k, ns)}
         curves.update({name: best_of_n(scores, gold_k, ns) for name, scores in proxy_k.items()})
+        if gold and true_k is not None:  # the same choices judged by the true reward
+            curves["oracle (true)"] = best_of_n(true_k, true_k, ns)
+            curves.update({f"{name} (true)": best_of_n(sc, true_k, ns) for name, sc in proxy_k.items()})
         result["best_of_n"] = {
             "n": ns,
             "kl": [bon_kl(n) for n in ns],
@@ -329,13 +352,14 @@ def format_policy_report(result: dict[str, Any]) -> str:
     ref = result["reference"]
     lines = [
         f"policies on {result['prompts']} prompts x {result['samples']} samples, gold RM {result['gold']}",
-        f"{'policy':<24} {'gold':>9} {'win vs ' + ref:>16} {'KL':>9} {'length':>8} {'cut':>6}",
+        f"{'policy':<24} {'gold':>9} {'true':>7} {'win vs ' + ref:>16} {'KL':>9} {'length':>8} {'cut':>6}",
     ]
     for name, p in result["policies"].items():
         win = p["wins"].get(ref, {}).get("win_rate")
         win_text = f"{win:.3f}" if win is not None else "-"
+        true_text = f"{p['true_mean']:.4f}" if "true_mean" in p else "-"
         lines.append(
-            f"{name:<24} {p['gold_mean']:>9.4f} {win_text:>16} {p['kl']:>9.4f} "
+            f"{name:<24} {p['gold_mean']:>9.4f} {true_text:>7} {win_text:>16} {p['kl']:>9.4f} "
             f"{p['length']:>8.1f} {p['truncated']:>6.2f}"
         )
     if "best_of_n" in result:

@@ -141,12 +141,15 @@ if (( ${#ppo_runs[@]} )); then
     --dtype "${EVAL_DTYPE:-float32}" \
     --out "$RUN_DIR/policy-eval"
   compare_args+=(--policy_eval "$RUN_DIR/policy-eval/policy_eval.json")
+  if [[ "${TINY:-0}" == 1 ]]; then
+    compare_args+=(--note "The tiny CPU default runs $(( MAX_SAMPLES / ROLLOUT_BS )) PPO steps on ${SEEDS// /, } seed(s): \
+it shows that the chain runs end to end and what its report holds, not whether a NormBT reward model \
+makes a better policy; recipes/downstream-study.sh measures that (docs/results.md, Downstream).")
+  fi
 fi
 
 if [[ "$dry" == 1 ]]; then
-  printf '%q ' run "$RUN_DIR/report.log" normbt compare "${runs[@]}" "${compare_args[@]}"
-cat "$RUN_DIR/report.log"
-stage_table; echo
+  printf '%q ' normbt compare "${runs[@]}" "${compare_args[@]}"; echo
   exit 0
 fi
 run "$RUN_DIR/report.log" normbt compare "${runs[@]}" "${compare_args[@]}"

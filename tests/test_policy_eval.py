@@ -211,3 +211,24 @@ def test_downstream_section_finds_a_known_effect(tmp_path):
     _, _, null = downstream_section(str(synthetic_policy_eval(tmp_path / "null.json", 0.0)), "bt")
     d = null["policies"]["normbt"]["gold_vs_baseline"]
     assert d["low"] < 0 < d["high"]
+
+
+def test_downstream_marks_policies_at_kls_more_than_2x_apart(tmp_path):
+    import matplotlib
+
+    from normbt_plugin.compare import kl_note
+
+    matplotlib.use("Agg")
+    assert kl_note(4.6, 18.3) == "not comparable: KL 4.60 vs 18.30 (> 2x)" and kl_note(4.0, 7.9) == ""
+    path = synthetic_policy_eval(tmp_path / "pe.json", 0.3)
+    result = json.loads(path.read_text())
+    for name, policy in result["policies"].items():
+        policy["kl"] = 12.0 if name.startswith("normbt") else 3.0
+    path.write_text(json.dumps(result))
+    lines, _, summary = downstream_section(
+        str(path), "bt", note="2 PPO steps: shows the chain, not the answer"
+    )
+    text = "\n".join(lines)
+    assert summary["policies"]["normbt"]["comparable"] is False
+    assert "(KL 12.00 vs 3.00); **not comparable: KL 12.00 vs 3.00 (> 2x)**" in text
+    assert "**2 PPO steps: shows the chain, not the answer**" in text and "KL bound (nats)" in text
