@@ -20,12 +20,15 @@ WORDS = (
 ).split()
 
 
-def make_pairs(n: int, seed: int, fine_fraction: float = 0.5) -> list[dict]:
-    """``n`` preference pairs: prompt, chosen, rejected, kind ('fine' or 'coarse'), margin."""
+def make_pairs(
+    n: int, seed: int, fine_fraction: float = 0.5, lengths: tuple[int, int] = (4, 7)
+) -> list[dict]:
+    """``n`` preference pairs: prompt, chosen, rejected, kind ('fine' or 'coarse'), margin; each
+    prompt lists ``lengths[0]`` to ``lengths[1]`` distinct numbers from 10 to 99."""
     rng = random.Random(seed)
     rows = []
     for _ in range(n):
-        numbers = rng.sample(range(10, 100), rng.randint(4, 7))
+        numbers = rng.sample(range(10, 100), rng.randint(*lengths))
         prompt = "sort: " + " ".join(map(str, numbers)) + " ->"
         ordered = sorted(numbers)
         chosen = " " + " ".join(map(str, ordered))
@@ -112,25 +115,42 @@ def build_model(
 
 
 def build_tiny_setup(
-    out: str | Path, n_train: int = 256, n_test: int = 128, seed: int = 0, **model_kwargs
+    out: str | Path,
+    n_train: int = 256,
+    n_test: int = 128,
+    seed: int = 0,
+    lengths: tuple[int, int] = (4, 7),
+    n_prompts: int | None = None,
+    n_sft: int = 0,
+    **model_kwargs,
 ) -> dict[str, Path]:
-    """Write ``model/`` (tokenizer + tiny Llama), ``train.jsonl`` and ``test.jsonl`` under ``out``."""
+    """Write ``model/`` (tokenizer + tiny Llama), ``train.jsonl`` and ``test.jsonl`` under ``out``,
+    and ``prompts.jsonl`` (PPO) and ``eval_prompts.jsonl`` (held out), ``n_prompts`` each; with
+    ``n_sft``, also ``sft.jsonl``: that many demonstrations (prompt, chosen) apart from the pairs."""
     out = Path(out)
-    train = make_pairs(n_train, seed)
-    test = make_pairs(n_test, seed + 10_000)
+    train = make_pairs(n_train, seed, lengths=lengths)
+    test = make_pairs(n_test, seed + 10_000, lengths=lengths)
     texts = [r["prompt"] + r["chosen"] for r in train] + [r["rejected"] for r in train] + WORDS
     model_dir = out / "model"
     tokenizer = build_tokenizer(texts, model_dir)
     build_model(model_dir, len(tokenizer), seed=seed, tokenizer=tokenizer, **model_kwargs)
-    prompts = [{"input": r["prompt"]} for r in make_pairs(n_test, seed + 20_000)]  # for PPO
-    held_out = [{"input": r["prompt"]} for r in make_pairs(n_test, seed + 30_000)]  # for eval-policy
-    return {
+    n_prompts = n_prompts or n_test
+    prompts = [{"input": r["prompt"]} for r in make_pairs(n_prompts, seed + 20_000, lengths=lengths)]  # PPO
+    held_out = [{"input": r["prompt"]} for r in make_pairs(n_prompts, seed + 30_000, lengths=lengths)]
+    paths = {
         "model": model_dir,
         "train": write_jsonl(train, out / "train.jsonl"),
         "test": write_jsonl(test, out / "test.jsonl"),
         "prompts": write_jsonl(prompts, out / "prompts.jsonl"),
         "eval_prompts": write_jsonl(held_out, out / "eval_prompts.jsonl"),
     }
+    if n_sft:
+        demos = [
+            {"prompt": r["prompt"], "chosen": r["chosen"]}
+            for r in make_pairs(n_sft, seed + 40_000, lengths=lengths)
+        ]
+        paths["sft"] = write_jsonl(demos, out / "sft.jsonl")
+    return paths
 
 
 # A minimal chat template (plain-string or OpenAI-style content lists, as OpenRLHF's prompt
@@ -181,8 +201,18 @@ def main() -> None:
     parser.add_argument("--n_test", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--heads", type=int, default=4, help="attention heads (vLLM needs head size 32+: 2)")
+    parser.add_argument("--lengths", default="4-7", help="how many numbers a prompt lists: MIN-MAX")
+    parser.add_argument(
+        "--n_prompts", type=int, default=None, help="PPO and held-out prompts (default n_test)"
+    )
+    parser.add_argument("--n_sft", type=int, default=0, help="SFT demonstrations apart from the pairs")
+    parser.add_argument("--hidden", type=int, default=64, help="the model's hidden size")
     args = parser.parse_args()
-    paths = build_tiny_setup(args.out, args.n_train, args.n_test, args.seed, heads=args.heads)
+    low, _, high = args.lengths.partition("-")
+    paths = build_tiny_setup(
+        args.out, args.n_train, args.n_test, args.seed, lengths=(int(low), int(high or low)),
+        n_prompts=args.n_prompts, n_sft=args.n_sft, heads=args.heads, hidden_size=args.hidden,
+    )  # fmt: skip
     print(json.dumps({k: str(v) for k, v in paths.items()}))
 
 

@@ -10,7 +10,7 @@ set -euo pipefail
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   sed -n '2,8p' "$0"; echo
-  echo "Environment (defaults): POLICY RM PROMPTS INPUT_KEY=input OUT=runs/ppo SEED=42"
+  echo "Environment (defaults): POLICY RM (or REWARD_URL=file.py) PROMPTS INPUT_KEY=input OUT=runs/ppo SEED=42"
   echo "  NODES=1 GPUS_PER_NODE=8 VLLM_ENGINES=8 VLLM_TP=1 COLOCATE=0 ZERO=2 PPO_PARAM_DTYPE (bf16 on GPUs, fp32 without)"
   echo "  ATTN=flash_attention_2 SYNC_BACKEND=nccl VLLM_MEM=0.5 ROLLOUT_BS=128 N_SAMPLES=1"
   echo "  MAX_NEW=1024 PPO_MAX_LEN=2048 TRAIN_BS=128 MICRO_BS=4 ROLLOUT_MICRO_BS=8 EPISODES=1"
@@ -21,7 +21,9 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
 fi
 
 POLICY=${POLICY:?set POLICY to the initial (SFT) policy: path or hub name}
-RM=${RM:?set RM to a trained reward model (recipes/rm.sh OUT/model)}
+REWARD_URL=${REWARD_URL:-}              # instead of RM: OpenRLHF's rule-based reward, a .py file with
+                                        # reward_func(queries, prompts, labels) (recipes/rewards/sort.py)
+[[ -n "$REWARD_URL" ]] || RM=${RM:?set RM to a trained reward model (recipes/rm.sh OUT/model), or REWARD_URL}
 PROMPTS=${PROMPTS:?set PROMPTS to a prompt dataset}
 INPUT_KEY=${INPUT_KEY:-input}
 OUT=${OUT:-runs/ppo}
@@ -54,7 +56,6 @@ APPLY_CHAT_TEMPLATE=${APPLY_CHAT_TEMPLATE:-0}
 
 args=(
   --actor.model_name_or_path "$POLICY"
-  --reward.model_name_or_path "$RM"
   --data.prompt_dataset "$PROMPTS"
   --data.input_key "$INPUT_KEY"
   --data.max_samples "$MAX_SAMPLES"
@@ -82,6 +83,12 @@ args=(
   --ckpt.path "$OUT/ckpt"
   --logger.tensorboard_dir "$OUT/tensorboard"
 )
+if [[ -n "$REWARD_URL" ]]; then
+  args+=(--reward.remote_url "$REWARD_URL")
+  NORMALIZE_REWARD=0                    # the RM's saved mean/std: there is no RM
+else
+  args+=(--reward.model_name_or_path "$RM")
+fi
 for role in actor ref critic reward; do
   args+=(--"$role".num_nodes "$NODES" --"$role".num_gpus_per_node "$GPUS_PER_NODE")
 done
@@ -105,5 +112,5 @@ fi
 mkdir -p "$OUT"
 # ROLLOUT_LOG=1: every rollout's token ids and rewards -> $OUT/rollouts/rollouts.jsonl (checks)
 [[ "${ROLLOUT_LOG:-0}" == 1 ]] && export NORMBT_PLUGIN_ROLLOUT_LOG="$OUT/rollouts" && rm -rf "$OUT/rollouts"
-echo "ppo.sh: policy=$POLICY rm=$RM nodes=$NODES gpus/node=$GPUS_PER_NODE engines=$VLLM_ENGINES -> $OUT"
+echo "ppo.sh: policy=$POLICY reward=${REWARD_URL:-$RM} nodes=$NODES gpus/node=$GPUS_PER_NODE engines=$VLLM_ENGINES -> $OUT"
 "${cmd[@]}"

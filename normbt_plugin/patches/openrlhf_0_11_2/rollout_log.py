@@ -2,8 +2,11 @@
 
 Why: OpenRLHF logs only the mean reward of a rollout, so nobody can check that PPO was trained
 on what the reward model says about its samples. With ``NORMBT_PLUGIN_ROLLOUT_LOG=<dir>`` in the
-job's environment, the PPO controller appends one JSON line per sample (step, token ids,
-attention mask, reward) to ``<dir>/rollouts.jsonl`` as its experience maker returns them.
+job's environment, the PPO controller appends one JSON line per sample (step, prompt text, token
+ids, attention mask, the response's ids, the reward, and its KL to the reference policy: the sum
+over response tokens of ``log pi - log pi_ref``, from the training-side log-probs OpenRLHF computes
+anyway) to ``<dir>/rollouts.jsonl`` as its experience maker returns them: the curves of
+``normbt curves`` come from these.
 Not applied (nothing in PPO's path changes) unless the variable is set.
 """
 
@@ -29,11 +32,18 @@ def write_rollouts(experiences, step: int) -> None:
     with open(path, "a") as f:
         for exp in experiences:
             for i in range(len(exp.sequences)):
+                # action_mask[j] marks sequences[j + 1]; response_length counts its ones
+                actions = exp.action_mask[i].bool()
+                length = int(actions.sum())
+                diff = exp.info.get("logprobs_diff")  # per-token mean of log pi - log pi_ref
                 row = {
                     "step": step,
+                    "prompt": exp.prompts[i] if exp.prompts else None,
                     "sequence": exp.sequences[i].tolist(),
                     "attention_mask": exp.attention_mask[i].tolist(),
+                    "response_ids": exp.sequences[i][1:][actions].tolist(),
                     "reward": float(exp.info["reward"][i]),
+                    "kl": float(diff[i]) * length if diff is not None else None,
                 }
                 f.write(json.dumps(row) + "\n")
 
