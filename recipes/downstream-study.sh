@@ -15,12 +15,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 OUT=${OUT:-runs/downstream}
-LOSSES=${LOSSES:-bt normbt}
-RM_SEEDS=${RM_SEEDS:-1 2 3}
-PPO_SEEDS=${PPO_SEEDS:-1 2}
+LOSSES=${LOSSES-bt normbt}
+RM_SEEDS=${RM_SEEDS-1 2 3}
+PPO_SEEDS=${PPO_SEEDS-1 2}
 COMPARATOR=${COMPARATOR:-label_smoothing}   # a third loss at fewer seeds
-COMPARATOR_SEEDS=${COMPARATOR_SEEDS:-1}
-CEILING_SEEDS=${CEILING_SEEDS:-1 2}         # PPO on the true reward
+COMPARATOR_SEEDS=${COMPARATOR_SEEDS-1}
+CEILING_SEEDS=${CEILING_SEEDS-1 2}         # PPO on the true reward
 # the task and the policy
 LENGTHS=${LENGTHS:-3-5}                      # numbers per prompt
 N_SFT=${N_SFT:-4096}                         # SFT demonstrations (apart from the RM pairs)

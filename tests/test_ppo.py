@@ -347,3 +347,81 @@ def test_evidence_study_commands_parse(parsers, tmp_path, capsys):
     assert labels.count("bt") == labels.count("normbt") == 5
     for variant in ("noema", "ls", "center", "clip0.1", "ln"):
         assert labels.count(variant) == 3, (variant, labels)
+
+
+# ------------------------------------------------------------------ the downstream study
+
+
+def test_downstream_study_commands_parse(parsers, tmp_path, capsys):
+    """``recipes/downstream-study.sh``: every SFT, RM and PPO command parses with the pinned OpenRLHF,
+    the same PPO settings for every reward, the ceiling on the rule-based reward, every ``normbt`` flag."""
+    from normbt_plugin.cli import main as normbt_main
+
+    proc = subprocess.run(
+        ["bash", "recipes/downstream-study.sh"], cwd=REPO,
+        env={**ENV, "DRY_RUN": "1", "OUT": str(tmp_path / "study")},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    commands = [
+        shlex.split(x) for x in proc.stdout.splitlines() if x and not x.startswith(("rm.sh", "ppo.sh"))
+    ]
+    seen: dict[str, list] = {"train_rm": [], "train_sft": [], "train_ppo_ray": []}
+    for cmd in commands:
+        found = openrlhf_args(cmd)
+        if found is not None:
+            seen[found[0]].append(parsers[found[0]].parse_args(found[1]))
+        elif cmd[0] == "normbt":
+            capsys.readouterr()
+            with pytest.raises(SystemExit):
+                normbt_main([cmd[1], "--help"])
+            usage = capsys.readouterr().out
+            assert all(f in usage for f in cmd if f.startswith("--")), cmd
+    losses = [getattr(a, "model.loss_type") for a in seen["train_rm"]]
+    assert losses.count("bt") == losses.count("normbt") == 3 and losses.count("label_smoothing") == 1
+    ppo = seen["train_ppo_ray"]
+    ceiling = [getattr(a, "reward.remote_url") for a in ppo if getattr(a, "reward.remote_url")]
+    assert len(ceiling) == 2 and all(url.endswith("recipes/rewards/sort.py") for url in ceiling)
+    assert len(ppo) == 2 + 2 * 6 + 1  # the ceiling, BT and NormBT 3 RM x 2 PPO seeds, the comparator
+    keys = ("actor.adam.lr", "algo.kl.init_coef", "algo.advantage.estimator", "rollout.batch_size",
+            "rollout.n_samples_per_prompt", "data.max_samples")  # fmt: skip
+    settings = {tuple(getattr(a, k) for k in keys) for a in ppo}
+    assert len(settings) == 1, settings  # tuned once, the same for every reward
+
+
+@pytest.mark.slow
+def test_downstream_study_smoke_run(tmp_path):
+    """``SMOKE=1`` runs every stage a few steps: the true reward reaches PPO through OpenRLHF's
+    rule-based reward (the reward PPO logged for each sample is the function's value for it), the
+    curve pipeline reads the PPO runs, eval-policy scores the policies with the true reward."""
+    from transformers import AutoTokenizer
+
+    from normbt_plugin.tasks import gold_reward
+
+    out = tmp_path / "study"
+    proc = subprocess.run(
+        ["bash", "recipes/downstream-study.sh"], cwd=REPO, env={**ENV, "SMOKE": "1", "OUT": str(out)},
+        capture_output=True, text=True, timeout=1800, check=False,
+    )  # fmt: skip
+    (tmp_path / "study.out").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    tok = AutoTokenizer.from_pretrained(out / "policy")
+    rows = [json.loads(x) for x in (out / "ppo-true-seed1" / "rollouts" / "rollouts.jsonl").open()]
+    assert len(rows) == 3 * 4 * 4  # steps x prompts x samples
+    for r in rows:
+        assert r["reward"] == pytest.approx(
+            gold_reward(r["prompt"], tok.decode(r["response_ids"], skip_special_tokens=True)), abs=1e-6
+        )
+    assert any(r["reward"] > 0 for r in rows) and all(r["kl"] is not None for r in rows)
+    curves = json.loads((out / "curves" / "curves.json").read_text())
+    assert sorted({r["label"] for r in curves["runs"]}) == ["bt", "normbt", "true"]
+    assert (
+        set(curves["matched_kl"]["labels"]) == {"bt", "normbt"}
+        and "vs_baseline" in curves["matched_kl"]["labels"]["normbt"]
+    )
+    assert (out / "curves" / "reward_vs_kl.png").stat().st_size > 10_000
+    pe = json.loads((out / "policy-eval" / "policy_eval.json").read_text())
+    assert pe["gold"] == "fn:normbt_plugin.tasks:gold_reward" and all(
+        "true_mean" in p for p in pe["policies"].values()
+    )
+    assert "wall time by stage" in proc.stdout
