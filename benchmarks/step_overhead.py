@@ -1,7 +1,7 @@
 """NormBT vs BT: training-step time and peak memory, measured side by side in one run.
 
 Both arms run OpenRLHF 0.11.2's real reward-model step on one random-initialised Llama-style
-model inside a real DeepSpeed engine (ZeRO-2, bf16 by default): the upstream
+model inside a real DeepSpeed engine (ZeRO-2; bf16 on a GPU, fp32 on CPU by default): the upstream
 ``RewardModelTrainer.concatenated_forward`` + ``PairWiseLoss`` (BT, what OpenRLHF does without
 the plugin) against the plugin's ``concatenated_forward`` + NormBT adapter (EOS hidden states,
 distance, EMA, metrics). Steps alternate A B B A so drift hits both arms alike; the ratio of
@@ -124,6 +124,7 @@ def child(args) -> None:
 
 
 def main() -> None:
+    gpu = __import__("torch").cuda.is_available()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", choices=SIZES, default="tiny")
     parser.add_argument("--steps", type=int, default=40, help="timed steps per arm")
@@ -131,12 +132,17 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=4, help="pairs per step (2x rows)")
     parser.add_argument("--seq_len", type=int, default=128)
     parser.add_argument("--zero", type=int, default=2)
-    parser.add_argument("--dtype", choices=["bf16", "fp32"], default="bf16")
+    parser.add_argument(
+        "--dtype",
+        choices=["bf16", "fp32"],
+        default="bf16" if gpu else "fp32",
+        help="default: bf16 on a GPU, fp32 without (bf16 is emulated on CPUs without AVX512-BF16/AMX)",
+    )
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--memory_repeats", type=int, default=2, help="child processes per arm")
     parser.add_argument("--arm", choices=["bt", "normbt"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    args.device = "cuda" if __import__("torch").cuda.is_available() else "cpu"
+    args.device = "cuda" if gpu else "cpu"
     if args.arm:
         return child(args)
 
