@@ -301,7 +301,11 @@ def run_curves(
 
     true, exact = load_function(gold_fn), load_function(exact_fn) if exact_fn else None
     curves = [curve_from_rollouts(Path(r), decode, true, exact, window) for r in runs]
-    rm_curves = [c for c in curves if c.label in {baseline} or c.rm_seed is not None]
+    # the RMs are compared with each other; the ceiling (no RM seed) only as the baseline if asked
+    rm_curves = [c for c in curves if c.label == baseline or c.rm_seed is not None]
+    if not any(c.label == baseline for c in rm_curves):
+        labels = sorted({c.label for c in curves})
+        raise EvalInputError(f"--baseline {baseline!r} is not among the runs' labels {labels}")
     result = matched_kl(rm_curves, baseline, common_grid(rm_curves, grid_points))
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

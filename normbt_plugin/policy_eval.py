@@ -182,6 +182,22 @@ def _scores(scorer: RewardScorer, rows: list[dict], label: str) -> np.ndarray:
     return rewards.reshape(len(rows), -1)
 
 
+def reward_scale(scores: np.ndarray, rm_path: str) -> dict[str, float | None]:
+    """Mean and std of an RM's rewards, raw and normalised with the mean/std its config holds
+    (what PPO's --reward.normalize_enable divides by; None where the config has none)."""
+    config = Path(rm_path) / "config.json"
+    saved = json.loads(config.read_text()) if config.exists() else {}
+    out: dict[str, float | None] = {"mean": float(scores.mean()), "std": float(scores.std())}
+    mean, std = saved.get("mean"), saved.get("std")
+    normed = (scores - mean) / std if mean is not None and std else None
+    out.update(
+        saved_mean=mean, saved_std=std,
+        normalised_mean=float(normed.mean()) if normed is not None else None,
+        normalised_std=float(normed.std()) if normed is not None else None,
+    )  # fmt: skip
+    return out
+
+
 def _true_scores(gold_fn: Callable[[str, str], float], rows: list[dict]) -> np.ndarray:
     return np.array([[float(gold_fn(r["prompt"], s["text"])) for s in r["samples"]] for r in rows])
 
@@ -325,6 +341,10 @@ def evaluate_policies(
                 wins[b] = {"win_rate": float(per_prompt.mean()), "per_prompt": per_prompt.tolist()}
         result["policies"][a]["wins"] = wins
 
+    if proxy_k:  # each RM's reward scale on the reference's samples, raw and as PPO normalises it
+        result["proxy_scale"] = {
+            name: reward_scale(scores, proxies[name]) for name, scores in proxy_k.items()
+        }
     if gold_k is not None:
         ns = [n for n in (2**i for i in range(int(math.log2(bon_samples)) + 1))]
         if ns[-1] != bon_samples:
@@ -361,6 +381,15 @@ def format_policy_report(result: dict[str, Any]) -> str:
         lines.append(
             f"{name:<24} {p['gold_mean']:>9.4f} {true_text:>7} {win_text:>16} {p['kl']:>9.4f} "
             f"{p['length']:>8.1f} {p['truncated']:>6.2f}"
+        )
+    for name, scale in result.get("proxy_scale", {}).items():
+        normed = (
+            f", normalised as PPO does {scale['normalised_mean']:+.3f} +- {scale['normalised_std']:.3f}"
+            if scale["normalised_mean"] is not None
+            else ""
+        )
+        lines.append(
+            f"reward scale of {name} on {ref}'s samples: {scale['mean']:+.3f} +- {scale['std']:.3f}{normed}"
         )
     if "best_of_n" in result:
         bon = result["best_of_n"]

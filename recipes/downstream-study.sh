@@ -28,11 +28,11 @@ SFT_EPOCHS=${SFT_EPOCHS:-4}
 N_TRAIN=${N_TRAIN:-512}                      # RM preference pairs
 N_TEST=${N_TEST:-256}
 # PPO, tuned once on the ceiling run (docs/results.md) and the same for every reward
-STEPS=${STEPS:-48}                           # PPO steps: one episode, every prompt once
+STEPS=${STEPS:-144}                          # PPO steps: one episode, every prompt once
 ROLLOUT_BS=${ROLLOUT_BS:-16}                 # prompts per step
 N_SAMPLES=${N_SAMPLES:-4}                    # samples per prompt (the group baseline)
 ESTIMATOR=${ESTIMATOR:-reinforce_baseline}   # no critic: the reward is the only difference between runs
-ACTOR_LR=${ACTOR_LR:-5e-4}
+ACTOR_LR=${ACTOR_LR:-2e-4}
 KL=${KL:-0.02}
 if [[ "${SMOKE:-0}" == 1 ]]; then
   RM_SEEDS=1 PPO_SEEDS=1 COMPARATOR_SEEDS="" CEILING_SEEDS=1 N_SFT=256 SFT_EPOCHS=1 N_TRAIN=128

@@ -232,3 +232,13 @@ def test_downstream_marks_policies_at_kls_more_than_2x_apart(tmp_path):
     assert summary["policies"]["normbt"]["comparable"] is False
     assert "(KL 12.00 vs 3.00); **not comparable: KL 12.00 vs 3.00 (> 2x)**" in text
     assert "**2 PPO steps: shows the chain, not the answer**" in text and "KL bound (nats)" in text
+
+
+def test_reward_scale_raw_and_as_ppo_normalises_it(tmp_path):
+    from normbt_plugin.policy_eval import reward_scale
+
+    (tmp_path / "config.json").write_text(json.dumps({"mean": 1.0, "std": 2.0}))
+    scale = reward_scale(np.array([[1.0, 3.0], [5.0, 7.0]]), str(tmp_path))
+    assert scale["mean"] == 4.0 and scale["std"] == pytest.approx(np.sqrt(5.0))
+    assert scale["normalised_mean"] == 1.5 and scale["normalised_std"] == pytest.approx(np.sqrt(5.0) / 2)
+    assert reward_scale(np.array([[1.0]]), str(tmp_path / "none"))["normalised_mean"] is None
