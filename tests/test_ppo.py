@@ -4,6 +4,7 @@ engine, real DeepSpeed and Ray) with the weight sync and the rewards PPO used ch
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -320,30 +321,38 @@ def test_policies_judged_by_an_independent_gold_rm(chain):
         assert (chain / "report" / png).stat().st_size > 10_000, png
 
 
-def test_evidence_study_commands_parse(parsers, tmp_path, capsys):
-    """``recipes/evidence-study.sh``: every RM command parses with the pinned OpenRLHF, every
-    ``normbt`` flag exists, and the variants are all there."""
+def recipe_commands(script: str, parsers, capsys, **env: str) -> list[tuple[str, argparse.Namespace]]:
+    """``DRY_RUN=1 bash recipes/<script>``: every OpenRLHF command parsed by the pinned parsers
+    (returned as (CLI, namespace)); every ``normbt`` command's flags found in its ``--help``."""
     from normbt_plugin.cli import main as normbt_main
 
     proc = subprocess.run(
-        ["bash", "recipes/evidence-study.sh"], cwd=REPO,
-        env={**ENV, "DRY_RUN": "1", "RUN_DIR": str(tmp_path / "study")},
+        ["bash", f"recipes/{script}"], cwd=REPO, env={**ENV, "DRY_RUN": "1", **env},
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    commands = [shlex.split(x) for x in proc.stdout.splitlines() if not x.startswith("compare.sh")]
-    labels = []
-    for cmd in commands:
+    parsed = []
+    for line in proc.stdout.splitlines():
+        if not line or line.startswith(("compare.sh", "rm.sh", "ppo.sh")):
+            continue
+        cmd = shlex.split(line)
         found = openrlhf_args(cmd)
         if found is not None:
-            args = parsers[found[0]].parse_args(found[1])
-            labels.append(getattr(args, "plugin.label"))
+            parsed.append((found[0], parsers[found[0]].parse_args(found[1])))
         elif cmd[0] == "normbt":
             capsys.readouterr()
             with pytest.raises(SystemExit):
                 normbt_main([cmd[1], "--help"])
             usage = capsys.readouterr().out
             assert all(f in usage for f in cmd if f.startswith("--")), cmd
+    return parsed
+
+
+def test_evidence_study_commands_parse(parsers, tmp_path, capsys):
+    """``recipes/evidence-study.sh``: every RM command parses with the pinned OpenRLHF, every
+    ``normbt`` flag exists, and the variants are all there."""
+    commands = recipe_commands("evidence-study.sh", parsers, capsys, RUN_DIR=str(tmp_path / "study"))
+    labels = [getattr(args, "plugin.label") for _, args in commands]
     assert labels.count("bt") == labels.count("normbt") == 5
     for variant in ("noema", "ls", "center", "clip0.1", "ln"):
         assert labels.count(variant) == 3, (variant, labels)
@@ -355,28 +364,9 @@ def test_evidence_study_commands_parse(parsers, tmp_path, capsys):
 def test_downstream_study_commands_parse(parsers, tmp_path, capsys):
     """``recipes/downstream-study.sh``: every SFT, RM and PPO command parses with the pinned OpenRLHF,
     the same PPO settings for every reward, the ceiling on the rule-based reward, every ``normbt`` flag."""
-    from normbt_plugin.cli import main as normbt_main
-
-    proc = subprocess.run(
-        ["bash", "recipes/downstream-study.sh"], cwd=REPO,
-        env={**ENV, "DRY_RUN": "1", "OUT": str(tmp_path / "study")},
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    commands = [
-        shlex.split(x) for x in proc.stdout.splitlines() if x and not x.startswith(("rm.sh", "ppo.sh"))
-    ]
     seen: dict[str, list] = {"train_rm": [], "train_sft": [], "train_ppo_ray": []}
-    for cmd in commands:
-        found = openrlhf_args(cmd)
-        if found is not None:
-            seen[found[0]].append(parsers[found[0]].parse_args(found[1]))
-        elif cmd[0] == "normbt":
-            capsys.readouterr()
-            with pytest.raises(SystemExit):
-                normbt_main([cmd[1], "--help"])
-            usage = capsys.readouterr().out
-            assert all(f in usage for f in cmd if f.startswith("--")), cmd
+    for name, args in recipe_commands("downstream-study.sh", parsers, capsys, OUT=str(tmp_path / "study")):
+        seen[name].append(args)
     losses = [getattr(a, "model.loss_type") for a in seen["train_rm"]]
     assert losses.count("bt") == losses.count("normbt") == 3 and losses.count("label_smoothing") == 1
     ppo = seen["train_ppo_ray"]
