@@ -36,6 +36,8 @@ mkdir -p "$RUN_DIR"
 # DRY_RUN=1: print each stage's command (rm.sh, eval-rm, ppo.sh, compare) instead of running it
 dry=${DRY_RUN:-0}
 export DRY_RUN=$dry
+# shellcheck source=recipes/stage-times.sh
+source recipes/stage-times.sh
 times="$RUN_DIR/stage_times.tsv"            # each stage's wall time, as a table at the end
 [[ "$dry" == 1 ]] || : > "$times"
 run() {  # run "$log" cmd...: quiet into a log, its tail on failure, its wall time into $times
@@ -43,14 +45,7 @@ run() {  # run "$log" cmd...: quiet into a log, its tail on failure, its wall ti
   if [[ "$dry" == 1 && "$1" == bash ]]; then "$@"; return; fi  # the recipe prints its command
   if [[ "$dry" == 1 ]]; then printf '%q ' "$@"; echo; return; fi
   "$@" > "$log" 2>&1 || { echo "compare.sh: failed, see $log" >&2; tail -30 "$log" >&2; exit 1; }
-  printf '%s\t%s\n' "$(basename "${log%.log}")" "$(awk "BEGIN {print $EPOCHREALTIME - $start}")" >> "$times"
-}
-stage_table() {  # the stages' wall times, longest first, with their share of the whole
-  echo "compare.sh: wall time by stage ($times)"
-  sort -t$'\t' -k2,2gr "$times" | awk -F'\t' '{name[NR]=$1; t[NR]=$2; total+=$2}
-    END {printf "| stage | wall (s) | share |\n|---|---:|---:|\n";
-         for (i = 1; i <= NR; i++) printf "| %s | %.1f | %.0f%% |\n", name[i], t[i], 100*t[i]/total;
-         printf "| total | %.1f | |\n", total}'
+  stage_time "$times" "$(basename "${log%.log}")" "$start"
 }
 
 if [[ "${EVIDENCE:-0}" == 1 ]]; then
@@ -154,4 +149,4 @@ if [[ "$dry" == 1 ]]; then
 fi
 run "$RUN_DIR/report.log" normbt compare "${runs[@]}" "${compare_args[@]}"
 cat "$RUN_DIR/report.log"
-stage_table
+stage_table "$times" compare.sh

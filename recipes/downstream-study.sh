@@ -41,6 +41,8 @@ fi
 dry=${DRY_RUN:-0}
 export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DRY_RUN=$dry
 mkdir -p "$OUT"
+# shellcheck source=recipes/stage-times.sh
+source recipes/stage-times.sh
 times="$OUT/stage_times.tsv"
 [[ "$dry" == 1 ]] || : > "$times"
 run() {  # run NAME DONE cmd...: quiet into $OUT/NAME.log, its tail on failure, its wall time into
@@ -51,7 +53,7 @@ run() {  # run NAME DONE cmd...: quiet into $OUT/NAME.log, its tail on failure, 
   if [[ -e "$done" ]]; then echo "downstream-study: $name (done before: $done)"; return; fi
   echo "downstream-study: $name"
   "$@" > "$OUT/$name.log" 2>&1 || { echo "failed: see $OUT/$name.log" >&2; tail -30 "$OUT/$name.log" >&2; exit 1; }
-  printf '%s\t%s\n' "$name" "$(awk "BEGIN {print $EPOCHREALTIME - $start}")" >> "$times"
+  stage_time "$times" "$name" "$start"
 }
 
 tiny="$OUT/tiny"
@@ -112,6 +114,4 @@ run policy-eval "" normbt eval-policy "${policy_flags[@]}" --gold_fn normbt_plug
   --max_new 24 --max_len 64 --out "$OUT/policy-eval"
 [[ "$dry" == 1 ]] && exit 0
 cat "$OUT/curves/curves.md"
-echo "downstream-study: wall time by stage ($times)"
-sort -t$'\t' -k2,2gr "$times" | awk -F'\t' '{t[NR]=$2; n[NR]=$1; s+=$2} END {for (i=1;i<=NR;i++)
-  printf "| %s | %.1f | %.0f%% |\n", n[i], t[i], 100*t[i]/s; printf "| total | %.1f | |\n", s}'
+stage_table "$times" downstream-study
