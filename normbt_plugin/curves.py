@@ -222,10 +222,11 @@ def plot_curves(curves: list[Curve], path: Path, title: str = "") -> None:
             order = np.argsort(c.kl)
             ax.plot(c.kl[order], c.true[order], color=colors[label], alpha=0.25, lw=0.8)
         ax.plot(grid, np.mean([c.at(grid) for c in group], axis=0), color=colors[label], lw=2.2,
-                label=f"{label} true ({len(group)} runs)")  # fmt: skip
+                label=f"{label}: true reward ({len(group)} runs)")  # fmt: skip
         proxy_ax.plot(grid, np.mean([c.at(grid, c.proxy) for c in group], axis=0), color=colors[label],
-                      lw=1.5, ls="--", label=f"{label} proxy")  # fmt: skip
-    ax.set_xlabel("KL(policy || initial policy), nats per response")
+                      lw=1.5, ls="--", label=f"{label}: proxy PPO optimised")  # fmt: skip
+    ax.set_xscale("symlog", linthresh=0.1)  # runs that barely move and runs that run away, both seen
+    ax.set_xlabel("KL(policy || initial policy), nats per response (linear below 0.1, log above)")
     ax.set_ylabel("true reward (solid)")
     proxy_ax.set_ylabel("proxy reward PPO optimised (dashed)")
     handles = ax.get_legend_handles_labels()[0] + proxy_ax.get_legend_handles_labels()[0]
