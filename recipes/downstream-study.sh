@@ -79,6 +79,9 @@ for entry in $(for s in $RM_SEEDS; do for l in $LOSSES; do echo "$l:$s"; done; d
   rms+=("$loss:$seed")
 done
 
+run rm-report "" normbt compare $(for e in "${rms[@]}"; do echo "$OUT/rm-${e%%:*}-seed${e#*:}"; done) \
+  --out "$OUT/rm-report" --baseline bt
+
 # PPO: the same settings for every reward; ROLLOUT_LOG=1 records what the curves are read from
 ppo_env=(POLICY="$OUT/policy" PROMPTS="$tiny/prompts.jsonl" GPUS_PER_NODE=1 VLLM_ENGINES=1 COLOCATE=1
          PPO_PARAM_DTYPE=fp32 ATTN=sdpa SYNC_BACKEND=gloo VLLM_MEM=0.5 ROLLOUT_BS="$ROLLOUT_BS"
