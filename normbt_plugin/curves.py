@@ -213,7 +213,7 @@ def plot_curves(curves: list[Curve], path: Path, title: str = "") -> None:
 
     labels = sorted({c.label for c in curves})
     colors = dict(zip(labels, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 3, strict=False))
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(9, 6.5))
     proxy_ax = ax.twinx()
     for label in labels:
         group = [c for c in curves if c.label == label]
@@ -230,8 +230,8 @@ def plot_curves(curves: list[Curve], path: Path, title: str = "") -> None:
     ax.set_ylabel("true reward (solid)")
     proxy_ax.set_ylabel("proxy reward PPO optimised (dashed)")
     handles = ax.get_legend_handles_labels()[0] + proxy_ax.get_legend_handles_labels()[0]
-    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper left",
-              bbox_to_anchor=(1.12, 1.0))  # fmt: skip
+    ax.legend(handles, [h.get_label() for h in handles], fontsize=8, loc="upper center",
+              bbox_to_anchor=(0.5, -0.14), ncol=2)  # fmt: skip
     ax.set_title(title or "Reward vs KL along PPO (Gao et al. 2022)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
