@@ -67,10 +67,14 @@ def exact(prompt: str, response: str) -> float:
     return sort_score(prompt, response)["exact"]
 
 
-def gold_reward(prompt: str, response: str) -> float:
-    """The task's true reward in [0, 1]: the mean of ``exact`` and ``graded``."""
-    score = sort_score(prompt, response)
+def true_reward(score: dict[str, float]) -> float:
+    """The true reward of a ``sort_score``: the mean of ``exact`` and ``graded``, in [0, 1]."""
     return (score["exact"] + score["graded"]) / 2
+
+
+def gold_reward(prompt: str, response: str) -> float:
+    """The task's true reward for one response (``true_reward`` of its ``sort_score``)."""
+    return true_reward(sort_score(prompt, response))
 
 
 def split_query(query: str, prompt: str) -> str:
