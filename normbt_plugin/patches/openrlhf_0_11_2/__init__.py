@@ -18,20 +18,17 @@ ORDER = (
     "reward_norm",
     "rollout_log",
 )
-# what each stage applies (where needed on the machine)
+# what each stage applies (where needed on the machine); both start with the machine patches
+MACHINE = ("flash_attn_standin", "cpu_gloo", "cpu_fp32")
 RM = (
-    "flash_attn_standin",
-    "cpu_gloo",
-    "cpu_fp32",
+    *MACHINE,
     "dataset_keys",
     "cli_options",
     "registered_loss",
     "value_head_norm",
 )
 PPO = (
-    "flash_attn_standin",
-    "cpu_gloo",
-    "cpu_fp32",
+    *MACHINE,
     "cpu_ppo",
     "vllm_cpu",
     "value_head_norm",
