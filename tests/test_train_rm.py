@@ -45,10 +45,13 @@ def test_two_ranks_share_mu_and_learn(run_train_rm, zero_stage, tiny):
         return [mean(rank[i][key] for rank in ranks) for i in range(32)]
 
     base_loss, acc = per_step("normbt_base_loss"), per_step("acc_mean")
-    assert mean(base_loss[-8:]) < mean(base_loss[:8]) - 0.05, base_loss
-    assert mean(acc[-8:]) > mean(acc[:8]) + 0.05, acc
+    # learnt against the untrained first step (BT loss ln 2, chance accuracy): in fp32 the tiny model
+    # learns within about 4 steps, so the first 8 steps are no baseline
+    assert base_loss[0] == pytest.approx(math.log(2), abs=0.05)
+    assert mean(base_loss[-8:]) < base_loss[0] - 0.15, base_loss
+    assert mean(acc[-8:]) > 0.75, acc
     evals = run.eval_bins()
-    assert evals[-1]["acc"] > evals[0]["acc"] and evals[-1]["acc"] > 0.7, evals
+    assert all(e["acc"] > 0.7 for e in evals), evals  # held out, at steps 8, 16, 24, 32
     # the paper's diagnostic: accuracy per distance bin, far (coarse) pairs learnt first
     bins = evals[-1]["distance_bins"]
     assert len(bins) == 5 and sum(b["n"] for b in bins) == 96
@@ -75,8 +78,8 @@ def assert_auto_model_scores_equal(model_dir, tiny) -> None:
 
     hf = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1, dtype=torch.float32)
     ours = get_llm_for_sequence_regression(
-        str(model_dir), "reward", param_dtype="bf16", attn_implementation="sdpa"
-    ).float()
+        str(model_dir), "reward", param_dtype="fp32", attn_implementation="sdpa"
+    )  # the dtype it was trained in (fp32 on CPU): bf16 would round the weights
     with torch.no_grad():
         hf_scores = hf(**batch).logits.squeeze(-1)
         openrlhf_scores = ours.eval()(batch.input_ids, attention_mask=batch.attention_mask)
