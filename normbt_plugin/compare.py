@@ -24,6 +24,7 @@ import numpy as np
 from scipy import stats
 
 from normbt_plugin.evaluation import EvalInputError
+from normbt_plugin.stats import quantile_bins
 
 
 @dataclass
@@ -239,8 +240,7 @@ def build_report(
     # the same pairs for every loss, so differences can be paired: bins of the baseline's distance
     n_bins = len(runs[0].eval["distance_bins"])
     base_distance = np.mean([r.eval["per_pair"]["distance"] for r in groups[base]], axis=0)
-    edges = np.quantile(base_distance, np.linspace(0, 1, n_bins + 1)[1:-1])
-    bin_of = np.searchsorted(edges, base_distance, side="right")
+    _, bin_of = quantile_bins(base_distance, n_bins)
     common = {f"bin {i}": bin_of == i for i in range(n_bins)}
     lines += [
         "",

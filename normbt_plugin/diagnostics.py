@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from scipy import stats
 
 from normbt_plugin.evaluation import RewardScorer, load_pairs
+from normbt_plugin.stats import normbt_weight, pair_distance, quantile_bins
 
 
 def per_pair_gradients(scorer: RewardScorer, prompts, chosen, rejected) -> dict[str, np.ndarray]:
@@ -32,7 +33,7 @@ def per_pair_gradients(scorer: RewardScorer, prompts, chosen, rejected) -> dict[
         d = reward[0] - reward[1]
         grads = torch.autograd.grad(-F.logsigmoid(d), params, allow_unused=True)
         grad_norm.append(float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None))))
-        distance.append(float(torch.linalg.vector_norm(hidden[0] - hidden[1])))
+        distance.append(float(pair_distance(hidden[:1], hidden[1:])[0]))
         error.append(float(1 - torch.sigmoid(d.detach().float())))
     return {"bt_grad": np.array(grad_norm), "distance": np.array(distance), "error": np.array(error)}
 
@@ -65,13 +66,12 @@ def diagnose(
         [data_pairs.rejected[i] for i in index],
     )
     mu = float(np.mean(res["distance"])) if mu is None else mu
-    weight = mu / (res["distance"] + eps * mu)
+    weight = normbt_weight(res["distance"], mu, eps)
     res["normbt_grad"] = weight * res["bt_grad"]
     kinds = np.asarray(data_pairs.subsets)[index] if data_pairs.subsets else None
 
     # prediction-error bins (terciles of |sigmoid(d) - 1|), correlation with distance within each
-    edges = np.quantile(res["error"], [0, 1 / 3, 2 / 3, 1])
-    err_bin = np.clip(np.searchsorted(edges[1:-1], res["error"], side="right"), 0, 2)
+    edges, err_bin = quantile_bins(res["error"], 3)
     summary: dict = {"pairs": int(len(index)), "mu": mu, "error_bin_edges": edges.tolist(), "spearman": {}}
     for name in ("bt_grad", "normbt_grad"):
         overall = stats.spearmanr(res["distance"], res[name])

@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from normbt_plugin.stats import distance_bins, pair_distance
+
 # RewardBench (allenai/reward-bench, rewardbench/constants.py): subsets per section, and the
 # example counts used to weight them. math-prm has 447 pairs but counts 984, the six code
 # subsets together, so that math and code weigh the same in Reasoning.
@@ -362,27 +364,6 @@ def rmbench_matrix(chosen: np.ndarray, rejected: np.ndarray) -> dict[str, Any]:
     }
 
 
-def distance_bins(distance: np.ndarray, correct: np.ndarray, n_bins: int) -> list[dict[str, float]]:
-    """Accuracy per quantile bin of the representation distance (smallest first)."""
-    if n_bins <= 0 or len(distance) == 0:
-        return []
-    n_bins = min(n_bins, len(distance))
-    edges = np.quantile(distance, np.linspace(0, 1, n_bins + 1))
-    index = np.clip(np.searchsorted(edges[1:-1], distance, side="right"), 0, n_bins - 1)
-    out = []
-    for i in range(n_bins):
-        sel = index == i
-        out.append(
-            {
-                "lo": float(edges[i]),
-                "hi": float(edges[i + 1]),
-                "n": int(sel.sum()),
-                "acc": float(correct[sel].mean()) if sel.any() else math.nan,
-            }
-        )
-    return out
-
-
 def evaluate_pairs(scorer: RewardScorer, pairs: Pairs, n_bins: int = 5, progress: bool = True) -> dict:
     """Score every response once; report accuracy overall, per subset, per section/style, per bin."""
     if pairs.format == "rmbench":
@@ -398,7 +379,7 @@ def evaluate_pairs(scorer: RewardScorer, pairs: Pairs, n_bins: int = 5, progress
     label = "scoring chosen" if progress else None
     c_score, c_hidden = scorer.score(chosen_texts, label)
     r_score, r_hidden = scorer.score(rejected_texts, label and "scoring rejected")
-    distance = np.linalg.norm(c_hidden - r_hidden, axis=-1)
+    distance = pair_distance(torch.from_numpy(c_hidden), torch.from_numpy(r_hidden)).numpy()  # L2: see stats
 
     result: dict[str, Any] = {"format": pairs.format, "pairs": len(pairs), "loader": scorer.loader}
     if pairs.format == "rmbench":

@@ -262,6 +262,8 @@ def backbone_distances(model_dir: str | Path, rows: list[dict], max_len: int = 1
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    from normbt_plugin.stats import pair_distance
+
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     tokenizer.padding_side = "left"
     model = AutoModel.from_pretrained(model_dir).eval()
@@ -275,7 +277,7 @@ def backbone_distances(model_dir: str | Path, rows: list[dict], max_len: int = 1
             position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
             hidden = model(**batch, position_ids=position_ids).last_hidden_state[:, -1].float()
             n = len(chunk)
-            out += torch.linalg.vector_norm(hidden[:n] - hidden[n:], dim=-1).tolist()
+            out += pair_distance(hidden[:n], hidden[n:]).tolist()
     return out
 
 

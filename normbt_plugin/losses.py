@@ -31,6 +31,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from normbt_plugin.stats import DISTANCES, normbt_weight, pair_distance
+
 ENTRY_POINT_GROUP = "normbt_plugin.losses"
 
 
@@ -292,18 +294,6 @@ class CenterLoss(BTLoss):
 # --------------------------------------------------------------------------------------------
 
 
-def pair_distance(chosen_hidden: Tensor, reject_hidden: Tensor, kind: str = "l2") -> Tensor:
-    """Detached per-pair representation distance in float32, ``[B]``: 'l2', 'unit_l2' (L2 between
-    the unit-normalised states, sqrt(2 (1 - cos)): linear in the angle) or 'cosine' (1 - cos:
-    quadratic in the angle, so close pairs' weights grow with the square of their closeness)."""
-    hc, hr = chosen_hidden.detach().float(), reject_hidden.detach().float()
-    if kind == "l2":
-        return torch.linalg.vector_norm(hc - hr, dim=-1)
-    if kind == "unit_l2":
-        return torch.linalg.vector_norm(F.normalize(hc, dim=-1) - F.normalize(hr, dim=-1), dim=-1)
-    return 1.0 - F.cosine_similarity(hc, hr, dim=-1, eps=1e-12)
-
-
 _NORMBT_BASES = ("bt", "margin", "label_smoothing", "center")
 
 
@@ -365,7 +355,7 @@ class NormBTLoss(PairwiseLoss):
             raise ValueError(f"normbt eps must be > 0, got {eps}")
         if update not in ("before", "after"):
             raise ValueError(f"normbt update must be 'before' or 'after', got {update!r}")
-        if distance not in ("l2", "unit_l2", "cosine"):
+        if distance not in DISTANCES:
             raise ValueError(f"normbt distance must be 'l2', 'unit_l2' or 'cosine', got {distance!r}")
         if identical_tol < 0:
             raise ValueError(f"normbt identical_tol must be >= 0, got {identical_tol}")
@@ -464,7 +454,7 @@ class NormBTLoss(PairwiseLoss):
         else:
             scale = self._mu
         scale = torch.where(scale.isnan(), batch_mean, scale).float()  # eval before any training
-        weight = torch.where(valid & ~scale.isnan(), scale / (d + self.eps * scale), torch.ones_like(d))
+        weight = torch.where(valid & ~scale.isnan(), normbt_weight(d, scale, self.eps), torch.ones_like(d))
         if self.weight_cap > 0:
             weight = weight.clamp(max=self.weight_cap)
 

@@ -28,10 +28,10 @@ import torch.distributed as dist
 from openrlhf.trainer import rm_trainer
 from openrlhf.utils.deepspeed import deepspeed as ds_strategy
 
-from normbt_plugin.evaluation import distance_bins
 from normbt_plugin.hidden import active_dropout, disable_dropout, eos_hidden_states
-from normbt_plugin.losses import PairwiseLoss, host_metrics, loss_spec, pair_distance
+from normbt_plugin.losses import PairwiseLoss, host_metrics, loss_spec
 from normbt_plugin.patches.openrlhf_0_11_2.value_head_norm import normed_head
+from normbt_plugin.stats import distance_bins, pair_distance
 
 NAME = "registered_loss"
 CLIENT_STATE_KEY = "normbt_plugin_loss"
