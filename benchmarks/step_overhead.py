@@ -47,7 +47,9 @@ def build(args):
     from openrlhf.models.model import _get_reward_model
 
     from normbt_plugin.losses import build_loss
-    from normbt_plugin.patches.openrlhf_0_11_2 import registered_loss as plugin
+    from normbt_plugin.patches import patch_module
+
+    plugin = patch_module("registered_loss")
 
     hidden, layers, heads, inter, vocab = SIZES[args.model]
     config = LlamaConfig(

@@ -47,7 +47,7 @@ def doctor(lock: Path | None = None) -> int:
         SUPPORTED_OPENRLHF,
         UnsupportedOpenRLHFError,
         apply_openrlhf_patches,
-        patch_package,
+        stage_patches,
     )
 
     rows = [
@@ -76,9 +76,10 @@ def doctor(lock: Path | None = None) -> int:
         active = apply_openrlhf_patches()
         if vllm == "yes":
             active = apply_openrlhf_patches(ppo=True)
-        package = patch_package()
-        rm_stage = ", ".join(n for n in package.RM if n in active) or "none"
-        ppo_stage = ", ".join(n for n in package.PPO if n in active) if vllm == "yes" else "vLLM missing"
+        rm_stage = ", ".join(n for n in stage_patches("rm") if n in active) or "none"
+        ppo_stage = (
+            ", ".join(n for n in stage_patches("ppo") if n in active) if vllm == "yes" else "vLLM missing"
+        )
     except UnsupportedOpenRLHFError as exc:
         rm_stage, ppo_stage, status = f"none: {exc}", "none", 1
     lock = lock or environment.REPO_LOCK

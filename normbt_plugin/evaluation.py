@@ -185,20 +185,12 @@ class RewardScorer:
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if loader == "openrlhf":
-            prefix = getattr(config, "value_head_prefix", "score")
-            from normbt_plugin.patches import apply_openrlhf_patches
+            from normbt_plugin.patches import load_reward_model
 
-            apply_openrlhf_patches(cpu_fp32=True)  # fp32 known to OpenRLHF's loader on GPUs too
-            from openrlhf.models import get_llm_for_sequence_regression
-
-            # its param_dtype defaults to bf16: float32 checkpoints would be scored rounded
-            param_dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[dtype]
-            model = get_llm_for_sequence_regression(
+            model = load_reward_model(
                 model_path,
-                "reward",
-                attn_implementation="sdpa",
-                value_head_prefix=prefix,
-                param_dtype=param_dtype,
+                param_dtype={"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[dtype],
+                value_head_prefix=getattr(config, "value_head_prefix", "score"),
             )
         else:
             from transformers import AutoModelForSequenceClassification
@@ -215,20 +207,21 @@ class RewardScorer:
         self.model = model.to(device=self.device, dtype=torch_dtype).eval()
         self.normed_head = None  # --plugin.value_head_layernorm models read LayerNorm(h)
         if loader == "openrlhf":
-            from normbt_plugin.patches.openrlhf_0_11_2.value_head_norm import normed_head
+            from normbt_plugin.patches import normed_head
 
             self.normed_head = normed_head(self.model)
 
     def format(self, prompt: str, response: str) -> str:
-        if self.apply_chat_template:
-            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-            return self.tokenizer.apply_chat_template(messages, tokenize=False)
-        # OpenRLHF's RewardDataset: templated prompt + response, trailing newline stripped, EOS
-        if self.input_template:
-            prompt = self.input_template.format(prompt)
-        text = (prompt + response).rstrip("\n")
-        eos = self.tokenizer.eos_token
-        return text if text.endswith(eos) else f"{text} {eos}"
+        """The text OpenRLHF's reward-model stage scores (its template or chat template, EOS)."""
+        from normbt_plugin.patches import reward_text
+
+        return reward_text(
+            self.tokenizer,
+            prompt,
+            response,
+            input_template=self.input_template,
+            apply_chat_template=self.apply_chat_template,
+        )
 
     def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards ``[N]`` and EOS hidden states ``[N, H]`` of one batch (autograd as the caller

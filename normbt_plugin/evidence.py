@@ -262,6 +262,7 @@ def backbone_distances(model_dir: str | Path, rows: list[dict], max_len: int = 1
     import torch
     from transformers import AutoModel, AutoTokenizer
 
+    from normbt_plugin.patches import reward_text
     from normbt_plugin.stats import pair_distance
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
@@ -271,7 +272,11 @@ def backbone_distances(model_dir: str | Path, rows: list[dict], max_len: int = 1
     with torch.no_grad():
         for start in range(0, len(rows), 32):
             chunk = rows[start : start + 32]
-            texts = [f"[CLS]{r['prompt']}{r[k]} [SEP]" for k in ("chosen", "rejected") for r in chunk]
+            texts = [
+                reward_text(tokenizer, r["prompt"], r[k], input_template="[CLS]{}")
+                for k in ("chosen", "rejected")
+                for r in chunk
+            ]
             batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
                               max_length=max_len, add_special_tokens=False)  # fmt: skip
             position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)

@@ -88,7 +88,7 @@ def main() -> None:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from normbt_plugin.patches.openrlhf_0_11_2.cpu_ppo import stateless_gloo_group
+    from normbt_plugin.patches import stateless_gloo_group
 
     tokenizer = AutoTokenizer.from_pretrained(args.base)
     with open(args.prompts) as f:

@@ -28,12 +28,12 @@ class PreflightError(SystemExit):
         super().__init__(f"normbt-plugin: {message}")
 
 
-def patched_environment(stage: str = "ppo") -> dict[str, str]:
+def patched_environment() -> dict[str, str]:
     """The variables that make every Python process of the job apply the patches."""
     path = os.environ.get("PYTHONPATH", "")
     parts = [p for p in path.split(os.pathsep) if p and p != AUTOPATCH_DIR]
     options = {k: v for k, v in os.environ.items() if k.startswith("NORMBT_PLUGIN_")}  # e.g. ROLLOUT_LOG
-    return {**options, PATCH_ENV: stage, "PYTHONPATH": os.pathsep.join([AUTOPATCH_DIR, *parts])}
+    return {**options, PATCH_ENV: "ppo", "PYTHONPATH": os.pathsep.join([AUTOPATCH_DIR, *parts])}
 
 
 def _get(args: argparse.Namespace, key: str, default=None):
@@ -83,27 +83,6 @@ def check_tokenizers(args: argparse.Namespace) -> None:
             )
 
 
-def gpus_required(args: argparse.Namespace) -> int:
-    """GPUs the layout asks for, as train_ppo_ray places its actors and engines."""
-
-    def n(role: str) -> int:
-        return _get(args, f"{role}.num_nodes", 1) * _get(args, f"{role}.num_gpus_per_node", 8)
-
-    engines = (_get(args, "vllm.num_engines") or 0) * _get(args, "vllm.tensor_parallel_size", 1)
-    if _get(args, "train.colocate_all"):
-        return max(n("actor"), engines)
-    total = n("actor") + engines
-    if _get(args, "algo.kl.init_coef", 0.0) > 0 and not _get(args, "train.colocate_actor_ref"):
-        total += n("ref")
-    has_critic = _get(args, "algo.advantage.estimator", "gae") == "gae"
-    has_reward = not _get(args, "reward.remote_url")
-    if _get(args, "train.colocate_critic_reward"):
-        total += n("critic") if (has_critic or has_reward) else 0
-    else:
-        total += (n("critic") if has_critic else 0) + (n("reward") if has_reward else 0)
-    return total
-
-
 def gpus_available() -> tuple[int, str]:
     import torch
 
@@ -118,6 +97,8 @@ def gpus_available() -> tuple[int, str]:
 
 
 def check_gpus(args: argparse.Namespace) -> int:
+    from normbt_plugin.patches import gpus_required
+
     need = gpus_required(args)
     have, where = gpus_available()
     if need > have:
@@ -178,19 +159,14 @@ def start_ray() -> None:
 
 def checked_parser() -> contextlib.AbstractContextManager[None]:
     """train_ppo_ray's parser, with fp32 allowed on CPU and the preflight checks after parsing."""
-    from normbt_plugin.patches.openrlhf_0_11_2.cli_options import (
-        cpu_param_dtype,
-        hooked_parse_args,
-        warn_slow_bf16,
-    )
+    from normbt_plugin.patches import ppo_parser
 
     def check_then_start_ray(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
-        warn_slow_bf16(parser, parsed)
         if "--actor.model_name_or_path" in parser._option_string_actions:
             preflight(parsed)
             start_ray()
 
-    return hooked_parse_args(before=cpu_param_dtype, after=check_then_start_ray)
+    return ppo_parser(after=check_then_start_ray)
 
 
 def main() -> None:

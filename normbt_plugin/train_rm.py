@@ -50,9 +50,9 @@ def run_openrlhf_cli(
 
 def main() -> None:
     single_process_env()
-    from normbt_plugin.patches.openrlhf_0_11_2.cli_options import extended_parser
+    from normbt_plugin.patches import rm_parser
 
-    run_openrlhf_cli("openrlhf.cli.train_rm", parser=extended_parser)
+    run_openrlhf_cli("openrlhf.cli.train_rm", parser=rm_parser)
 
 
 if __name__ == "__main__":

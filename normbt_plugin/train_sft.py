@@ -12,10 +12,10 @@ from normbt_plugin.train_rm import run_openrlhf_cli, single_process_env
 
 
 def main() -> None:
-    from normbt_plugin.patches.openrlhf_0_11_2.cli_options import cpu_dtype_parser
+    from normbt_plugin.patches import sft_parser
 
     single_process_env()
-    run_openrlhf_cli("openrlhf.cli.train_sft", parser=cpu_dtype_parser)
+    run_openrlhf_cli("openrlhf.cli.train_sft", parser=sft_parser)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ def test_gpu_extras_resolve_for_linux_with_cuda_torch(tmp_path):
 def test_cpu_parsers_take_fp32_and_default_to_it(openrlhf_patched):
     import torch
 
-    from normbt_plugin.patches.openrlhf_0_11_2.cli_options import capture_parser
+    from normbt_plugin.patches import capture_parser
 
     if torch.cuda.is_available():
         pytest.skip("the CPU default only applies without a GPU")

@@ -33,8 +33,7 @@ ENV = {
 
 @pytest.fixture(scope="module")
 def parsers(openrlhf_patched):
-    from normbt_plugin.patches import apply_openrlhf_patches
-    from normbt_plugin.patches.openrlhf_0_11_2.cli_options import capture_parser
+    from normbt_plugin.patches import apply_openrlhf_patches, capture_parser
 
     apply_openrlhf_patches(ppo=True)  # as the PPO launcher does
 
@@ -67,7 +66,7 @@ def openrlhf_args(cmd: list[str]) -> tuple[str, list[str]] | None:
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
 def test_every_recipe_command_parses_with_the_pinned_openrlhf(config, parsers, tmp_path, capsys):
     from normbt_plugin.cli import main as normbt_main
-    from normbt_plugin.train_ppo import gpus_required
+    from normbt_plugin.patches import gpus_required
 
     commands = dry_run(config, tmp_path)
     env = dict(line.split("=", 1) for line in _exports(config))

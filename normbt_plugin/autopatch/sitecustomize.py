@@ -2,7 +2,7 @@
 
 A Ray PPO job runs OpenRLHF in many processes the launcher never touches: Ray workers (DeepSpeed
 models, vLLM engine actors) and vLLM's engine-core subprocesses. The launcher puts this folder
-first on PYTHONPATH and sets NORMBT_PLUGIN_PATCHES (``rm`` or ``ppo``) in the job's environment,
+first on PYTHONPATH and sets NORMBT_PLUGIN_PATCHES=ppo in the job's environment,
 which Ray and vLLM pass on. Python imports ``sitecustomize`` at start-up; this one only installs
 an import hook, so processes that never import OpenRLHF or vLLM pay nothing. The first import
 of either runs ``apply_openrlhf_patches`` right after it. Any other ``sitecustomize`` on the path
@@ -23,9 +23,6 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 class _PatchAfterImport(importlib.abc.MetaPathFinder):
-    def __init__(self, stage: str) -> None:
-        self.stage = stage
-
     def find_spec(self, fullname, path=None, target=None):
         if fullname not in TRIGGERS:
             return None
@@ -39,7 +36,7 @@ class _PatchAfterImport(importlib.abc.MetaPathFinder):
             exec_module(module)  # the import system put it in sys.modules already
             from normbt_plugin.patches import apply_openrlhf_patches
 
-            apply_openrlhf_patches(ppo=self.stage == "ppo")
+            apply_openrlhf_patches(ppo=True)
 
         spec.loader.exec_module = exec_then_patch
         return spec
@@ -53,7 +50,6 @@ def _chain_next_sitecustomize() -> None:
         spec.loader.exec_module(module)
 
 
-_stage = os.environ.get(ENV, "")
-if _stage in ("rm", "ppo"):
-    sys.meta_path.insert(0, _PatchAfterImport(_stage))
+if os.environ.get(ENV) == "ppo":  # the only stage with processes the launchers never start
+    sys.meta_path.insert(0, _PatchAfterImport())
 _chain_next_sitecustomize()

@@ -16,9 +16,9 @@ import dataclasses
 import warnings
 from collections.abc import Callable, Iterator
 
-from normbt_plugin.losses import _REGISTRY, available_losses, resolve_loss_name
+from normbt_plugin.losses import _REGISTRY, available_losses, loss_spec
+from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 
-NAME = "cli_options"
 LOSS_FLAG = "--model.loss_type"
 
 
@@ -96,9 +96,15 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
 def check_plugin_arguments(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
     """Refuse, before anything starts, what the plugin cannot do."""
     try:
-        resolve_loss_name(getattr(parsed, "model.loss_type"))
+        spec = loss_spec(getattr(parsed, "model.loss_type"))
     except KeyError as exc:
         parser.error(f"argument {LOSS_FLAG}: {exc.args[0]}")
+    if spec.options is not None:  # the loss's options checked now, before a model is loaded
+        values = {f.name: getattr(parsed, f"{spec.name}.{f.name}") for f in dataclasses.fields(spec.options)}
+        try:
+            spec.options(**values)
+        except (ValueError, TypeError) as exc:
+            parser.error(f"--{spec.name}.* options: {exc}")
     if getattr(parsed, "ds.ring_attn_size", 1) > 1:
         parser.error(
             "argument --ds.ring_attn_size: normbt-plugin does not support ring attention: it "
@@ -133,18 +139,18 @@ def hooked_parse_args(
 
 def _add_once(parser: argparse.ArgumentParser) -> None:
     cpu_param_dtype(parser)
-    if LOSS_FLAG in parser._option_string_actions and not getattr(parser, "_normbt", False):
-        parser._normbt = True
+    if LOSS_FLAG in parser._option_string_actions and not is_patched(parser, "cli_options"):
+        mark_patched(parser, "cli_options")
         add_plugin_arguments(parser)
 
 
 def _check(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
     warn_slow_bf16(parser, parsed)
-    if getattr(parser, "_normbt", False):
+    if is_patched(parser, "cli_options"):
         check_plugin_arguments(parser, parsed)
         from normbt_plugin.patches.openrlhf_0_11_2 import value_head_norm
 
-        value_head_norm.REQUESTED = bool(getattr(parsed, "plugin.value_head_layernorm", False))
+        value_head_norm.request_layernorm(bool(getattr(parsed, "plugin.value_head_layernorm", False)))
 
 
 def extended_parser() -> contextlib.AbstractContextManager[None]:
@@ -159,9 +165,9 @@ def cpu_param_dtype(parser: argparse.ArgumentParser) -> None:
     from normbt_plugin.environment import CPU_PARAM_DTYPE
 
     dtype = parser._option_string_actions.get("--ds.param_dtype")
-    if dtype is None or torch.cuda.is_available() or getattr(dtype, "_normbt", False):
+    if dtype is None or torch.cuda.is_available() or is_patched(dtype, "cpu_fp32"):
         return
-    dtype._normbt = True
+    mark_patched(dtype, "cpu_fp32")
     if CPU_PARAM_DTYPE not in dtype.choices:
         dtype.choices = [*dtype.choices, CPU_PARAM_DTYPE]
     dtype.default = CPU_PARAM_DTYPE

@@ -17,6 +17,8 @@ import importlib
 
 import torch
 
+from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
+
 FP32 = ("fp32", "float32")
 
 
@@ -27,11 +29,11 @@ def needed() -> bool:
 def apply() -> None:
     utils = importlib.import_module("openrlhf.utils.utils")
     convert = utils.convert_to_torch_dtype
-    if getattr(convert, "_normbt", False):
+    if is_patched(convert, "cpu_fp32"):
         return
 
     def convert_to_torch_dtype(param_dtype: str) -> torch.dtype:
         return torch.float32 if param_dtype in FP32 else convert(param_dtype)
 
-    convert_to_torch_dtype._normbt = True
+    mark_patched(convert_to_torch_dtype, "cpu_fp32")
     utils.convert_to_torch_dtype = convert_to_torch_dtype

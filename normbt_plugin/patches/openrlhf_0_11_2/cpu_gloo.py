@@ -15,8 +15,6 @@ import os
 
 import torch
 
-NAME = "cpu_gloo"
-
 
 def needed() -> bool:
     return not torch.cuda.is_available()

@@ -18,7 +18,7 @@ import importlib
 
 import torch
 
-NAME = "cpu_ppo"
+from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 
 
 def needed() -> bool:
@@ -51,7 +51,7 @@ def apply() -> None:
 
     buffers = importlib.import_module("openrlhf.trainer.ppo_utils.replay_buffer")
     init = buffers.NaiveReplayBuffer.__init__
-    if not getattr(init, "_normbt", False):
+    if not is_patched(init, "cpu_ppo"):
 
         def __init__(self, *args, **kwargs) -> None:
             current = torch.cuda.current_device
@@ -62,7 +62,7 @@ def apply() -> None:
                 torch.cuda.current_device = current
             self.target_device = torch.device("cpu")
 
-        __init__._normbt = True
+        mark_patched(__init__, "cpu_ppo")
         buffers.NaiveReplayBuffer.__init__ = __init__
 
     # imported by name into ppo_actor; the vLLM worker imports it from distributed_util on use

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-NAME = "dataset_keys"
+from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 
 
 def needed() -> bool:
@@ -47,12 +47,10 @@ def count_identical_pairs(dataset, args) -> int:
 def apply() -> None:
     reward_dataset = importlib.import_module("openrlhf.datasets.reward_dataset")
     upstream = reward_dataset.RewardDataset
-    if getattr(upstream, "__normbt__", False):
+    if is_patched(upstream, "dataset_keys"):
         return
 
     class CheckedRewardDataset(upstream):
-        __normbt__ = True
-
         def __init__(self, dataset, tokenizer, max_length, strategy, *args, **kwargs):
             check_reward_columns(dataset, strategy.args)
             identical = count_identical_pairs(dataset, strategy.args)
@@ -64,5 +62,6 @@ def apply() -> None:
                 )
             super().__init__(dataset, tokenizer, max_length, strategy, *args, **kwargs)
 
+    mark_patched(CheckedRewardDataset, "dataset_keys")
     reward_dataset.RewardDataset = CheckedRewardDataset
     importlib.import_module("openrlhf.datasets").RewardDataset = CheckedRewardDataset

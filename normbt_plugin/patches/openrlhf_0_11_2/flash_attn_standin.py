@@ -27,7 +27,7 @@ import torch
 import torch.distributed as dist
 from einops import rearrange
 
-NAME = "flash_attn_standin"
+from normbt_plugin.patches.openrlhf_0_11_2 import mark_patched
 
 
 def needed() -> bool:
@@ -83,7 +83,7 @@ def all_gather(input_: torch.Tensor, process_group) -> tuple[torch.Tensor, None]
 def _module(name: str, **attrs) -> types.ModuleType:
     module = types.ModuleType(name)
     module.__spec__ = importlib.machinery.ModuleSpec(name, loader=None, is_package=True)
-    module.__normbt_standin__ = True
+    mark_patched(module, "flash_attn_standin")
     for key, value in attrs.items():
         setattr(module, key, value)
     return module

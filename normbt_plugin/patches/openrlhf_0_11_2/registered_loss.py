@@ -30,10 +30,10 @@ from openrlhf.utils.deepspeed import deepspeed as ds_strategy
 
 from normbt_plugin.hidden import active_dropout, disable_dropout, eos_hidden_states
 from normbt_plugin.losses import PairwiseLoss, host_metrics, loss_spec
+from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 from normbt_plugin.patches.openrlhf_0_11_2.value_head_norm import normed_head
 from normbt_plugin.stats import distance_bins, pair_distance
 
-NAME = "registered_loss"
 CLIENT_STATE_KEY = "normbt_plugin_loss"
 _UpstreamTrainer = rm_trainer.RewardModelTrainer
 
@@ -296,6 +296,7 @@ def _remember_client_state(load_ckpt):
 def apply() -> None:
     rm_trainer.RewardModelTrainer = PluginRewardModelTrainer
     strategy_cls = ds_strategy.DeepspeedStrategy
-    if not getattr(strategy_cls.load_ckpt, "__normbt__", False):
-        strategy_cls.load_ckpt = _remember_client_state(strategy_cls.load_ckpt)
-        strategy_cls.load_ckpt.__normbt__ = True
+    if not is_patched(strategy_cls.load_ckpt, "registered_loss"):
+        strategy_cls.load_ckpt = mark_patched(
+            _remember_client_state(strategy_cls.load_ckpt), "registered_loss"
+        )

@@ -16,7 +16,8 @@ import importlib
 
 import torch
 
-NAME = "reward_norm"
+from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
+
 _MODULES = (  # every module that holds the function under its own name
     "openrlhf.models",
     "openrlhf.models.model",
@@ -44,7 +45,7 @@ def set_normalisation(model: torch.nn.Module) -> bool:
 def apply() -> None:
     model_module = importlib.import_module("openrlhf.models.model")
     original = model_module.get_llm_for_sequence_regression
-    if getattr(original, "_normbt_reward_norm", False):
+    if is_patched(original, "reward_norm"):
         return
 
     @functools.wraps(original)
@@ -53,7 +54,7 @@ def apply() -> None:
         set_normalisation(model)
         return model
 
-    get_llm_for_sequence_regression._normbt_reward_norm = True
+    mark_patched(get_llm_for_sequence_regression, "reward_norm")
     for name in _MODULES:
         module = importlib.import_module(name)
         if hasattr(module, "get_llm_for_sequence_regression"):

@@ -18,7 +18,8 @@ import json
 import os
 from pathlib import Path
 
-NAME = "rollout_log"
+from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
+
 ENV = "NORMBT_PLUGIN_ROLLOUT_LOG"
 
 
@@ -53,7 +54,7 @@ def apply() -> None:
     # controller class by value, so its methods are not patched; this class comes by import).
     maker = importlib.import_module("openrlhf.trainer.ppo_utils.experience_maker").RemoteExperienceMaker
     original = maker.make_experience_batch
-    if getattr(original, "_normbt", False):
+    if is_patched(original, "rollout_log"):
         return
 
     @functools.wraps(original)
@@ -63,5 +64,5 @@ def apply() -> None:
         write_rollouts(experiences, self._normbt_rollouts)
         return experiences
 
-    make_experience_batch._normbt = True
+    mark_patched(make_experience_batch, "rollout_log")
     maker.make_experience_batch = make_experience_batch

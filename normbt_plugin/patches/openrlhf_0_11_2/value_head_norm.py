@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NAME = "value_head_norm"
+from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
+
 CONFIG_KEY = "value_head_layernorm"
-REQUESTED = False  # set from --plugin.value_head_layernorm when train_rm's arguments are parsed
+_requested = False  # --plugin.value_head_layernorm of this process's train_rm run
 _MODULES = (  # every module that holds the function under its own name
     "openrlhf.models",
     "openrlhf.models.model",
@@ -69,6 +70,12 @@ def add_layernorm(model: nn.Module) -> bool:
     return False
 
 
+def request_layernorm(on: bool) -> None:
+    """Models built from now on get the LayerNorm head (train_rm's parser calls this)."""
+    global _requested
+    _requested = on
+
+
 def needed() -> bool:
     return True
 
@@ -76,13 +83,13 @@ def needed() -> bool:
 def apply() -> None:
     model_module = importlib.import_module("openrlhf.models.model")
     original = model_module.get_llm_for_sequence_regression
-    if getattr(original, "_normbt_value_head_norm", False):
+    if is_patched(original, "value_head_norm"):
         return
 
     @functools.wraps(original)
     def get_llm_for_sequence_regression(*args, **kwargs):
         model = original(*args, **kwargs)
-        if REQUESTED:
+        if _requested:
             for module in model.modules():
                 if getattr(module, "value_head_prefix", None) is not None:
                     setattr(module.config, CONFIG_KEY, True)  # saved with the model
@@ -90,7 +97,7 @@ def apply() -> None:
         add_layernorm(model)
         return model
 
-    get_llm_for_sequence_regression._normbt_value_head_norm = True
+    mark_patched(get_llm_for_sequence_regression, "value_head_norm")
     for name in _MODULES:
         try:
             module = importlib.import_module(name)

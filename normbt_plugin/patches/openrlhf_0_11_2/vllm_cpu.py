@@ -19,7 +19,7 @@ import importlib
 
 import torch
 
-NAME = "vllm_cpu"
+from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 
 
 def needed() -> bool:
@@ -58,23 +58,23 @@ def apply() -> None:
 
     utils = importlib.import_module("vllm.model_executor.layers.utils")
     dispatch = utils.dispatch_cpu_unquantized_gemm
-    if not getattr(dispatch, "_normbt", False):
+    if not is_patched(dispatch, "vllm_cpu"):
 
         def dispatch_keep_weight(layer, remove_weight: bool) -> None:
             dispatch(layer, remove_weight=False)  # keep layer.weight: syncs load into it
 
-        dispatch_keep_weight._normbt = True
+        mark_patched(dispatch_keep_weight, "vllm_cpu")
         utils.dispatch_cpu_unquantized_gemm = dispatch_keep_weight
 
     engine_args = vllm.AsyncEngineArgs
-    if not getattr(engine_args, "_normbt", False):
+    if not is_patched(engine_args, "vllm_cpu"):
 
         def cpu_engine_args(*args, **kwargs):
             kwargs["dtype"] = "float32"
             kwargs["enable_sleep_mode"] = False
             return engine_args(*args, **kwargs)
 
-        cpu_engine_args._normbt = True
+        mark_patched(cpu_engine_args, "vllm_cpu")
         vllm.AsyncEngineArgs = cpu_engine_args
 
     wrap = importlib.import_module("openrlhf.trainer.ray.vllm_worker_wrap")

@@ -1,0 +1,133 @@
+"""The import rule between the layers, read off the source (every import, function-level included).
+
+core (torch and numpy only) <- the OpenRLHF adapter (``normbt_plugin/patches``) <- launchers and
+studies. Only the adapter imports OpenRLHF or names a versioned patch folder; the adapter imports
+nothing above it; the patch registry lists exactly the patch modules there are.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGE = REPO / "normbt_plugin"
+ADAPTER = PACKAGE / "patches"
+CORE = {"losses", "stats", "hidden"}  # torch and numpy only
+BASE = {"environment", "tasks"}  # machine facts and the tiny task: no OpenRLHF either
+
+
+def imports(path: Path) -> list[str]:
+    """Every module ``path`` imports, absolute names."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+    return names
+
+
+def sources(*roots: Path) -> list[Path]:
+    return sorted(p for root in roots for p in root.rglob("*.py"))
+
+
+def plugin_module(name: str) -> str | None:
+    parts = name.split(".")
+    return parts[1] if parts[0] == "normbt_plugin" and len(parts) > 1 else None
+
+
+def test_only_the_adapter_imports_openrlhf_or_a_versioned_folder():
+    outside = [p for p in sources(PACKAGE, REPO / "recipes") if ADAPTER not in p.parents]
+    offenders = [
+        f"{p.relative_to(REPO)}: {name}"
+        for p in outside
+        for name in imports(p)
+        if name.split(".")[0] == "openrlhf" or "openrlhf_0_" in name
+    ]
+    # benchmarks time OpenRLHF's own step as the baseline, but reach the patches by the switch
+    offenders += [
+        f"{p.relative_to(REPO)}: {name}"
+        for p in sources(REPO / "benchmarks")
+        for name in imports(p)
+        if "openrlhf_0_" in name
+    ]
+    assert not offenders, offenders
+
+
+def test_core_imports_torch_numpy_and_core_only():
+    allowed = set(sys.stdlib_module_names) | {"torch", "numpy", "normbt_plugin"}
+    for name in sorted(CORE):
+        for imported in imports(PACKAGE / f"{name}.py"):
+            assert imported.split(".")[0] in allowed, (name, imported)
+            assert plugin_module(imported) in (None, *CORE), (name, imported)
+
+
+def test_the_adapter_imports_nothing_above_it():
+    for path in sources(ADAPTER):
+        for imported in imports(path):
+            layer = plugin_module(imported)
+            assert layer in (None, "patches", *CORE, *BASE), (str(path.relative_to(REPO)), imported)
+
+
+def test_one_registry_names_every_patch_module():
+    from normbt_plugin.patches import SUPPORTED_OPENRLHF
+
+    for package_name in SUPPORTED_OPENRLHF.values():
+        package = importlib.import_module(package_name)
+        folder = Path(package.__file__).parent
+        modules = {p.stem for p in folder.glob("*.py")} - {"__init__", "surface"}
+        assert set(package.PATCHES) == modules
+        assert all(set(stages) <= {"rm", "ppo"} for stages in package.PATCHES.values())
+
+
+def test_unknown_patch_switch_names_the_patches(openrlhf_patched):
+    from normbt_plugin.patches import apply_openrlhf_patches
+
+    with pytest.raises(TypeError, match="unknown patch 'registerd_loss'.*registered_loss"):
+        apply_openrlhf_patches(registerd_loss=False)
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_reward_text_is_what_openrlhfs_reward_dataset_tokenises(openrlhf_patched, tiny, chat):
+    """The adapter's ``reward_text`` (eval-rm, eval-policy and the studies score it) against the
+    token ids of OpenRLHF's own RewardDataset for the same rows."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+    from openrlhf.datasets.reward_dataset import RewardDataset
+    from transformers import AutoTokenizer
+
+    from normbt_plugin.patches import reward_text
+    from normbt_plugin.tiny import CHAT_TEMPLATE
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny["model"])
+    rows = [json.loads(line) for line in open(tiny["test"])][:8]
+    rows[0]["chosen"] += "\n\n"  # trailing newlines are stripped before the EOS
+    template = None if chat else "Q: {}\nA:"
+    if chat:
+        tokenizer.chat_template = CHAT_TEMPLATE
+        rows = [
+            {"prompt": [{"role": "user", "content": r["prompt"]}]}
+            | {k: [{"role": "assistant", "content": r[k]}] for k in ("chosen", "rejected")}
+            for r in rows
+        ]
+    data = SimpleNamespace(
+        prompt_key="prompt", chosen_key="chosen", rejected_key="rejected", apply_chat_template=chat
+    )
+    args = SimpleNamespace(data=data, model=SimpleNamespace(margin_loss_enable=False))
+    strategy = SimpleNamespace(args=args, print=print)
+    dataset = RewardDataset(
+        Dataset.from_list(rows), tokenizer, 256, strategy, input_template=template, num_processors=1
+    )
+    for i, row in enumerate(rows):
+        chosen_ids = dataset[i][0][0].tolist()
+        text = reward_text(
+            tokenizer, row["prompt"], row["chosen"], input_template=template, apply_chat_template=chat
+        )
+        assert tokenizer(text, add_special_tokens=False)["input_ids"] == chosen_ids, (i, text)
