@@ -254,16 +254,19 @@ class MarginLoss(BTLoss):
 class LabelSmoothingOptions:
     epsilon: float = option(0.1, "probability that a label is flipped (conservative BT)")
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.epsilon < 0.5:
+            raise ValueError(f"label_smoothing epsilon must be in [0, 0.5), got {self.epsilon}")
+
 
 @register_loss("label_smoothing", options=LabelSmoothingOptions)
 class LabelSmoothingLoss(PairwiseLoss):
     """Conservative BT: -(1-e) log sigmoid(d) - e log sigmoid(-d)."""
 
-    def __init__(self, epsilon: float = 0.1) -> None:
+    def __init__(self, options: LabelSmoothingOptions | None = None, **values: Any) -> None:
         super().__init__()
-        if not 0.0 <= epsilon < 0.5:
-            raise ValueError(f"label_smoothing epsilon must be in [0, 0.5), got {epsilon}")
-        self.epsilon = epsilon
+        self.options = options or LabelSmoothingOptions(**values)
+        self.epsilon = self.options.epsilon
 
     def per_pair(self, chosen: Tensor, reject: Tensor, margin: Tensor | None) -> Tensor:
         d = chosen - reject
@@ -281,9 +284,10 @@ class CenterOptions:
 class CenterLoss(BTLoss):
     """BT plus reward centering: + coef * (r_c + r_r)^2 per pair (TRL, Eisenstein et al.)."""
 
-    def __init__(self, coef: float = 0.01) -> None:
+    def __init__(self, options: CenterOptions | None = None, **values: Any) -> None:
         super().__init__()
-        self.coef = coef
+        self.options = options or CenterOptions(**values)
+        self.coef = self.options.coef
 
     def per_pair(self, chosen: Tensor, reject: Tensor, margin: Tensor | None) -> Tensor:
         return super().per_pair(chosen, reject, margin) + self.coef * (chosen + reject) ** 2
@@ -318,6 +322,38 @@ class NormBTOptions:
         1e-3, "pairs with dist <= tol * mu count as identical: weight 1, not in the mean"
     )
 
+    def __post_init__(self) -> None:
+        """Every value checked here, once: by the constructor and by train_rm's parser."""
+        if not 0.0 <= self.beta < 1.0:
+            raise ValueError(f"normbt beta must be in [0, 1), got {self.beta}")
+        if self.eps <= 0:
+            raise ValueError(f"normbt eps must be > 0, got {self.eps}")
+        if self.update not in ("before", "after"):
+            raise ValueError(f"normbt update must be 'before' or 'after', got {self.update!r}")
+        if self.distance not in DISTANCES:
+            raise ValueError(f"normbt distance must be 'l2', 'unit_l2' or 'cosine', got {self.distance!r}")
+        if self.identical_tol < 0:
+            raise ValueError(f"normbt identical_tol must be >= 0, got {self.identical_tol}")
+        if self.weight_cap < 0:
+            raise ValueError(f"normbt weight_cap must be >= 0 (0 disables), got {self.weight_cap}")
+        if self.base not in _NORMBT_BASES:
+            raise ValueError(f"normbt base must be one of {', '.join(_NORMBT_BASES)}, got {self.base!r}")
+        self.init_mu()  # 'first_batch' or a positive number
+
+    def init_mu(self) -> float | None:
+        """The EMA's start: None for 'first_batch', else the number ``init`` names."""
+        if self.init == "first_batch":
+            return None
+        try:
+            mu = float(self.init)
+        except ValueError:
+            raise ValueError(
+                f"normbt init must be 'first_batch' or a positive number, got {self.init!r}"
+            ) from None
+        if not mu > 0:
+            raise ValueError(f"normbt init must be positive, got {self.init!r}")
+        return mu
+
 
 @register_loss("normbt", options=NormBTOptions)
 class NormBTLoss(PairwiseLoss):
@@ -333,55 +369,21 @@ class NormBTLoss(PairwiseLoss):
     needs_hidden = True
 
     def __init__(
-        self,
-        beta: float = 0.9,
-        eps: float = 1e-6,
-        init: str | float = "first_batch",
-        update: str = "before",
-        distance: str = "l2",
-        weight_cap: float = 0.0,
-        use_ema: bool = True,
-        base: str = "bt",
-        label_smoothing_epsilon: float = 0.1,
-        center_coef: float = 0.01,
-        sync: bool = True,
-        identical_tol: float = 1e-3,
-        process_group: Any = None,
+        self, options: NormBTOptions | None = None, *, process_group: Any = None, **values: Any
     ) -> None:
+        """``NormBTLoss(NormBTOptions(beta=0.95))`` or ``NormBTLoss(beta=0.95)``: the same options."""
         super().__init__()
-        if not 0.0 <= beta < 1.0:
-            raise ValueError(f"normbt beta must be in [0, 1), got {beta}")
-        if eps <= 0:
-            raise ValueError(f"normbt eps must be > 0, got {eps}")
-        if update not in ("before", "after"):
-            raise ValueError(f"normbt update must be 'before' or 'after', got {update!r}")
-        if distance not in DISTANCES:
-            raise ValueError(f"normbt distance must be 'l2', 'unit_l2' or 'cosine', got {distance!r}")
-        if identical_tol < 0:
-            raise ValueError(f"normbt identical_tol must be >= 0, got {identical_tol}")
-        if weight_cap < 0:
-            raise ValueError(f"normbt weight_cap must be >= 0 (0 disables), got {weight_cap}")
-        if base not in _NORMBT_BASES:
-            raise ValueError(f"normbt base must be one of {', '.join(_NORMBT_BASES)}, got {base!r}")
-        self.init_mu: float | None = None
-        if init != "first_batch":
-            try:
-                self.init_mu = float(init)
-            except ValueError:
-                raise ValueError(
-                    f"normbt init must be 'first_batch' or a positive number, got {init!r}"
-                ) from None
-            if not self.init_mu > 0:
-                raise ValueError(f"normbt init must be positive, got {init!r}")
-        self.beta, self.eps, self.update, self.distance = beta, eps, update, distance
-        self.weight_cap, self.use_ema, self.sync = weight_cap, use_ema, sync
-        self.identical_tol = identical_tol
+        self.options = o = options or NormBTOptions(**values)
+        self.init_mu = o.init_mu()
+        self.beta, self.eps, self.update, self.distance = o.beta, o.eps, o.update, o.distance
+        self.weight_cap, self.use_ema, self.sync = o.weight_cap, o.use_ema, o.sync
+        self.identical_tol = o.identical_tol
         self.process_group = process_group
         base_options = {
-            "label_smoothing": {"epsilon": label_smoothing_epsilon},
-            "center": {"coef": center_coef},
-        }.get(base, {})
-        self.base: PairwiseLoss = build_loss(base, **base_options)
+            "label_smoothing": {"epsilon": o.label_smoothing_epsilon},
+            "center": {"coef": o.center_coef},
+        }.get(o.base, {})
+        self.base: PairwiseLoss = build_loss(o.base, **base_options)
         self.uses_margin = self.base.uses_margin
         # mu and the step count live on the loss's device (a NaN mu: not set yet), so a call never
         # waits for the device; ``mu`` and ``steps`` read them on the host for logs and checkpoints.

@@ -251,6 +251,13 @@ def test_unknown_loss_name_fails_at_start_with_the_registered_names(run_train_rm
     assert not run.metrics_dir.exists()
 
 
+def test_a_bad_loss_option_is_refused_by_the_parser(run_train_rm):
+    """Checked with the other flags (``NormBTOptions``), before the model loads or data tokenises."""
+    run = run_train_rm("--normbt.beta", "1.5")
+    assert run.returncode == 2 and "normbt beta must be in [0, 1), got 1.5" in run.output
+    assert "Loading weights" not in run.output and not run.metrics_dir.exists()
+
+
 def test_ring_attention_is_refused_at_start(run_train_rm):
     run = run_train_rm("--ds.ring_attn_size", "2", "--ds.packing_samples")
     assert run.returncode == 2 and "does not support ring attention" in run.output
