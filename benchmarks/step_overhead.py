@@ -38,8 +38,8 @@ def build(args):
     import torch
     from transformers import LlamaConfig, LlamaModel, LlamaPreTrainedModel
 
+    from normbt_plugin.launch import single_process_env
     from normbt_plugin.patches import apply_openrlhf_patches
-    from normbt_plugin.train_rm import single_process_env
 
     single_process_env()
     apply_openrlhf_patches()

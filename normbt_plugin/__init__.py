@@ -12,7 +12,17 @@ from normbt_plugin.losses import (
     build_loss,
     host_metrics,
     register_loss,
+    registered_losses,
+    unregister_loss,
 )
 
-__all__ = ["PairwiseLoss", "available_losses", "build_loss", "host_metrics", "register_loss"]
+__all__ = [
+    "PairwiseLoss",
+    "available_losses",
+    "build_loss",
+    "host_metrics",
+    "register_loss",
+    "registered_losses",
+    "unregister_loss",
+]
 __version__ = "0.1.0"

@@ -111,11 +111,11 @@ def doctor(lock: Path | None = None) -> int:
 
 
 def losses() -> int:
-    from normbt_plugin.losses import _ALIASES, _REGISTRY
+    from normbt_plugin.losses import registered_losses
 
-    for name, spec in sorted(_REGISTRY.items()):
-        aliases = [a for a, target in _ALIASES.items() if target == name]
-        alias_text = f" (alias: {', '.join(aliases)})" if aliases else ""
+    for spec in registered_losses():
+        name = spec.name
+        alias_text = f" (alias: {', '.join(spec.aliases)})" if spec.aliases else ""
         print(f"{name}{alias_text}: {spec.doc}")
         for f in dataclasses.fields(spec.options) if spec.options else ():
             print(f"    --{name}.{f.name} (default {f.default}): {f.metadata.get('help', '')}")

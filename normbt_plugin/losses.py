@@ -42,6 +42,7 @@ class LossSpec:
     factory: Callable[..., PairwiseLoss]
     options: type | None  # a dataclass whose fields are the loss's options (CLI: --<name>.<field>)
     doc: str
+    aliases: tuple[str, ...] = ()
 
 
 def option(default: Any, help: str) -> Any:
@@ -65,7 +66,7 @@ def register_loss(
         if options is not None and not dataclasses.is_dataclass(options):
             raise TypeError(f"options of loss {name!r} must be a dataclass, got {options!r}")
         doc = (factory.__doc__ or "").strip().splitlines()
-        _REGISTRY[name] = LossSpec(name, factory, options, doc[0] if doc else "")
+        _REGISTRY[name] = LossSpec(name, factory, options, doc[0] if doc else "", tuple(aliases))
         for alias in aliases:
             _ALIASES[alias] = name
         return factory
@@ -90,6 +91,19 @@ def _load_entry_points() -> None:
             ) from exc
         if ep.name not in _REGISTRY:  # importing may have registered it already
             register_loss(ep.name, options=getattr(target, "Options", None))(target)
+
+
+def unregister_loss(name: str) -> None:
+    """Remove ``name`` and its aliases (tests, notebooks); unknown names are ignored."""
+    _REGISTRY.pop(name, None)
+    for alias in [a for a, target in _ALIASES.items() if target == name]:
+        del _ALIASES[alias]
+
+
+def registered_losses() -> list[LossSpec]:
+    """Every registered loss (entry points included), by name; aliases are in each spec."""
+    _load_entry_points()
+    return [_REGISTRY[name] for name in sorted(_REGISTRY)]
 
 
 def available_losses() -> list[str]:

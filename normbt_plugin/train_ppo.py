@@ -17,7 +17,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from normbt_plugin.train_rm import run_openrlhf_cli
+from normbt_plugin.launch import run_openrlhf_cli
 
 AUTOPATCH_DIR = str(Path(__file__).resolve().parent / "autopatch")
 PATCH_ENV = "NORMBT_PLUGIN_PATCHES"

@@ -131,3 +131,13 @@ def test_reward_text_is_what_openrlhfs_reward_dataset_tokenises(openrlhf_patched
             tokenizer, row["prompt"], row["chosen"], input_template=template, apply_chat_template=chat
         )
         assert tokenizer(text, add_special_tokens=False)["input_ids"] == chosen_ids, (i, text)
+
+
+def test_the_loss_registry_is_read_through_its_public_functions():
+    private = [
+        f"{p.relative_to(REPO)}"
+        for p in sources(PACKAGE, REPO / "tests", REPO / "benchmarks")
+        if p.name not in ("losses.py", "test_layers.py")
+        and ("_REGISTRY" in p.read_text() or "_ALIASES" in p.read_text())
+    ]
+    assert not private, private

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from normbt_plugin import available_losses, build_loss, register_loss
+from normbt_plugin import available_losses, build_loss, register_loss, unregister_loss
 from normbt_plugin import losses as losses_module
 from normbt_plugin.losses import NormBTLoss, PairwiseLoss, host_metrics, resolve_loss_name
 
@@ -69,7 +69,7 @@ def test_register_loss_decorator_and_duplicate_name():
         with pytest.raises(ValueError, match="already registered"):
             register_loss("test_double_bt")(DoubleBT)
     finally:
-        losses_module._REGISTRY.pop("test_double_bt")
+        unregister_loss("test_double_bt")
 
 
 def test_third_party_loss_through_entry_point(tmp_path, monkeypatch):
@@ -102,7 +102,7 @@ def test_third_party_loss_through_entry_point(tmp_path, monkeypatch):
         value, _ = build_loss("acme_hinge")(torch.tensor([3.0, 0.0]), torch.tensor([0.0, 0.0]))
         assert value.item() == pytest.approx(0.5)
     finally:
-        losses_module._REGISTRY.pop("acme_hinge", None)
+        unregister_loss("acme_hinge")
         sys.modules.pop("acme_losses", None)
 
 

@@ -16,7 +16,7 @@ import dataclasses
 import warnings
 from collections.abc import Callable, Iterator
 
-from normbt_plugin.losses import _REGISTRY, available_losses, loss_spec
+from normbt_plugin.losses import available_losses, loss_spec, registered_losses
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 
 LOSS_FLAG = "--model.loss_type"
@@ -76,7 +76,7 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
         help="set the model's dropout rates to 0 for training (dropout noise enters the pair "
         "distance NormBT divides by; Llama-style models have none, BERT-style 0.1)",
     )
-    for spec in _REGISTRY.values():
+    for spec in registered_losses():
         if spec.options is None:
             continue
         group = parser.add_argument_group(
