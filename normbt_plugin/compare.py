@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
+from normbt_plugin import records
 from normbt_plugin.evaluation import EvalInputError
 from normbt_plugin.stats import quantile_bins
 
@@ -30,7 +31,7 @@ from normbt_plugin.stats import quantile_bins
 @dataclass
 class Run:
     path: Path
-    loss: str
+    label: str  # the variant's name: --plugin.label, else the loss
     seed: int
     eval: dict[str, Any]
     train: list[dict]
@@ -44,16 +45,21 @@ def load_runs(paths: list[str], eval_name: str = "eval.json") -> list[Run]:
     runs = []
     for p in paths:
         folder = Path(p)
-        meta_path, eval_path = folder / "metrics" / "meta.json", folder / eval_name
-        if not meta_path.exists():
-            raise EvalInputError(f"{folder}: no metrics/meta.json (train with --plugin.metrics_dir)")
+        metrics, eval_path = folder / "metrics", folder / eval_name
+        if not (metrics / records.META).exists():
+            raise EvalInputError(f"{folder}: no metrics/{records.META} (train with --plugin.metrics_dir)")
         if not eval_path.exists():
             raise EvalInputError(f"{folder}: no {eval_name} (run normbt eval-rm --out {eval_path})")
-        meta = json.loads(meta_path.read_text())
-        train_path = folder / "metrics" / "train_rank0.jsonl"
-        train = [json.loads(x) for x in train_path.read_text().splitlines()] if train_path.exists() else []
-        label = meta.get("label") or meta["loss"]  # a variant's name (--plugin.label), else the loss
-        runs.append(Run(folder, label, int(meta["seed"]), json.loads(eval_path.read_text()), train))
+        meta = records.RunMeta.read(metrics)  # its name: the variant's (--plugin.label), else the loss
+        runs.append(
+            Run(
+                folder,
+                meta.name,
+                int(meta.seed),
+                json.loads(eval_path.read_text()),
+                records.read_steps(metrics),
+            )
+        )
     sizes = {len(r.correct) for r in runs}
     if len(sizes) != 1:
         raise EvalInputError(f"runs were evaluated on different pair sets (sizes {sorted(sizes)})")
@@ -99,8 +105,8 @@ def paired_difference(a: list[np.ndarray], b: list[np.ndarray], seed: int = 0) -
 
 def _group(runs: list[Run]) -> dict[str, list[Run]]:
     groups: dict[str, list[Run]] = defaultdict(list)
-    for r in sorted(runs, key=lambda r: (r.loss, r.seed)):
-        groups[r.loss].append(r)
+    for r in sorted(runs, key=lambda r: (r.label, r.seed)):
+        groups[r.label].append(r)
     return dict(groups)
 
 

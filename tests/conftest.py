@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import socket
 import subprocess
@@ -11,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from normbt_plugin import records
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -45,12 +46,12 @@ class Run:
     out_dir: Path
 
     def records(self, rank: int = 0) -> list[dict]:
-        path = self.metrics_dir / f"train_rank{rank}.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()]
+        assert (self.metrics_dir / records.train_file(rank)).exists(), self.output[-3000:]
+        return records.read_steps(self.metrics_dir, rank)
 
     def eval_bins(self) -> list[dict]:
-        path = self.metrics_dir / "eval.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines()]
+        assert (self.metrics_dir / records.EVAL).exists(), self.output[-3000:]
+        return records.read_evals(self.metrics_dir)
 
 
 def train_rm(

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "normbt_plugin"
 ADAPTER = PACKAGE / "patches"
 CORE = {"losses", "stats", "hidden"}  # torch and numpy only
-BASE = {"environment", "tasks"}  # machine facts and the tiny task: no OpenRLHF either
+BASE = {"environment", "tasks", "records"}  # machine facts, the tiny task, run files: no OpenRLHF
 
 
 def imports(path: Path) -> list[str]:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
-import os
 from collections import defaultdict
 from typing import Any
 
@@ -32,6 +30,7 @@ from normbt_plugin.hidden import active_dropout, disable_dropout, eos_hidden_sta
 from normbt_plugin.losses import PairwiseLoss, host_metrics, loss_spec
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 from normbt_plugin.patches.openrlhf_0_11_2.value_head_norm import normed_head
+from normbt_plugin.records import RunMeta, RunRecorder
 from normbt_plugin.stats import distance_bins, pair_distance
 
 CLIENT_STATE_KEY = "normbt_plugin_loss"
@@ -118,7 +117,8 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
                 self.plugin_loss.load_state_dict(state["state"])
                 strategy.print(f"normbt-plugin: restored {self.loss_name} state {state['state']}")
         strategy.print(f"normbt-plugin: loss {self.loss_name} ({type(self.plugin_loss).__name__})")
-        self._write_run_meta()
+        self.recorder = RunRecorder(self.args.plugin.metrics_dir, strategy.get_rank())
+        self.recorder.meta(self._run_meta())
 
     def _check_dropout(self) -> None:
         """``--plugin.disable_dropout``, or a warning where a distance-using loss meets dropout."""
@@ -135,25 +135,19 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
                 "--plugin.disable_dropout to train without it."
             )
 
-    def _write_run_meta(self) -> None:
-        """``--plugin.metrics_dir``: which loss, options and seed made this run (for compare)."""
-        out_dir = self.args.plugin.metrics_dir
-        if not out_dir or not self.strategy.is_rank_0():
-            return
-        os.makedirs(out_dir, exist_ok=True)
-        spec_options = getattr(self.args, self.loss_name, None)
-        meta = {
-            "label": self.args.plugin.label or self.loss_name,
-            "loss": self.loss_name,
-            "max_norm": self.args.max_norm,
-            "disable_dropout": self.args.plugin.disable_dropout,
-            "options": vars(spec_options) if spec_options is not None else {},
-            "seed": self.args.train.seed,
-            "model": self.args.model.model_name_or_path,
-            "dataset": self.args.data.dataset,
-        }
-        with open(os.path.join(out_dir, "meta.json"), "w") as f:
-            json.dump(meta, f, indent=1, default=str)
+    def _run_meta(self) -> RunMeta:
+        """Which loss, options and seed made this run (``normbt compare`` reads it)."""
+        options = getattr(self.args, self.loss_name, None)
+        return RunMeta(
+            loss=self.loss_name,
+            seed=self.args.train.seed,
+            label=self.args.plugin.label or self.loss_name,
+            options=vars(options) if options is not None else {},
+            max_norm=self.args.max_norm,
+            disable_dropout=self.args.plugin.disable_dropout,
+            model=self.args.model.model_name_or_path,
+            dataset=self.args.data.dataset,
+        )
 
     def in_training(self) -> bool:
         # DeepSpeedEngine.eval() switches its module but leaves engine.training True
@@ -215,7 +209,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
             "name": self.loss_name,
             "state": self.plugin_loss.state_dict(),
         }
-        self._write_metrics_jsonl(global_step, logs_dict)
+        self.recorder.step(global_step, logs_dict, self.plugin_loss.state_dict())
         super().save_logs_and_checkpoints(args, global_step, step_bar, logs_dict, client_states)
         stop_after = self.args.plugin.stop_after_steps
         if stop_after and global_step >= stop_after:
@@ -225,17 +219,6 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
             )
             raise SystemExit(0)
 
-    def _write_metrics_jsonl(self, global_step: int, logs: dict[str, float]) -> None:
-        """``--plugin.metrics_dir``: one JSON line per optimizer step and rank (local loss state)."""
-        out_dir = self.args.plugin.metrics_dir
-        if not out_dir:
-            return
-        os.makedirs(out_dir, exist_ok=True)
-        record = {"step": global_step, "rank": self.strategy.get_rank(), **logs}
-        record["loss_state"] = self.plugin_loss.state_dict()
-        with open(os.path.join(out_dir, f"train_rank{record['rank']}.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-
     def evaluate(self, eval_dataloader, steps=0):
         self._eval_pairs = []
         super().evaluate(eval_dataloader, steps)
@@ -243,11 +226,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
         self._eval_pairs = []
         if not bins:
             return
-        if self.args.plugin.metrics_dir and self.strategy.is_rank_0():
-            path = os.path.join(self.args.plugin.metrics_dir, "eval.jsonl")
-            with open(path, "a") as f:
-                acc = sum(b["acc"] * b["n"] for b in bins if b["n"]) / sum(b["n"] for b in bins)
-                f.write(json.dumps({"step": steps, "acc": acc, "distance_bins": bins}) + "\n")
+        self.recorder.eval(steps, bins)
         self.strategy.print("normbt-plugin: eval accuracy by representation-distance quantile bin")
         self.strategy.print(f"  {'bin':>3}  {'distance range':>21}  {'pairs':>6}  {'acc':>6}")
         for i, b in enumerate(bins):

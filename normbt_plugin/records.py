@@ -1,0 +1,91 @@
+"""The files a reward-model run writes under ``--plugin.metrics_dir``: one writer and one reader each.
+
+    meta.json            RunMeta: which loss, options, seed and data made the run
+    train_rank<r>.jsonl  one StepRecord per optimizer step and rank (metrics, the loss state)
+    eval.jsonl           one EvalRecord per evaluation (accuracy, accuracy by distance bin)
+
+The trainer (the ``registered_loss`` patch) writes them through ``RunRecorder``; ``normbt compare``
+and the tests read them back with the functions here. Standard library only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+META = "meta.json"
+EVAL = "eval.jsonl"
+
+
+def train_file(rank: int) -> str:
+    return f"train_rank{rank}.jsonl"
+
+
+@dataclass
+class RunMeta:
+    loss: str
+    seed: int
+    label: str = ""  # the variant's name in reports (--plugin.label); the loss name when empty
+    options: dict[str, Any] = field(default_factory=dict)
+    max_norm: float | None = None
+    disable_dropout: bool = False
+    model: str | None = None
+    dataset: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.label or self.loss
+
+    def write(self, folder: str | Path) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / META).write_text(json.dumps(dataclasses.asdict(self), indent=1, default=str))
+
+    @classmethod
+    def read(cls, folder: str | Path) -> RunMeta:
+        data = json.loads((Path(folder) / META).read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def read_steps(folder: str | Path, rank: int = 0) -> list[dict[str, Any]]:
+    """The step records of ``rank`` (``step``, ``rank``, metric names, ``loss_state``); [] if none."""
+    path = Path(folder) / train_file(rank)
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def read_evals(folder: str | Path) -> list[dict[str, Any]]:
+    """The eval records (``step``, ``acc``, ``distance_bins``); [] if none."""
+    path = Path(folder) / EVAL
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+class RunRecorder:
+    """Writes a run's records into ``folder`` (None: records nothing). Every rank writes its own
+    step file; the meta and eval records come from rank 0 only."""
+
+    def __init__(self, folder: str | None, rank: int) -> None:
+        self.folder, self.rank = (Path(folder) if folder else None), rank
+
+    def _append(self, name: str, record: dict[str, Any]) -> None:
+        assert self.folder is not None
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with open(self.folder / name, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def meta(self, meta: RunMeta) -> None:
+        if self.folder is not None and self.rank == 0:
+            meta.write(self.folder)
+
+    def step(self, step: int, metrics: dict[str, float], loss_state: dict[str, Any]) -> None:
+        if self.folder is not None:
+            self._append(
+                train_file(self.rank), {"step": step, "rank": self.rank, **metrics, "loss_state": loss_state}
+            )
+
+    def eval(self, step: int, bins: list[dict[str, float]]) -> None:
+        if self.folder is not None and self.rank == 0:
+            acc = sum(b["acc"] * b["n"] for b in bins if b["n"]) / sum(b["n"] for b in bins)
+            self._append(EVAL, {"step": step, "acc": acc, "distance_bins": bins})
