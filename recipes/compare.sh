@@ -132,7 +132,7 @@ if (( ${#ppo_runs[@]} )); then
     --prompts "${EVAL_PROMPTS:?set EVAL_PROMPTS to held-out prompts}" --prompt_key "${EVAL_PROMPT_KEY:-input}" \
     --n_prompts "${EVAL_N_PROMPTS:-500}" --samples "${EVAL_SAMPLES:-1}" --bon_samples "${BON_SAMPLES:-64}" \
     --bon_prompts "${BON_PROMPTS:-200}" --max_new "${EVAL_MAX_NEW:-$MAX_NEW}" \
-    --max_len "${PPO_MAX_LEN:-$MAX_LEN}" --seed "${EVAL_SEED:-0}" --tensor_parallel_size "${EVAL_TP:-1}" \
+    --max_len "${PPO_MAX_LEN:-2048}" --seed "${EVAL_SEED:-0}" --tensor_parallel_size "${EVAL_TP:-1}" \
     --dtype "${EVAL_DTYPE:-float32}" \
     --out "$RUN_DIR/policy-eval"
   compare_args+=(--policy_eval "$RUN_DIR/policy-eval/policy_eval.json")

@@ -9,7 +9,7 @@ set -euo pipefail
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   sed -n '2,6p' "$0"; echo
   echo "Environment (defaults): LOSS=normbt MODEL DATASET EVAL_DATASET OUT NPROC=1 ZERO=2"
-  echo "  MICRO_BS=4 BS=16 EPOCHS=1 LR=2e-3 MAX_LEN=64 ATTN=sdpa PROMPT_KEY=prompt SEED=42"
+  echo "  MICRO_BS=4 BS=16 EPOCHS=1 LR=9e-6 MAX_LEN=512 ATTN=sdpa PROMPT_KEY=prompt SEED=42"
   echo "  PARAM_DTYPE (default: bf16 on GPUs, fp32 without) INPUT_TEMPLATE LABEL=\$LOSS CHOSEN_KEY=chosen REJECTED_KEY=rejected"
   echo "  APPLY_CHAT_TEMPLATE=0 PACKING=0 HOSTFILE (several nodes) DRY_RUN=0"
   echo "All flags: python -m normbt_plugin.train_rm --help"
@@ -26,8 +26,8 @@ ZERO=${ZERO:-2}
 MICRO_BS=${MICRO_BS:-4}
 BS=${BS:-16}
 EPOCHS=${EPOCHS:-1}
-LR=${LR:-2e-3}
-MAX_LEN=${MAX_LEN:-64}
+LR=${LR:-9e-6}                          # OpenRLHF's own defaults; configs set their own
+MAX_LEN=${MAX_LEN:-512}
 ATTN=${ATTN:-sdpa}                      # flash_attention_2 on GPU nodes with flash-attn
 PROMPT_KEY=${PROMPT_KEY-prompt}         # set but empty: chosen/rejected are whole conversations
 SEED=${SEED:-42}
