@@ -98,6 +98,8 @@ done
 [[ "$SYNC_BACKEND" == gloo ]] && args+=(--vllm.enforce_eager)
 [[ "$NORMALIZE_REWARD" == 1 ]] && args+=(--reward.normalize_enable)
 [[ "$APPLY_CHAT_TEMPLATE" == 1 ]] && args+=(--data.apply_chat_template)
+# ROLLOUT_LOG=1: every rollout's token ids, rewards and KL -> $OUT/rollouts/rollouts.jsonl (curves, checks)
+[[ "${ROLLOUT_LOG:-0}" == 1 ]] && args+=(--plugin.rollout_log "$OUT/rollouts")
 
 cmd=(python -m normbt_plugin.train_ppo "${args[@]}" "$@")
 if [[ -n "${RAY_DASHBOARD:-}" ]]; then     # a running cluster: head + workers via `ray start`
@@ -110,7 +112,6 @@ if [[ "${DRY_RUN:-0}" == 1 ]]; then
   exit 0
 fi
 mkdir -p "$OUT"
-# ROLLOUT_LOG=1: every rollout's token ids and rewards -> $OUT/rollouts/rollouts.jsonl (checks)
-[[ "${ROLLOUT_LOG:-0}" == 1 ]] && export NORMBT_PLUGIN_ROLLOUT_LOG="$OUT/rollouts" && rm -rf "$OUT/rollouts"
+[[ "${ROLLOUT_LOG:-0}" == 1 ]] && rm -rf "$OUT/rollouts"
 echo "ppo.sh: policy=$POLICY reward=${REWARD_URL:-$RM} nodes=$NODES gpus/node=$GPUS_PER_NODE engines=$VLLM_ENGINES -> $OUT"
 "${cmd[@]}"

@@ -13,13 +13,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import os
 import warnings
 from collections.abc import Callable, Iterator
 
 from normbt_plugin.losses import available_losses, loss_spec, registered_losses
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 
-LOSS_FLAG = "--model.loss_type"
+LOSS_FLAG = "--model.loss_type"  # the parser of train_rm
+PPO_FLAG = "--actor.model_name_or_path"  # the parser of train_ppo_ray
 
 
 def _str2bool(text: str) -> bool:
@@ -93,6 +95,27 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
             )
 
 
+def add_ppo_plugin_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--plugin.*`` for train_ppo_ray."""
+    group = parser.add_argument_group("normbt-plugin")
+    group.add_argument(
+        "--plugin.rollout_log",
+        type=str,
+        default=None,
+        metavar="DIR",
+        help="append every rollout sample's prompt, token ids, reward and KL to the reference to "
+        "DIR/rollouts.jsonl (patch rollout_log, in the PPO controller)",
+    )
+
+
+def apply_ppo_plugin_arguments(parsed: argparse.Namespace) -> None:
+    """The PPO flags reach the Ray workers as the environment the launcher gives them."""
+    from normbt_plugin.patches.openrlhf_0_11_2 import rollout_log
+
+    if getattr(parsed, "plugin.rollout_log", None):
+        os.environ[rollout_log.ENV] = os.path.abspath(getattr(parsed, "plugin.rollout_log"))
+
+
 def check_plugin_arguments(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
     """Refuse, before anything starts, what the plugin cannot do."""
     try:
@@ -139,14 +162,19 @@ def hooked_parse_args(
 
 def _add_once(parser: argparse.ArgumentParser) -> None:
     cpu_param_dtype(parser)
-    if LOSS_FLAG in parser._option_string_actions and not is_patched(parser, "cli_options"):
+    if is_patched(parser, "cli_options"):
+        return
+    if LOSS_FLAG in parser._option_string_actions:
         mark_patched(parser, "cli_options")
         add_plugin_arguments(parser)
+    elif PPO_FLAG in parser._option_string_actions:
+        mark_patched(parser, "cli_options")
+        add_ppo_plugin_arguments(parser)
 
 
 def _check(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
     warn_slow_bf16(parser, parsed)
-    if is_patched(parser, "cli_options"):
+    if is_patched(parser, "cli_options") and LOSS_FLAG in parser._option_string_actions:
         check_plugin_arguments(parser, parsed)
         from normbt_plugin.patches.openrlhf_0_11_2 import value_head_norm
 
@@ -156,6 +184,21 @@ def _check(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
 def extended_parser() -> contextlib.AbstractContextManager[None]:
     """While active, parsers owning ``--model.loss_type`` take and check the plugin's flags."""
     return hooked_parse_args(before=_add_once, after=_check)
+
+
+def ppo_parser(
+    after: Callable[[argparse.ArgumentParser, argparse.Namespace], None],
+) -> contextlib.AbstractContextManager[None]:
+    """While active, train_ppo_ray's parser takes the ``--plugin.*`` PPO flags and fp32 on CPU;
+    ``after`` runs on what it parsed (the launcher's checks), once the flags are in effect."""
+
+    def checked(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
+        warn_slow_bf16(parser, parsed)
+        if is_patched(parser, "cli_options") and PPO_FLAG in parser._option_string_actions:
+            apply_ppo_plugin_arguments(parsed)
+        after(parser, parsed)
+
+    return hooked_parse_args(before=_add_once, after=checked)
 
 
 def cpu_param_dtype(parser: argparse.ArgumentParser) -> None:

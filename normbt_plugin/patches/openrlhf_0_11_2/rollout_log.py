@@ -1,13 +1,14 @@
 """Record each PPO rollout's token ids and the reward OpenRLHF gave them (opt-in, for checks).
 
 Why: OpenRLHF logs only the mean reward of a rollout, so nobody can check that PPO was trained
-on what the reward model says about its samples. With ``NORMBT_PLUGIN_ROLLOUT_LOG=<dir>`` in the
-job's environment, the PPO controller appends one JSON line per sample (step, prompt text, token
-ids, attention mask, the response's ids, the reward, and its KL to the reference policy: the sum
-over response tokens of ``log pi - log pi_ref``, from the training-side log-probs OpenRLHF computes
-anyway) to ``<dir>/rollouts.jsonl`` as its experience maker returns them: the curves of
-``normbt curves`` come from these.
-Not applied (nothing in PPO's path changes) unless the variable is set.
+on what the reward model says about its samples. With ``--plugin.rollout_log <dir>`` (train_ppo's
+launcher passes it to every Ray worker as ``NORMBT_PLUGIN_ROLLOUT_LOG``), the PPO controller
+appends one JSON line per sample (step, prompt text, token ids, attention mask, the response's
+ids, the reward, and its KL to the reference policy: the sum over response tokens of
+``log pi - log pi_ref``, from the training-side log-probs OpenRLHF computes anyway) to
+``<dir>/rollouts.jsonl`` as its experience maker returns them: the curves of ``normbt curves``
+come from these.
+Not applied (nothing in PPO's path changes) unless the flag is given.
 """
 
 from __future__ import annotations

@@ -6,14 +6,13 @@ own with a ``surface`` module of the same names; nothing outside ``normbt_plugin
 from __future__ import annotations
 
 import argparse
-import contextlib
-from collections.abc import Callable
 from typing import Any
 
 from normbt_plugin.patches.openrlhf_0_11_2.cli_options import (
     capture_parser,
     cpu_dtype_parser,
     extended_parser,
+    ppo_parser,
 )
 from normbt_plugin.patches.openrlhf_0_11_2.cpu_ppo import stateless_gloo_group
 from normbt_plugin.patches.openrlhf_0_11_2.value_head_norm import normed_head
@@ -32,23 +31,6 @@ __all__ = [
 
 rm_parser = extended_parser  # train_rm: the registered losses' flags, checked at parse time
 sft_parser = cpu_dtype_parser  # train_sft: fp32 on CPU
-
-
-def ppo_parser(
-    after: Callable[[argparse.ArgumentParser, argparse.Namespace], None],
-) -> contextlib.AbstractContextManager[None]:
-    """train_ppo_ray's parser: fp32 allowed (and the default) on CPU, ``after`` run on the result."""
-    from normbt_plugin.patches.openrlhf_0_11_2.cli_options import (
-        cpu_param_dtype,
-        hooked_parse_args,
-        warn_slow_bf16,
-    )
-
-    def checked(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
-        warn_slow_bf16(parser, parsed)
-        after(parser, parsed)
-
-    return hooked_parse_args(before=cpu_param_dtype, after=checked)
 
 
 def reward_text(
