@@ -65,6 +65,8 @@ def register_loss(
             raise ValueError(f"loss {name!r} is already registered")
         if options is not None and not dataclasses.is_dataclass(options):
             raise TypeError(f"options of loss {name!r} must be a dataclass, got {options!r}")
+        if options is not None and isinstance(factory, type) and issubclass(factory, PairwiseLoss):
+            factory.Options = options  # the constructor's input: PairwiseLoss.__init__
         doc = (factory.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = LossSpec(name, factory, options, doc[0] if doc else "", tuple(aliases))
         for alias in aliases:
@@ -195,9 +197,15 @@ class PairwiseLoss:
     needs_hidden: bool = False
     #: whether the loss uses the dataset's margin column
     uses_margin: bool = False
+    #: the options dataclass (set by ``register_loss(..., options=)``); None: no options
+    Options: type | None = None
 
-    def __init__(self) -> None:
+    def __init__(self, options: Any = None, **values: Any) -> None:
+        """``Loss(Loss.Options(x=1))`` or ``Loss(x=1)``: the options dataclass validates them."""
         self.training = True
+        if self.Options is None and (options is not None or values):
+            raise TypeError(f"{type(self).__name__} takes no options, got {sorted(values) or options!r}")
+        self.options = options if options is not None or self.Options is None else self.Options(**values)
 
     def train(self, mode: bool = True) -> PairwiseLoss:
         """In eval mode stateful losses read their state but do not update it."""
@@ -277,14 +285,9 @@ class LabelSmoothingOptions:
 class LabelSmoothingLoss(PairwiseLoss):
     """Conservative BT: -(1-e) log sigmoid(d) - e log sigmoid(-d)."""
 
-    def __init__(self, options: LabelSmoothingOptions | None = None, **values: Any) -> None:
-        super().__init__()
-        self.options = options or LabelSmoothingOptions(**values)
-        self.epsilon = self.options.epsilon
-
     def per_pair(self, chosen: Tensor, reject: Tensor, margin: Tensor | None) -> Tensor:
-        d = chosen - reject
-        return -(1 - self.epsilon) * F.logsigmoid(d) - self.epsilon * F.logsigmoid(-d)
+        d, e = chosen - reject, self.options.epsilon
+        return -(1 - e) * F.logsigmoid(d) - e * F.logsigmoid(-d)
 
 
 @dataclass
@@ -298,13 +301,8 @@ class CenterOptions:
 class CenterLoss(BTLoss):
     """BT plus reward centering: + coef * (r_c + r_r)^2 per pair (TRL, Eisenstein et al.)."""
 
-    def __init__(self, options: CenterOptions | None = None, **values: Any) -> None:
-        super().__init__()
-        self.options = options or CenterOptions(**values)
-        self.coef = self.options.coef
-
     def per_pair(self, chosen: Tensor, reject: Tensor, margin: Tensor | None) -> Tensor:
-        return super().per_pair(chosen, reject, margin) + self.coef * (chosen + reject) ** 2
+        return super().per_pair(chosen, reject, margin) + self.options.coef * (chosen + reject) ** 2
 
 
 # --------------------------------------------------------------------------------------------
@@ -385,9 +383,8 @@ class NormBTLoss(PairwiseLoss):
     def __init__(
         self, options: NormBTOptions | None = None, *, process_group: Any = None, **values: Any
     ) -> None:
-        """``NormBTLoss(NormBTOptions(beta=0.95))`` or ``NormBTLoss(beta=0.95)``: the same options."""
-        super().__init__()
-        self.options = o = options or NormBTOptions(**values)
+        super().__init__(options, **values)
+        o: NormBTOptions = self.options
         self.init_mu = o.init_mu()
         self.beta, self.eps, self.update, self.distance = o.beta, o.eps, o.update, o.distance
         self.weight_cap, self.use_ema, self.sync = o.weight_cap, o.use_ema, o.sync

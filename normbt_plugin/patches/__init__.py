@@ -141,18 +141,10 @@ def normed_head(model: Any) -> Any:
     return _surface().normed_head(model)
 
 
-def reward_text(
-    tokenizer: Any,
-    prompt: Any,
-    response: Any,
-    *,
-    input_template: str | None = None,
-    apply_chat_template: bool = False,
-) -> str:
-    """The text OpenRLHF's reward-model stage scores for ``prompt`` + ``response`` (EOS included)."""
-    return _surface().reward_text(
-        tokenizer, prompt, response, input_template=input_template, apply_chat_template=apply_chat_template
-    )
+def reward_text(tokenizer: Any, prompt: Any, response: Any, **template: Any) -> str:
+    """The text OpenRLHF's reward-model stage scores for ``prompt`` + ``response`` (EOS included);
+    ``template``: ``input_template=`` (a '{}' format for the prompt) or ``apply_chat_template=True``."""
+    return _surface().reward_text(tokenizer, prompt, response, **template)
 
 
 def gpus_required(args: argparse.Namespace) -> int:
