@@ -124,21 +124,16 @@ def losses() -> int:
 
 def diagnose(args: argparse.Namespace) -> int:
     from normbt_plugin.diagnostics import diagnose as run
-    from normbt_plugin.evaluation import EvalInputError
 
-    try:
-        summary = run(
-            args.model,
-            args.data,
-            args.out,
-            pairs=args.pairs,
-            mu=args.mu,
-            input_template=args.input_template,
-            max_len=args.max_len,
-        )
-    except EvalInputError as exc:
-        print(f"normbt diagnose: {exc}", file=sys.stderr)
-        return 2
+    summary = run(
+        args.model,
+        args.data,
+        args.out,
+        pairs=args.pairs,
+        mu=args.mu,
+        input_template=args.input_template,
+        max_len=args.max_len,
+    )
     print(json.dumps(summary, indent=1))
     print(f"wrote {args.out}/gradient_vs_distance.png and gradients.json")
     return 0
@@ -146,20 +141,15 @@ def diagnose(args: argparse.Namespace) -> int:
 
 def compare(args: argparse.Namespace) -> int:
     from normbt_plugin.compare import build_report
-    from normbt_plugin.evaluation import EvalInputError
 
-    try:
-        report = build_report(
-            args.runs,
-            args.out,
-            baseline=args.baseline,
-            eval_name=args.eval_name,
-            policy_eval=args.policy_eval,
-            note=args.note,
-        )
-    except EvalInputError as exc:
-        print(f"normbt compare: {exc}", file=sys.stderr)
-        return 2
+    report = build_report(
+        args.runs,
+        args.out,
+        baseline=args.baseline,
+        eval_name=args.eval_name,
+        policy_eval=args.policy_eval,
+        note=args.note,
+    )
     print(report.read_text())
     print(f"wrote {report} and its plots")
     return 0
@@ -167,42 +157,32 @@ def compare(args: argparse.Namespace) -> int:
 
 def curves(args: argparse.Namespace) -> int:
     from normbt_plugin.curves import run_curves
-    from normbt_plugin.evaluation import EvalInputError
 
-    try:
-        report = run_curves(
-            args.runs, args.tokenizer, args.gold_fn, args.out, exact_fn=args.exact_fn,
-            baseline=args.baseline, window=args.window, grid_points=args.grid,
-        )  # fmt: skip
-    except EvalInputError as exc:
-        print(f"normbt curves: {exc}", file=sys.stderr)
-        return 2
+    report = run_curves(
+        args.runs, args.tokenizer, args.gold_fn, args.out, exact_fn=args.exact_fn,
+        baseline=args.baseline, window=args.window, grid_points=args.grid,
+    )  # fmt: skip
     print(report.read_text())
     return 0
 
 
 def eval_rm(args: argparse.Namespace) -> int:
     from normbt_plugin.evaluation import (
-        EvalInputError,
         RewardScorer,
         evaluate_pairs,
         format_report,
         load_pairs,
     )
 
-    try:
-        pairs = load_pairs(
-            args.data, args.format, prompt_key=args.prompt_key, chosen_key=args.chosen_key,
-            rejected_key=args.rejected_key, subset_key=args.subset_key, split=args.split,
-        )  # fmt: skip
-        scorer = RewardScorer(
-            args.model, loader=args.loader, batch_size=args.batch_size, max_len=args.max_len,
-            apply_chat_template=args.apply_chat_template, input_template=args.input_template,
-            dtype=args.dtype,
-        )  # fmt: skip
-    except EvalInputError as exc:
-        print(f"normbt eval-rm: {exc}", file=sys.stderr)
-        return 2
+    pairs = load_pairs(
+        args.data, args.format, prompt_key=args.prompt_key, chosen_key=args.chosen_key,
+        rejected_key=args.rejected_key, subset_key=args.subset_key, split=args.split,
+    )  # fmt: skip
+    scorer = RewardScorer(
+        args.model, loader=args.loader, batch_size=args.batch_size, max_len=args.max_len,
+        apply_chat_template=args.apply_chat_template, input_template=args.input_template,
+        dtype=args.dtype,
+    )  # fmt: skip
     result = evaluate_pairs(scorer, pairs, n_bins=args.bins)
     result.update(model=args.model, data=args.data)
     print(format_report(result))
@@ -215,7 +195,6 @@ def eval_rm(args: argparse.Namespace) -> int:
 
 def eval_policy(args: argparse.Namespace) -> int:
     from normbt_plugin.curves import load_function
-    from normbt_plugin.evaluation import EvalInputError
     from normbt_plugin.policy_eval import (
         evaluate_policies,
         format_policy_report,
@@ -223,23 +202,19 @@ def eval_policy(args: argparse.Namespace) -> int:
         parse_named,
     )
 
-    try:
-        policies = parse_named(args.policy, "policy")
-        proxies = parse_named(args.proxy or [], "proxy")
-        prompts = load_prompts(args.prompts, args.prompt_key, args.split, args.n_prompts)
-        gold_fn = load_function(args.gold_fn) if args.gold_fn else None
-        result = evaluate_policies(
-            policies, args.gold, prompts, args.out, gold_fn=gold_fn, gold_fn_name=args.gold_fn,
-            proxies=proxies, reference=args.reference,
-            samples=args.samples, bon_samples=args.bon_samples, bon_prompts=args.bon_prompts,
-            max_new=args.max_new, temperature=args.temperature, seed=args.seed, tie_tol=args.tie_tol,
-            apply_chat_template=args.apply_chat_template, input_template=args.input_template,
-            rm_input_template=args.rm_input_template, max_len=args.max_len,
-            batch_size=args.batch_size, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
-        )  # fmt: skip
-    except EvalInputError as exc:
-        print(f"normbt eval-policy: {exc}", file=sys.stderr)
-        return 2
+    policies = parse_named(args.policy, "policy")
+    proxies = parse_named(args.proxy or [], "proxy")
+    prompts = load_prompts(args.prompts, args.prompt_key, args.split, args.n_prompts)
+    gold_fn = load_function(args.gold_fn) if args.gold_fn else None
+    result = evaluate_policies(
+        policies, args.gold, prompts, args.out, gold_fn=gold_fn, gold_fn_name=args.gold_fn,
+        proxies=proxies, reference=args.reference,
+        samples=args.samples, bon_samples=args.bon_samples, bon_prompts=args.bon_prompts,
+        max_new=args.max_new, temperature=args.temperature, seed=args.seed, tie_tol=args.tie_tol,
+        apply_chat_template=args.apply_chat_template, input_template=args.input_template,
+        rm_input_template=args.rm_input_template, max_len=args.max_len,
+        batch_size=args.batch_size, dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
+    )  # fmt: skip
     print(format_policy_report(result))
     print(f"wrote {Path(args.out) / 'policy_eval.json'}")
     return 0
@@ -330,19 +305,19 @@ def main(argv: list[str] | None = None) -> None:
     dg.add_argument("--input_template", default=None)
     dg.add_argument("--max_len", type=int, default=512)
     args = parser.parse_args(argv)
-    if args.command == "diagnose":
-        sys.exit(diagnose(args))
-    if args.command == "eval-rm":
-        sys.exit(eval_rm(args))
-    if args.command == "eval-policy":
-        sys.exit(eval_policy(args))
-    if args.command == "compare":
-        sys.exit(compare(args))
-    if args.command == "curves":
-        sys.exit(curves(args))
     if args.command == "doctor":
         sys.exit(doctor(args.lock))
-    sys.exit(losses())
+    if args.command == "losses":
+        sys.exit(losses())
+    from normbt_plugin.evaluation import EvalInputError
+
+    commands = {"diagnose": diagnose, "eval-rm": eval_rm, "eval-policy": eval_policy}
+    commands.update({"compare": compare, "curves": curves})
+    try:
+        sys.exit(commands[args.command](args))
+    except EvalInputError as exc:  # bad input: what to do, no traceback
+        print(f"normbt {args.command}: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
