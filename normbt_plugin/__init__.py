@@ -7,7 +7,7 @@ floats = host_metrics(metrics)  # one device-to-host transfer; raises on NaN/inf
 """
 
 from normbt_plugin.losses import (
-    PairwiseLoss,
+    PreferenceLoss,
     available_losses,
     build_loss,
     host_metrics,
@@ -17,7 +17,7 @@ from normbt_plugin.losses import (
 )
 
 __all__ = [
-    "PairwiseLoss",
+    "PreferenceLoss",
     "available_losses",
     "build_loss",
     "host_metrics",

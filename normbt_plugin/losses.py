@@ -9,7 +9,7 @@ Nothing in a loss call waits for the device: the finite checks ride along as met
 Registry (after verl's ``register_policy_loss``)::
 
     @register_loss("my_loss", options=MyOptions)
-    class MyLoss(PairwiseLoss): ...
+    class MyLoss(PreferenceLoss): ...
 
     loss = build_loss("normbt", beta=0.95)
 
@@ -39,7 +39,7 @@ ENTRY_POINT_GROUP = "normbt_plugin.losses"
 @dataclass
 class LossSpec:
     name: str
-    factory: Callable[..., PairwiseLoss]
+    factory: Callable[..., PreferenceLoss]
     options: type | None  # a dataclass whose fields are the loss's options (CLI: --<name>.<field>)
     doc: str
     aliases: tuple[str, ...] = ()
@@ -57,16 +57,16 @@ _entry_points_loaded = False
 
 def register_loss(
     name: str, *, options: type | None = None, aliases: tuple[str, ...] = ()
-) -> Callable[[Callable[..., PairwiseLoss]], Callable[..., PairwiseLoss]]:
+) -> Callable[[Callable[..., PreferenceLoss]], Callable[..., PreferenceLoss]]:
     """Class decorator: make a loss buildable by ``name`` (and by each alias)."""
 
-    def decorator(factory: Callable[..., PairwiseLoss]) -> Callable[..., PairwiseLoss]:
+    def decorator(factory: Callable[..., PreferenceLoss]) -> Callable[..., PreferenceLoss]:
         if name in _REGISTRY or name in _ALIASES:
             raise ValueError(f"loss {name!r} is already registered")
         if options is not None and not dataclasses.is_dataclass(options):
             raise TypeError(f"options of loss {name!r} must be a dataclass, got {options!r}")
-        if options is not None and isinstance(factory, type) and issubclass(factory, PairwiseLoss):
-            factory.Options = options  # the constructor's input: PairwiseLoss.__init__
+        if options is not None and isinstance(factory, type) and issubclass(factory, PreferenceLoss):
+            factory.Options = options  # the constructor's input: PreferenceLoss.__init__
         doc = (factory.__doc__ or "").strip().splitlines()
         _REGISTRY[name] = LossSpec(name, factory, options, doc[0] if doc else "", tuple(aliases))
         for alias in aliases:
@@ -131,7 +131,7 @@ def loss_spec(name: str) -> LossSpec:
     return _REGISTRY[resolve_loss_name(name)]
 
 
-def build_loss(name: str, **options: Any) -> PairwiseLoss:
+def build_loss(name: str, **options: Any) -> PreferenceLoss:
     """Build the loss registered as ``name`` with keyword options (see each loss's Options)."""
     spec = loss_spec(name)
     return spec.factory(**options)
@@ -190,7 +190,7 @@ def host_metrics(metrics: dict[str, Tensor | float | list[Tensor | float]]) -> d
     return out
 
 
-class PairwiseLoss:
+class PreferenceLoss:
     """Base class: subclasses implement ``per_pair`` (unreduced loss, ``[B]``)."""
 
     #: whether the loss reads hidden states (the trainer may skip collecting them otherwise)
@@ -207,7 +207,7 @@ class PairwiseLoss:
             raise TypeError(f"{type(self).__name__} takes no options, got {sorted(values) or options!r}")
         self.options = options if options is not None or self.Options is None else self.Options(**values)
 
-    def train(self, mode: bool = True) -> PairwiseLoss:
+    def train(self, mode: bool = True) -> PreferenceLoss:
         """In eval mode stateful losses read their state but do not update it."""
         self.training = mode
         return self
@@ -235,7 +235,7 @@ class PairwiseLoss:
 
 
 @register_loss("bt", aliases=("sigmoid",))
-class BTLoss(PairwiseLoss):
+class BTLoss(PreferenceLoss):
     """Bradley-Terry: -log sigmoid(r_c - r_r [- margin]); OpenRLHF's ``sigmoid`` (PairWiseLoss).
 
     As OpenRLHF's PairWiseLoss, a margin is subtracted when the trainer passes one (that is,
@@ -282,7 +282,7 @@ class LabelSmoothingOptions:
 
 
 @register_loss("label_smoothing", options=LabelSmoothingOptions)
-class LabelSmoothingLoss(PairwiseLoss):
+class LabelSmoothingLoss(PreferenceLoss):
     """Conservative BT: -(1-e) log sigmoid(d) - e log sigmoid(-d)."""
 
     def per_pair(self, chosen: Tensor, reject: Tensor, margin: Tensor | None) -> Tensor:
@@ -368,7 +368,7 @@ class NormBTOptions:
 
 
 @register_loss("normbt", options=NormBTOptions)
-class NormBTLoss(PairwiseLoss):
+class NormBTLoss(PreferenceLoss):
     """NormBT: each pair's loss divided by its representation distance, rescaled by an EMA of the mean.
 
     dist_i = ||h_c,i - h_r,i|| (detached); mu_t = beta mu_{t-1} + (1 - beta) mean(dist);
@@ -394,7 +394,7 @@ class NormBTLoss(PairwiseLoss):
             "label_smoothing": {"epsilon": o.label_smoothing_epsilon},
             "center": {"coef": o.center_coef},
         }.get(o.base, {})
-        self.base: PairwiseLoss = build_loss(o.base, **base_options)
+        self.base: PreferenceLoss = build_loss(o.base, **base_options)
         self.uses_margin = self.base.uses_margin
         # mu and the step count live on the loss's device (a NaN mu: not set yet), so a call never
         # waits for the device; ``mu`` and ``steps`` read them on the host for logs and checkpoints.

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from normbt_plugin import available_losses, build_loss, register_loss, unregister_loss
 from normbt_plugin import losses as losses_module
-from normbt_plugin.losses import NormBTLoss, PairwiseLoss, host_metrics, resolve_loss_name
+from normbt_plugin.losses import NormBTLoss, PreferenceLoss, host_metrics, resolve_loss_name
 
 
 def pairs_at_distances(distances: torch.Tensor, error: torch.Tensor, w: torch.Tensor, seed: int = 0):
@@ -57,7 +57,7 @@ def test_registry_names_aliases_and_unknown_name():
 
 def test_register_loss_decorator_and_duplicate_name():
     @register_loss("test_double_bt")
-    class DoubleBT(PairwiseLoss):
+    class DoubleBT(PreferenceLoss):
         """Twice BT."""
 
         def per_pair(self, chosen, reject, margin):
@@ -79,9 +79,9 @@ def test_third_party_loss_through_entry_point(tmp_path, monkeypatch):
         textwrap.dedent(
             '''
             import torch.nn.functional as F
-            from normbt_plugin import PairwiseLoss
+            from normbt_plugin import PreferenceLoss
 
-            class HingeLoss(PairwiseLoss):
+            class HingeLoss(PreferenceLoss):
                 """Hinge on the reward gap."""
 
                 def per_pair(self, chosen, reject, margin):

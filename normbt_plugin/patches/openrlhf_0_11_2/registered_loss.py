@@ -27,7 +27,7 @@ from openrlhf.trainer import rm_trainer
 from openrlhf.utils.deepspeed import deepspeed as ds_strategy
 
 from normbt_plugin.hidden import active_dropout, disable_dropout, eos_hidden_states
-from normbt_plugin.losses import PairwiseLoss, host_metrics, loss_spec
+from normbt_plugin.losses import PreferenceLoss, host_metrics, loss_spec
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 from normbt_plugin.patches.openrlhf_0_11_2.value_head_norm import normed_head
 from normbt_plugin.records import RunMeta, RunRecorder
@@ -41,7 +41,7 @@ def needed() -> bool:
     return True
 
 
-def build_loss_from_args(args: Any, process_group: Any = None) -> tuple[str, PairwiseLoss]:
+def build_loss_from_args(args: Any, process_group: Any = None) -> tuple[str, PreferenceLoss]:
     """The loss named by ``--model.loss_type`` with its ``--<name>.<option>`` flags."""
     spec = loss_spec(args.model.loss_type)
     options = {}
