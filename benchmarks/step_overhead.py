@@ -84,7 +84,7 @@ def build(args):
     bt = trainer(plugin._UpstreamTrainer, PairWiseLoss())  # OpenRLHF's own, unpatched
     normbt = trainer(plugin.PluginRewardModelTrainer, None)
     normbt.plugin_loss, normbt._hidden = build_loss("normbt"), (None, None)
-    normbt._metric_values = defaultdict(list)
+    normbt._metric_values, normbt._normed_head = defaultdict(list), None
     normbt.loss_fn = plugin._LossAdapter(normbt)
 
     gen = torch.Generator().manual_seed(0)

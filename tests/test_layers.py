@@ -18,7 +18,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "normbt_plugin"
 ADAPTER = PACKAGE / "patches"
-CORE = {"losses", "stats", "hidden"}  # torch and numpy only
+CORE = {"losses", "stats", "hidden", "rank_metrics"}  # torch and numpy only
 BASE = {"environment", "tasks", "records"}  # machine facts, the tiny task, run files: no OpenRLHF
 
 

@@ -30,8 +30,9 @@ from normbt_plugin.hidden import active_dropout, disable_dropout, eos_hidden_sta
 from normbt_plugin.losses import PreferenceLoss, host_metrics, loss_spec
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 from normbt_plugin.patches.openrlhf_0_11_2.value_head_norm import normed_head
+from normbt_plugin.rank_metrics import format_bins, gather_distance_bins, reduce_metrics
 from normbt_plugin.records import RunMeta, RunRecorder
-from normbt_plugin.stats import distance_bins, pair_distance
+from normbt_plugin.stats import pair_distance
 
 CLIENT_STATE_KEY = "normbt_plugin_loss"
 _UpstreamTrainer = rm_trainer.RewardModelTrainer
@@ -179,27 +180,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
         keys = sorted(self._metric_values)
         local = host_metrics({k: self._metric_values[k] for k in keys})  # raises on NaN rewards
         self._metric_values.clear()
-        keys = sorted(local)
-        mins = [k for k in keys if k.endswith("_min")]
-        maxs = [k for k in keys if k.endswith("_max")]
-        means = [k for k in keys if k not in mins and k not in maxs]
-        out = {k: float(sum(v) / len(v)) for k, v in local.items() if k in means}
-        out.update({k: float(min(local[k])) for k in mins})
-        out.update({k: float(max(local[k])) for k in maxs})
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            # means averaged over ranks; max as max; min as -max(-x); mu is equal on all ranks
-            avg = torch.tensor([out[k] for k in means], dtype=torch.float64)
-            peak = torch.tensor([out[k] for k in maxs] + [-out[k] for k in mins], dtype=torch.float64)
-            dist.all_reduce(avg)
-            dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-            avg /= dist.get_world_size()
-            out.update(dict(zip(means, avg.tolist(), strict=True)))
-            values = peak.tolist()
-            out.update(dict(zip(maxs, values[: len(maxs)], strict=True)))
-            out.update({k: -v for k, v in zip(mins, values[len(maxs) :], strict=True)})
-        if "normbt_mu" in local:  # a state, not a per-batch value: the latest (equal on all ranks)
-            out["normbt_mu"] = float(local["normbt_mu"][-1])
-        return out
+        return reduce_metrics(local)
 
     def save_logs_and_checkpoints(self, args, global_step, step_bar, logs_dict=None, client_states=None):
         logs_dict = dict(logs_dict or {})
@@ -227,12 +208,8 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
         if not bins:
             return
         self.recorder.eval(steps, bins)
-        self.strategy.print("normbt-plugin: eval accuracy by representation-distance quantile bin")
-        self.strategy.print(f"  {'bin':>3}  {'distance range':>21}  {'pairs':>6}  {'acc':>6}")
-        for i, b in enumerate(bins):
-            self.strategy.print(
-                f"  {i:>3}  {b['lo']:>10.4g}-{b['hi']:<10.4g}  {int(b['n']):>6}  {b['acc']:>6.3f}"
-            )
+        for line in format_bins(bins):
+            self.strategy.print(line)
         if self.strategy.is_rank_0():
             logs = {f"acc_dist_bin{i}": b["acc"] for i, b in enumerate(bins)}
             logs.update({f"dist_bin{i}_upper": b["hi"] for i, b in enumerate(bins)})
@@ -243,24 +220,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
                     self._tensorboard.add_scalar(f"eval/{k}", v, steps)
 
     def _distance_bin_accuracy(self) -> list[dict[str, float]]:
-        if self.eval_distance_bins <= 0:
-            return []
-        local = (
-            (
-                torch.cat([d for d, _ in self._eval_pairs]),
-                torch.cat([c for _, c in self._eval_pairs]),
-            )
-            if self._eval_pairs
-            else (torch.empty(0), torch.empty(0, dtype=torch.bool))
-        )
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, local)
-            distances = torch.cat([g[0] for g in gathered])
-            correct = torch.cat([g[1] for g in gathered])
-        else:
-            distances, correct = local
-        return distance_bins(distances.double().numpy(), correct.double().numpy(), self.eval_distance_bins)
+        return gather_distance_bins(self._eval_pairs, self.eval_distance_bins)
 
 
 def _remember_client_state(load_ckpt):

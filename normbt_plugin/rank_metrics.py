@@ -1,0 +1,76 @@
+"""What the trainer's logs and eval read over all data-parallel ranks: torch.distributed only (core).
+
+``reduce_metrics``: a step's loss metrics (collected per micro-batch) as one number each, the same
+on every rank. ``gather_distance_bins``: eval accuracy by distance bin over every rank's pairs.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from normbt_plugin.stats import distance_bins
+
+STATE_METRICS = ("normbt_mu",)  # states, not per-batch values: the latest, equal on all ranks
+
+
+def _world() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def reduce_metrics(local: dict[str, list[float]]) -> dict[str, float]:
+    """Per-micro-batch values of this rank -> one value per name over all ranks: ``*_min`` the
+    minimum, ``*_max`` the maximum, a state its latest value, anything else the mean."""
+    keys = sorted(local)
+    mins = [k for k in keys if k.endswith("_min")]
+    maxs = [k for k in keys if k.endswith("_max")]
+    means = [k for k in keys if k not in mins and k not in maxs]
+    out = {k: float(sum(local[k]) / len(local[k])) for k in means}
+    out.update({k: float(min(local[k])) for k in mins})
+    out.update({k: float(max(local[k])) for k in maxs})
+    if _world() > 1:  # means averaged over ranks; max as max; min as -max(-x)
+        avg = torch.tensor([out[k] for k in means], dtype=torch.float64)
+        peak = torch.tensor([out[k] for k in maxs] + [-out[k] for k in mins], dtype=torch.float64)
+        dist.all_reduce(avg)
+        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+        avg /= _world()
+        out.update(dict(zip(means, avg.tolist(), strict=True)))
+        values = peak.tolist()
+        out.update(dict(zip(maxs, values[: len(maxs)], strict=True)))
+        out.update({k: -v for k, v in zip(mins, values[len(maxs) :], strict=True)})
+    for k in STATE_METRICS:
+        if k in local:
+            out[k] = float(local[k][-1])
+    return out
+
+
+def gather_distance_bins(
+    pairs: list[tuple[torch.Tensor, torch.Tensor]], n_bins: int
+) -> list[dict[str, float]]:
+    """Accuracy by distance quantile bin over every rank's ``(distance, correct)`` batches."""
+    if n_bins <= 0:
+        return []
+    if pairs:
+        local = (torch.cat([d for d, _ in pairs]), torch.cat([c for _, c in pairs]))
+    else:
+        local = (torch.empty(0), torch.empty(0, dtype=torch.bool))
+    if _world() > 1:
+        gathered: list = [None] * _world()
+        dist.all_gather_object(gathered, local)
+        distances, correct = torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])
+    else:
+        distances, correct = local
+    return distance_bins(distances.double().numpy(), correct.double().numpy(), n_bins)
+
+
+def format_bins(bins: list[dict[str, float]]) -> list[str]:
+    """The eval log's table of accuracy by distance bin."""
+    lines = [
+        "normbt-plugin: eval accuracy by representation-distance quantile bin",
+        f"  {'bin':>3}  {'distance range':>21}  {'pairs':>6}  {'acc':>6}",
+    ]
+    lines += [
+        f"  {i:>3}  {b['lo']:>10.4g}-{b['hi']:<10.4g}  {int(b['n']):>6}  {b['acc']:>6.3f}"
+        for i, b in enumerate(bins)
+    ]
+    return lines
