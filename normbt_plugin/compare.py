@@ -126,6 +126,8 @@ def build_report(
     policy_eval: str | None = None,
     note: str | None = None,
 ) -> Path:
+    """The Markdown report (``report.md``), its plots and ``summary.json`` of RM runs (and, with
+    ``policy_eval``, of the policies PPO made from them): one section function each."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -135,8 +137,8 @@ def build_report(
     groups = _group(runs)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    losses = list(groups)
-    base = baseline if baseline in groups else losses[0]
+    base = baseline if baseline in groups else next(iter(groups))
+    summary: dict[str, Any] = {loss: {} for loss in groups}
     lines = [
         "# Reward-model comparison",
         "",
@@ -144,13 +146,48 @@ def build_report(
         f"eval pairs: {len(runs[0].correct)} ({runs[0].eval.get('data', '?')}). Baseline: `{base}`.",
         "Intervals: 95% bootstrap over pairs (seeds averaged); p: paired permutation test over pairs;",
         "t-test: paired across seeds (needs two or more seeds per loss).",
+    ]
+    lines += _accuracy_section(groups, base, summary)
+    figures: list[tuple[str, Any]] = []
+    for section_lines, section_figures in (
+        _subset_section(runs, groups, base, summary, plt),
+        (_rewardbench_section(groups), []),
+        _distance_section(runs, groups, base, summary, plt),
+        ([], [("training_curves.png", _training_figure(groups, plt))]),
+    ):
+        lines += section_lines
+        figures += section_figures
+    if policy_eval:
+        policy_lines, policy_figures, summary["downstream"] = downstream_section(policy_eval, base, note)
+        lines += policy_lines
+        figures += policy_figures
+    else:
+        lines += [
+            "",
+            "## Downstream policies",
+            "",
+            "No `--policy_eval` given: policy quality is not compared here.",
+        ]
+    lines += ["", "## Plots", ""]
+    for name, figure in figures:
+        figure.savefig(out / name, dpi=110)
+        plt.close(figure)
+        lines.append(f"![{name}]({name})")
+    report = out / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return report
+
+
+def _accuracy_section(groups: dict[str, list[Run]], base: str, summary: dict[str, Any]) -> list[str]:
+    """Accuracy per loss with its interval, and against the baseline (pairs and seeds)."""
+    lines = [
         "",
         "## Accuracy",
         "",
         "| loss | seeds | accuracy | 95% CI | vs baseline | 95% CI | p (pairs) | p (seeds, t-test) |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    summary: dict[str, Any] = {}
     for loss, rs in groups.items():
         correct = [r.correct for r in rs]
         acc = float(np.mean([c.mean() for c in correct]))
@@ -174,12 +211,20 @@ def build_report(
                 cells[3] = f"{t.pvalue:.3g} (n={len(seeds)})"
             else:
                 cells[3] = "n/a (1 seed)"
-        summary[loss] = row
+        summary[loss].update(row)
         lines.append(
             f"| {loss} | {len(rs)} | {acc:.4f} | [{low:.4f}, {high:.4f}] | " + " | ".join(cells) + " |"
         )
 
-    # per subset (RewardBench sections come from per-subset accuracies)
+    return lines
+
+
+def _subset_section(
+    runs: list[Run], groups: dict[str, list[Run]], base: str, summary: dict[str, Any], plt: Any
+) -> tuple[list[str], list[tuple[str, Any]]]:
+    """Accuracy per subset (RewardBench sections come from per-subset accuracies), a bar chart."""
+    losses = list(groups)
+    lines: list[str] = []
     masks = _subset_masks(runs[0])
     figures = []
     if masks:
@@ -210,6 +255,11 @@ def build_report(
         ax.set_title("Accuracy per subset (95% bootstrap CI)")
         fig.tight_layout()
         figures.append(("accuracy_per_subset.png", fig))
+    return lines, figures
+
+
+def _rewardbench_section(groups: dict[str, list[Run]]) -> list[str]:
+    lines: list[str] = []
     sections = {loss: [r.eval.get("rewardbench") for r in rs] for loss, rs in groups.items()}
     if all(all(s is not None for s in v) for v in sections.values()):
         names = list(next(iter(sections.values()))[0]["sections"])
@@ -225,6 +275,14 @@ def build_report(
             overall = np.mean([s["overall"] for s in secs])
             lines.append(f"| {loss} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {overall:.4f} |")
 
+    return lines
+
+
+def _distance_section(
+    runs: list[Run], groups: dict[str, list[Run]], base: str, summary: dict[str, Any], plt: Any
+) -> tuple[list[str], list[tuple[str, Any]]]:
+    """Accuracy by distance bin: each model's own bins, then the baseline's bins (paired)."""
+    lines: list[str] = []
     # distance bins: each model's own quantile bins of its representation distances
     fig, ax = plt.subplots(figsize=(6, 4))
     lines += [
@@ -262,9 +320,12 @@ def build_report(
     ax.legend()
     ax.set_title("Accuracy by representation distance")
     fig.tight_layout()
-    figures.append(("accuracy_by_distance.png", fig))
+    return lines, [("accuracy_by_distance.png", fig)]
 
-    # training curves from the TensorBoard logs (JSON lines when there are none)
+
+def _training_figure(groups: dict[str, list[Run]], plt: Any) -> Any:
+    """Training curves from the TensorBoard logs (JSON lines when there are none)."""
+    losses = list(groups)
     keys = [("loss", "loss as optimised (log)"), ("acc", "accuracy"), ("normbt_mu", "NormBT mu")]
     weights = ("mean", "min", "max")
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4 * (len(keys) + 1), 3.5))
@@ -292,28 +353,7 @@ def build_report(
     if axes[0].get_legend_handles_labels()[0]:  # runs without training logs draw nothing
         axes[0].legend()
     fig.tight_layout()
-    figures.append(("training_curves.png", fig))
-
-    if policy_eval:
-        policy_lines, policy_figures, summary["downstream"] = downstream_section(policy_eval, base, note)
-        lines += policy_lines
-        figures += policy_figures
-    else:
-        lines += [
-            "",
-            "## Downstream policies",
-            "",
-            "No `--policy_eval` given: policy quality is not compared here.",
-        ]
-    lines += ["", "## Plots", ""]
-    for name, figure in figures:
-        figure.savefig(out / name, dpi=110)
-        plt.close(figure)
-        lines.append(f"![{name}]({name})")
-    report = out / "report.md"
-    report.write_text("\n".join(lines) + "\n")
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
-    return report
+    return fig
 
 
 def _versus_table(
