@@ -25,6 +25,7 @@ from scipy import stats
 
 from normbt_plugin import records
 from normbt_plugin.evaluation import EvalInputError
+from normbt_plugin.intervals import bootstrap_ci, ci_text, interval, paired_difference
 from normbt_plugin.stats import quantile_bins
 
 
@@ -64,43 +65,6 @@ def load_runs(paths: list[str], eval_name: str = "eval.json") -> list[Run]:
     if len(sizes) != 1:
         raise EvalInputError(f"runs were evaluated on different pair sets (sizes {sorted(sizes)})")
     return runs
-
-
-def bootstrap_ci(samples: list[np.ndarray], seed: int = 0, n_resamples: int = 2000) -> tuple[float, float]:
-    """95% interval of the mean over ``samples`` (one per-pair array per seed, same pairs),
-    resampling pairs jointly."""
-
-    def statistic(*xs, axis=-1):
-        return np.mean([x.mean(axis=axis) for x in xs], axis=0)
-
-    res = stats.bootstrap(
-        tuple(samples),
-        statistic,
-        paired=True,
-        vectorized=True,
-        n_resamples=n_resamples,
-        confidence_level=0.95,
-        method="percentile",
-        random_state=seed,
-    )
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def paired_difference(a: list[np.ndarray], b: list[np.ndarray], seed: int = 0) -> dict[str, float]:
-    """Mean of a minus b (per-pair means over seeds), its bootstrap interval and a paired
-    permutation test p-value over pairs."""
-    x, y = np.mean(a, axis=0), np.mean(b, axis=0)
-    diff = x - y
-    low, high = bootstrap_ci([diff], seed=seed)
-    test = stats.permutation_test(
-        (x, y),
-        lambda u, v, axis=-1: np.mean(u, axis=axis) - np.mean(v, axis=axis),
-        permutation_type="samples",
-        vectorized=True,
-        n_resamples=2000,
-        random_state=seed,
-    )
-    return {"diff": float(diff.mean()), "low": low, "high": high, "p_permutation": float(test.pvalue)}
 
 
 def _group(runs: list[Run]) -> dict[str, list[Run]]:
@@ -375,9 +339,9 @@ def _versus_table(
     for loss, rs in groups.items():
         cells = []
         for s, m in masks.items():
-            acc = _interval([r.correct[m] for r in rs])
+            acc = interval([r.correct[m] for r in rs])
             entry: dict[str, Any] = {"accuracy": acc["mean"], "low": acc["low"], "high": acc["high"]}
-            text = _ci_text(acc, 3)
+            text = ci_text(acc, 3)
             if loss != base:
                 d = paired_difference([r.correct[m] for r in rs], [r.correct[m] for r in groups[base]])
                 entry["vs_baseline"] = d
@@ -424,17 +388,6 @@ def _matched(a: dict[int | None, Any], b: dict[int | None, Any]) -> list[tuple[A
     """Seed-matched pairs of two groups; every pair when they share no seed."""
     common = sorted(set(a) & set(b), key=str)
     return [(a[s], b[s]) for s in common] if common else [(x, y) for x in a.values() for y in b.values()]
-
-
-def _ci_text(values: dict[str, float], digits: int = 4) -> str:
-    return f"{values['mean']:.{digits}f} [{values['low']:.{digits}f}, {values['high']:.{digits}f}]"
-
-
-def _interval(samples: list[np.ndarray]) -> dict[str, float]:
-    """Mean over seeds of per-item arrays, with its bootstrap 95% interval (none for one item)."""
-    mean = float(np.mean([x.mean() for x in samples]))
-    low, high = bootstrap_ci(samples) if len(samples[0]) > 1 else (mean, mean)
-    return {"mean": mean, "low": low, "high": high}
 
 
 KL_RATIO = 2.0  # policies whose KLs to the reference differ more than this are not compared at a point
@@ -506,19 +459,19 @@ def downstream_section(
         gold = [per_prompt(p, "gold") for p in members.values()]
         row: dict[str, Any] = {
             "seeds": sorted((s for s in members if s is not None), key=int),
-            "gold": _interval(gold),
-            "kl": _interval([per_prompt(p, "kl") for p in members.values()]),
+            "gold": interval(gold),
+            "kl": interval([per_prompt(p, "kl") for p in members.values()]),
             "length": float(np.mean([p["length"] for p in members.values()])),
         }
-        cells = [_ci_text(row["gold"]), "", _ci_text(row["kl"], 3), f"{row['length']:.1f}", "", "", ""]
+        cells = [ci_text(row["gold"]), "", ci_text(row["kl"], 3), f"{row['length']:.1f}", "", "", ""]
         if has_true:
-            row["true"] = _interval([per_prompt(p, "true") for p in members.values()])
-            cells.insert(1, _ci_text(row["true"]))
+            row["true"] = interval([per_prompt(p, "true") for p in members.values()])
+            cells.insert(1, ci_text(row["true"]))
         win_cell, diff_cell = (2, 5) if has_true else (1, 4)
         if label != ref:
             wins = [np.asarray(p["wins"][ref]["per_prompt"]) for p in members.values()]
-            row["win_vs_reference"] = _interval(wins)
-            cells[win_cell] = _ci_text(row["win_vs_reference"], 3)
+            row["win_vs_reference"] = interval(wins)
+            cells[win_cell] = ci_text(row["win_vs_reference"], 3)
         if base and label not in (base, ref):
             pairs = _matched(members, groups[base])
             d = paired_difference(
@@ -564,10 +517,10 @@ def downstream_section(
                 pairs = _matched(groups[a], groups[b])
                 names = {id(p): n for n, p in result["policies"].items()}
                 wins = [np.asarray(x["wins"][names[id(y)]]["per_prompt"]) for x, y in pairs]
-                interval = _interval(wins)
-                summary["policies"][a].setdefault("head_to_head", {})[b] = interval
+                ci = interval(wins)
+                summary["policies"][a].setdefault("head_to_head", {})[b] = ci
                 apart = kl_note(_kl(summary, a), _kl(summary, b))
-                cells.append(_ci_text(interval, 3) + (" (not comparable: KL > 2x apart)" if apart else ""))
+                cells.append(ci_text(ci, 3) + (" (not comparable: KL > 2x apart)" if apart else ""))
             lines.append(f"| {a} (KL {_kl(summary, a):.2f}) | " + " | ".join(cells) + " |")
 
     figures = []
@@ -609,7 +562,7 @@ def downstream_section(
         fig, ax = plt.subplots(figsize=(6, 4))
         summary["best_of_n"] = {"n": ns, "kl": bon["kl"], "curves": {}}
         for k, (label, curves) in enumerate(bon_groups.items()):
-            points = [_interval([c[:, j] for c in curves]) for j in range(len(ns))]
+            points = [interval([c[:, j] for c in curves]) for j in range(len(ns))]
             summary["best_of_n"]["curves"][label] = points
             lines.append(f"| {label} | " + " | ".join(f"{p['mean']:.4f}" for p in points) + " |")
             style = {"color": "black", "ls": "--"} if label.startswith("oracle") else {"color": f"C{k}"}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from normbt_plugin.compare import bootstrap_ci, build_report, paired_difference
+from normbt_plugin.compare import build_report
 from normbt_plugin.evaluation import (
     REWARDBENCH_COUNTS,
     REWARDBENCH_SECTIONS,
@@ -22,6 +22,7 @@ from normbt_plugin.evaluation import (
     rewardbench_sections,
     rmbench_matrix,
 )
+from normbt_plugin.intervals import bootstrap_ci, paired_difference
 
 BIN = Path(sys.executable).parent
 
