@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -141,3 +142,21 @@ def test_the_loss_registry_is_read_through_its_public_functions():
         and ("_REGISTRY" in p.read_text() or "_ALIASES" in p.read_text())
     ]
     assert not private, private
+
+
+def test_the_readme_option_table_is_the_options_dataclass():
+    """The README's NormBT table lists every option at its default (the dataclass is the source)."""
+    import dataclasses
+
+    from normbt_plugin.losses import NormBTOptions
+
+    rows = re.findall(r"^\| `--normbt\.(\w+)` \| ([^|]+) \|", (REPO / "README.md").read_text(), re.M)
+    documented = {name: default.strip().strip("`").split()[0] for name, default in rows}
+    for f in dataclasses.fields(NormBTOptions):
+        assert f.name in documented, f"README lacks --normbt.{f.name}"
+        text = documented.pop(f.name)
+        value = {"true": True, "false": False}.get(text, text)
+        if isinstance(f.default, float):
+            value = float(value)
+        assert value == f.default, (f.name, text, f.default)
+    assert not documented, f"README documents options that do not exist: {sorted(documented)}"
