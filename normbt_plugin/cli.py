@@ -39,7 +39,7 @@ def _usable(module: str) -> str:
     return "yes"
 
 
-def doctor(lock: Path | None = None) -> int:
+def cmd_doctor(lock: Path | None = None) -> int:
     import torch
 
     from normbt_plugin import __version__, environment
@@ -110,7 +110,7 @@ def doctor(lock: Path | None = None) -> int:
     return status
 
 
-def losses() -> int:
+def cmd_losses() -> int:
     from normbt_plugin.losses import registered_losses
 
     for spec in registered_losses():
@@ -122,7 +122,7 @@ def losses() -> int:
     return 0
 
 
-def diagnose(args: argparse.Namespace) -> int:
+def cmd_diagnose(args: argparse.Namespace) -> int:
     from normbt_plugin.diagnostics import diagnose as run
 
     summary = run(
@@ -139,7 +139,7 @@ def diagnose(args: argparse.Namespace) -> int:
     return 0
 
 
-def compare(args: argparse.Namespace) -> int:
+def cmd_compare(args: argparse.Namespace) -> int:
     from normbt_plugin.compare import build_report
 
     report = build_report(
@@ -155,7 +155,7 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def curves(args: argparse.Namespace) -> int:
+def cmd_curves(args: argparse.Namespace) -> int:
     from normbt_plugin.curves import run_curves
 
     report = run_curves(
@@ -166,7 +166,7 @@ def curves(args: argparse.Namespace) -> int:
     return 0
 
 
-def eval_rm(args: argparse.Namespace) -> int:
+def cmd_eval_rm(args: argparse.Namespace) -> int:
     from normbt_plugin.evaluation import (
         RewardScorer,
         evaluate_pairs,
@@ -193,7 +193,7 @@ def eval_rm(args: argparse.Namespace) -> int:
     return 0
 
 
-def eval_policy(args: argparse.Namespace) -> int:
+def cmd_eval_policy(args: argparse.Namespace) -> int:
     from normbt_plugin.curves import load_function
     from normbt_plugin.policy_eval import (
         evaluate_policies,
@@ -306,13 +306,13 @@ def main(argv: list[str] | None = None) -> None:
     dg.add_argument("--max_len", type=int, default=512)
     args = parser.parse_args(argv)
     if args.command == "doctor":
-        sys.exit(doctor(args.lock))
+        sys.exit(cmd_doctor(args.lock))
     if args.command == "losses":
-        sys.exit(losses())
+        sys.exit(cmd_losses())
     from normbt_plugin.evaluation import EvalInputError
 
-    commands = {"diagnose": diagnose, "eval-rm": eval_rm, "eval-policy": eval_policy}
-    commands.update({"compare": compare, "curves": curves})
+    commands = {"diagnose": cmd_diagnose, "eval-rm": cmd_eval_rm, "eval-policy": cmd_eval_policy}
+    commands.update({"compare": cmd_compare, "curves": cmd_curves})
     try:
         sys.exit(commands[args.command](args))
     except EvalInputError as exc:  # bad input: what to do, no traceback
