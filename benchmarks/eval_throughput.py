@@ -27,7 +27,8 @@ def main() -> None:
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-    from normbt_plugin.evaluation import RewardScorer, load_pairs
+    from normbt_plugin.pairs import load_pairs
+    from normbt_plugin.scoring import RewardScorer
     from normbt_plugin.tiny import build_tiny_setup
 
     tmp = Path(tempfile.mkdtemp())

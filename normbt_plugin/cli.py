@@ -167,12 +167,9 @@ def cmd_curves(args: argparse.Namespace) -> int:
 
 
 def cmd_eval_rm(args: argparse.Namespace) -> int:
-    from normbt_plugin.evaluation import (
-        RewardScorer,
-        evaluate_pairs,
-        format_report,
-        load_pairs,
-    )
+    from normbt_plugin.evaluation import evaluate_pairs, format_report
+    from normbt_plugin.pairs import load_pairs
+    from normbt_plugin.scoring import RewardScorer
 
     pairs = load_pairs(
         args.data, args.format, prompt_key=args.prompt_key, chosen_key=args.chosen_key,
@@ -309,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(cmd_doctor(args.lock))
     if args.command == "losses":
         sys.exit(cmd_losses())
-    from normbt_plugin.evaluation import EvalInputError
+    from normbt_plugin.pairs import EvalInputError
 
     commands = {"diagnose": cmd_diagnose, "eval-rm": cmd_eval_rm, "eval-policy": cmd_eval_policy}
     commands.update({"compare": cmd_compare, "curves": cmd_curves})

@@ -24,8 +24,8 @@ import numpy as np
 from scipy import stats
 
 from normbt_plugin import records
-from normbt_plugin.evaluation import EvalInputError
 from normbt_plugin.intervals import bootstrap_ci, ci_text, interval, paired_difference
+from normbt_plugin.pairs import EvalInputError
 from normbt_plugin.stats import quantile_bins
 
 

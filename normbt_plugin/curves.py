@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from normbt_plugin.evaluation import EvalInputError
+from normbt_plugin.pairs import EvalInputError
 
 
 def load_function(spec: str) -> Callable[[str, str], float]:

@@ -1,27 +1,21 @@
 """Reward-model evaluation on preference pairs: accuracy per subset, RewardBench sections, the
-RM-Bench style matrix, and accuracy by representation-distance quantile bin.
+RM-Bench style matrix, and accuracy by representation-distance quantile bin (the metrics and their
+table; the pairs are read by ``pairs``, the texts scored by ``scoring``).
 
     normbt eval-rm --model ckpt/rm-normbt --data pairs.jsonl --out eval.json
-
-Formats (``--format auto`` picks by the columns):
-- ``pairs``: prompt (optional), chosen, rejected strings;
-- ``rewardbench``: prompt, chosen, rejected, subset (RewardBench's own layout);
-- ``rmbench``: prompt, chosen and rejected as three responses each (concise, detailed,
-  detailed with markdown), domain.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections import defaultdict
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from normbt_plugin.pairs import Pairs
+from normbt_plugin.scoring import RewardScorer
 from normbt_plugin.stats import distance_bins, pair_distance
 
 # RewardBench (allenai/reward-bench, rewardbench/constants.py): subsets per section, and the
@@ -72,255 +66,6 @@ REWARDBENCH_COUNTS = {
     "hep-rust": 164,
 }
 RMBENCH_STYLES = ("concise", "detailed", "detailed_markdown")
-
-
-class EvalInputError(ValueError):
-    """Input that cannot be evaluated; the message says what to change."""
-
-
-@dataclass
-class Pairs:
-    format: str
-    prompts: list[str]
-    chosen: list[Any]  # str, or a list of 3 str for rmbench
-    rejected: list[Any]
-    subsets: list[str] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return len(self.chosen)
-
-
-def _load_rows(source: str, split: str) -> list[dict]:
-    from datasets import load_dataset
-
-    path = Path(source)
-    if path.exists():
-        if path.is_file() and path.stat().st_size == 0:
-            raise EvalInputError(f"{source} is empty: nothing to evaluate")
-        kind = "parquet" if path.suffix == ".parquet" else "json"
-        data = load_dataset(kind, data_files=str(path), split="train")
-    else:  # a dataset name, loaded from the hub on users' nodes
-        data = load_dataset(source, split=split)
-    return [dict(row) for row in data]
-
-
-def load_pairs(
-    source: str,
-    format: str = "auto",
-    *,
-    prompt_key: str = "prompt",
-    chosen_key: str = "chosen",
-    rejected_key: str = "rejected",
-    subset_key: str | None = None,
-    split: str = "train",
-) -> Pairs:
-    """Preference pairs from a local JSONL/JSON/Parquet file or a dataset name."""
-    rows = _load_rows(source, split)
-    if not rows:
-        raise EvalInputError(f"{source} holds no rows: no preference pairs to evaluate")
-    columns = list(rows[0])
-    for key, flag in ((chosen_key, "--chosen_key"), (rejected_key, "--rejected_key")):
-        if key not in columns:
-            raise EvalInputError(
-                f"{source} has no column {key!r}; its columns are {columns}. Pass {flag} <column>."
-            )
-    if format == "auto":
-        first = rows[0][chosen_key]
-        if isinstance(first, list) and len(first) == 3 and all(isinstance(x, str) for x in first):
-            format = "rmbench"
-        elif "subset" in columns:
-            format = "rewardbench"
-        else:
-            format = "pairs"
-    subset_key = subset_key or {"rewardbench": "subset", "rmbench": "domain"}.get(format)
-    if subset_key and subset_key not in columns:
-        raise EvalInputError(f"{format} data needs a {subset_key!r} column; columns: {columns}")
-    pairs = Pairs(
-        format=format,
-        prompts=[str(r.get(prompt_key) or "") for r in rows],
-        chosen=[r[chosen_key] for r in rows],
-        rejected=[r[rejected_key] for r in rows],
-        subsets=[str(r[subset_key]) for r in rows] if subset_key else [],
-    )
-    if format == "rmbench":
-        bad = [
-            i
-            for i, (c, r) in enumerate(zip(pairs.chosen, pairs.rejected, strict=True))
-            if len(c) != 3 or len(r) != 3
-        ]
-        if bad:
-            raise EvalInputError(f"rmbench rows need 3 chosen and 3 rejected responses; row {bad[0]}")
-    return pairs
-
-
-class RewardScorer:
-    """Scores texts with a reward model: an OpenRLHF checkpoint (OpenRLHF's own loader) or any
-    HF sequence-classification reward model. Returns rewards and the EOS hidden states."""
-
-    def __init__(
-        self,
-        model_path: str,
-        *,
-        loader: str = "auto",
-        batch_size: int = 16,
-        max_len: int = 1024,
-        apply_chat_template: bool = False,
-        input_template: str | None = None,
-        device: str | None = None,
-        dtype: str = "float32",
-    ) -> None:
-        from transformers import AutoTokenizer
-
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.batch_size, self.max_len = batch_size, max_len
-        self.apply_chat_template = apply_chat_template
-        if input_template is not None and "{}" not in input_template:
-            raise EvalInputError(f"--input_template needs a '{{}}' for the prompt, got {input_template!r}")
-        self.input_template = input_template
-        config, self.loader = check_reward_model(model_path, loader)
-        loader = self.loader
-        torch_dtype = getattr(torch, dtype)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.tokenizer.padding_side = "left"
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
-        if loader == "openrlhf":
-            from normbt_plugin.patches import load_reward_model
-
-            model = load_reward_model(
-                model_path,
-                param_dtype={"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[dtype],
-                value_head_prefix=getattr(config, "value_head_prefix", "score"),
-            )
-        else:
-            from transformers import AutoModelForSequenceClassification
-
-            model, info = AutoModelForSequenceClassification.from_pretrained(
-                model_path, num_labels=1, output_loading_info=True
-            )
-            if info["missing_keys"]:  # e.g. a causal LM: its classification head would be random
-                raise EvalInputError(
-                    f"{model_path} is not a reward model for the HF loader: its checkpoint lacks "
-                    f"{sorted(info['missing_keys'])[:3]} (a causal LM or base model?). Pass an "
-                    "OpenRLHF reward model (--loader openrlhf) or train one with normbt_plugin.train_rm."
-                )
-        self.model = model.to(device=self.device, dtype=torch_dtype).eval()
-        self.normed_head = None  # --plugin.value_head_layernorm models read LayerNorm(h)
-        if loader == "openrlhf":
-            from normbt_plugin.patches import normed_head
-
-            self.normed_head = normed_head(self.model)
-
-    def format(self, prompt: str, response: str) -> str:
-        """The text OpenRLHF's reward-model stage scores (its template or chat template, EOS)."""
-        from normbt_plugin.patches import reward_text
-
-        return reward_text(
-            self.tokenizer,
-            prompt,
-            response,
-            input_template=self.input_template,
-            apply_chat_template=self.apply_chat_template,
-        )
-
-    def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Rewards ``[N]`` and EOS hidden states ``[N, H]`` of one batch (autograd as the caller
-        sets it)."""
-        from normbt_plugin.hidden import eos_hidden_states
-
-        batch = self.tokenizer(
-            texts,
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=self.max_len,
-            add_special_tokens=False,
-        ).to(self.device)
-        if self.loader == "openrlhf":
-            reward, output = self.model(
-                batch.input_ids, attention_mask=batch.attention_mask, return_output=True
-            )
-            last = output["last_hidden_state"]
-        else:
-            output = self.model(**batch, output_hidden_states=True)
-            reward, last = output.logits.squeeze(-1), output.hidden_states[-1]
-        hidden = eos_hidden_states(last, batch.attention_mask, packed=False)
-        if self.normed_head is not None:  # the distance the loss saw in training
-            hidden = self.normed_head.normalize(hidden)
-        return reward, hidden
-
-    @torch.no_grad()
-    def score(self, texts: list[str], progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Rewards ``[N]`` and EOS hidden states ``[N, H]``, batched by length, in input order."""
-        from tqdm import tqdm
-
-        lengths = [len(t) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])
-        rewards, hidden = [None] * len(texts), [None] * len(texts)
-        starts = range(0, len(texts), self.batch_size)
-        for start in tqdm(starts, desc=progress or "scoring", disable=progress is None):
-            idx = order[start : start + self.batch_size]
-            reward, h = self.forward([texts[i] for i in idx])
-            reward, h = reward.float().cpu().tolist(), h.float().cpu()  # one transfer per batch
-            for j, i in enumerate(idx):
-                rewards[i], hidden[i] = reward[j], h[j]
-        return np.asarray(rewards, dtype=np.float64), torch.stack(hidden).numpy()
-
-
-def check_reward_model(model_path: str, loader: str = "auto") -> tuple[Any, str]:
-    """The model's config and loader ('openrlhf' or 'hf'), after the checks that need no weights
-    loaded: a model folder or name, and a value head in an OpenRLHF checkpoint."""
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(model_path)
-    except (OSError, ValueError) as exc:
-        raise EvalInputError(f"{model_path} is not a model folder or name: {exc}") from exc
-    if loader == "auto":
-        loader = "openrlhf" if hasattr(config, "value_head_prefix") else "hf"
-    if loader == "openrlhf":
-        _require_value_head(model_path, getattr(config, "value_head_prefix", "score"))
-    elif getattr(config, "value_head_layernorm", False):
-        raise EvalInputError(
-            f"{model_path} was trained with --plugin.value_head_layernorm: only OpenRLHF's loader "
-            "(with the plugin's patch) rebuilds that head; use --loader openrlhf"
-        )
-    architectures = getattr(config, "architectures", None) or []
-    if (
-        loader == "hf"
-        and architectures
-        and not any("SequenceClassification" in a or "Reward" in a for a in architectures)
-    ):
-        raise EvalInputError(
-            f"{model_path} is not a reward model: its architectures are {architectures} (a causal LM or "
-            "base model?). Pass an OpenRLHF reward model or an HF sequence-classification RM."
-        )
-    return config, loader
-
-
-def _require_value_head(model_path: str, prefix: str) -> None:
-    """A folder without ``<prefix>.weight`` would get a random value head: not a reward model."""
-    folder = Path(model_path)
-    if not folder.is_dir():
-        return  # a hub name: checked by the loader on users' nodes
-    names: set[str] = set()
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        names = set(json.loads(index.read_text())["weight_map"])
-    else:
-        from safetensors import safe_open
-
-        for f in folder.glob("*.safetensors"):
-            with safe_open(str(f), "pt") as handle:
-                names.update(handle.keys())
-    if names and f"{prefix}.weight" not in names:
-        raise EvalInputError(
-            f"{model_path} is not a reward model: it has no value head '{prefix}.weight' (a causal "
-            "LM or a base model?). Train one with normbt_plugin.train_rm."
-        )
-
-
-# ----------------------------------------------------------------------------- metrics
 
 
 def accuracy(chosen: np.ndarray, rejected: np.ndarray) -> np.ndarray:

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from normbt_plugin.evaluation import EvalInputError, RewardScorer, _load_rows, check_reward_model
 from normbt_plugin.generation import GenerationSpec, generate
+from normbt_plugin.pairs import EvalInputError, load_rows
+from normbt_plugin.scoring import RewardScorer, check_reward_model
 
 # ------------------------------------------------------------------ metrics
 
@@ -160,7 +161,7 @@ def load_prompts(
         source.startswith((".", "/")) or path.suffix in {".jsonl", ".json", ".parquet"}
     ):
         raise EvalInputError(f"prompt file {source} does not exist")
-    rows = _load_rows(source, split)
+    rows = load_rows(source, split)
     if not rows:
         raise EvalInputError(f"{source} has no prompts")
     if key not in rows[0]:

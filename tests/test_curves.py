@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from normbt_plugin.curves import Curve, common_grid, load_function, matched_kl, window_means
-from normbt_plugin.evaluation import EvalInputError
+from normbt_plugin.pairs import EvalInputError
 
 
 def curve(label, rm_seed, kl, true, ppo_seed=1):

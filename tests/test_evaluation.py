@@ -14,15 +14,14 @@ from normbt_plugin.compare import build_report
 from normbt_plugin.evaluation import (
     REWARDBENCH_COUNTS,
     REWARDBENCH_SECTIONS,
-    EvalInputError,
-    RewardScorer,
     accuracy,
-    distance_bins,
-    load_pairs,
     rewardbench_sections,
     rmbench_matrix,
 )
 from normbt_plugin.intervals import bootstrap_ci, paired_difference
+from normbt_plugin.pairs import EvalInputError, load_pairs
+from normbt_plugin.scoring import RewardScorer
+from normbt_plugin.stats import distance_bins
 
 BIN = Path(sys.executable).parent
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from normbt_plugin.compare import downstream_section
-from normbt_plugin.evaluation import EvalInputError
+from normbt_plugin.pairs import EvalInputError
 from normbt_plugin.policy_eval import (
     best_of_n,
     bon_kl,

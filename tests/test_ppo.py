@@ -277,7 +277,7 @@ def test_weight_sync_reaches_the_vllm_engine(chain):
 
 @pytest.mark.slow
 def test_policies_judged_by_an_independent_gold_rm(chain):
-    from normbt_plugin.evaluation import RewardScorer
+    from normbt_plugin.scoring import RewardScorer
 
     result = json.loads((chain / "policy-eval" / "policy_eval.json").read_text())
     assert set(result["policies"]) == {"initial", "bt-seed1", "normbt-seed1"}

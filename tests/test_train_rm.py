@@ -324,7 +324,8 @@ def test_unsupported_openrlhf_version_is_refused(tmp_path):
 def test_value_head_layernorm_is_trained_saved_and_rebuilt(run_train_rm, tiny):
     """``--plugin.value_head_layernorm`` under ZeRO-3: the head reads LayerNorm(h), the flag is
     saved, and OpenRLHF's loader (patched) rebuilds the same head for eval-rm and PPO."""
-    from normbt_plugin.evaluation import EvalInputError, RewardScorer
+    from normbt_plugin.pairs import EvalInputError
+    from normbt_plugin.scoring import RewardScorer
 
     run = run_train_rm("--ds.zero_stage", "3", "--plugin.value_head_layernorm", loss="bt", name="ln")
     assert run.returncode == 0, run.output[-3000:]
