@@ -1,5 +1,6 @@
 """What the three launchers (train_rm, train_sft, train_ppo) share: a one-rank world for ``python -m``,
-and running a stock OpenRLHF CLI module after this process's patches, inside a parser hook."""
+running a stock OpenRLHF CLI module after this process's patches, inside a parser hook, and one
+clear message when another rank of a DeepSpeed job dies."""
 
 from __future__ import annotations
 
@@ -37,5 +38,44 @@ def run_openrlhf_cli(
         apply_openrlhf_patches(ppo=ppo)
     except UnsupportedOpenRLHFError as exc:
         sys.exit(f"normbt-plugin: {exc}")
-    with parser() if parser is not None else contextlib.nullcontext():
+    with stop_clearly_on_a_lost_rank(), parser() if parser is not None else contextlib.nullcontext():
         runpy.run_module(module, run_name="__main__", alter_sys=True)
+
+
+# What torch's gloo/NCCL collectives raise when a peer process is gone (killed, crashed, node lost)
+LOST_PEER = (
+    "Connection reset by peer",
+    "Connection closed by peer",
+    "Connection refused",
+    "Broken pipe",
+    "NCCL communicator was aborted",
+)
+
+
+def _flag(name: str) -> str | None:
+    argv = sys.argv
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(f"{name}="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+@contextlib.contextmanager
+def stop_clearly_on_a_lost_rank():
+    """A collective that fails because another rank died ends this rank with what happened and
+    how to resume, instead of a gloo/NCCL traceback (a dead peer closes its sockets: seconds; a
+    hung one is waited out by the process group's timeout, OpenRLHF's 60 minutes)."""
+    try:
+        yield
+    except RuntimeError as exc:
+        if not any(s in str(exc) for s in LOST_PEER):
+            raise
+        ckpt = _flag("--ckpt.path") or "./ckpt"
+        sys.exit(
+            f"normbt-plugin: rank {os.environ.get('RANK', '?')} lost another rank of this job "
+            f"({str(exc).splitlines()[0][:200]}): a rank or node died or was killed, and the job "
+            f"stops. To resume, run the same command on every node with --ckpt.load_enable: it "
+            f"continues from the newest complete checkpoint in {ckpt} (saved every --ckpt.save_steps)."
+        )

@@ -51,9 +51,16 @@ class RunMeta:
 
 
 def read_steps(folder: str | Path, rank: int = 0) -> list[dict[str, Any]]:
-    """The step records of ``rank`` (``step``, ``rank``, metric names, ``loss_state``); [] if none."""
+    """The step records of ``rank`` (``step``, ``rank``, metric names, ``loss_state``); [] if none.
+    A run resumed after a crash appends the steps after its checkpoint again: the later record wins."""
     path = Path(folder) / train_file(rank)
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    if not path.exists():
+        return []
+    by_step = {}
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        by_step[record["step"]] = record
+    return sorted(by_step.values(), key=lambda r: r["step"])
 
 
 def read_evals(folder: str | Path) -> list[dict[str, Any]]:

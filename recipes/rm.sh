@@ -3,15 +3,17 @@
 # Every setting below can be overridden from the environment, e.g.
 #   LOSS=bt MODEL=path/to/sft DATASET=org/prefs NPROC=8 bash recipes/rm.sh
 # Extra OpenRLHF or plugin flags go after the script: bash recipes/rm.sh --normbt.beta 0.95
-# Several nodes: HOSTFILE=hostfile (DeepSpeed's "host slots=N" lines). DRY_RUN=1 prints the command.
+# Several nodes: HOSTFILE=hostfile (DeepSpeed's "host slots=N" lines), started from one node over ssh;
+# or without ssh, the same command on every node with NODE_RANK=0,1,... and MASTER_ADDR (node 0).
+# After a crash: the same command(s) with --ckpt.load_enable. DRY_RUN=1 prints the command.
 set -euo pipefail
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,6p' "$0"; echo
+  sed -n '2,8p' "$0"; echo
   echo "Environment (defaults): LOSS=normbt MODEL DATASET EVAL_DATASET OUT NPROC=1 ZERO=2"
   echo "  MICRO_BS=4 BS=16 EPOCHS=1 LR=9e-6 MAX_LEN=512 ATTN=sdpa PROMPT_KEY=prompt SEED=42"
   echo "  PARAM_DTYPE (default: bf16 on GPUs, fp32 without) INPUT_TEMPLATE LABEL=\$LOSS CHOSEN_KEY=chosen REJECTED_KEY=rejected"
-  echo "  APPLY_CHAT_TEMPLATE=0 PACKING=0 HOSTFILE (several nodes) DRY_RUN=0"
+  echo "  APPLY_CHAT_TEMPLATE=0 PACKING=0 HOSTFILE (several nodes) NODE_RANK MASTER_ADDR MASTER_PORT=29500 DRY_RUN=0"
   echo "All flags: python -m normbt_plugin.train_rm --help"
   exit 0
 fi
@@ -66,7 +68,11 @@ args=(
 [[ "$APPLY_CHAT_TEMPLATE" == 1 ]] && args+=(--data.apply_chat_template)
 [[ "$PACKING" == 1 ]] && args+=(--ds.packing_samples)
 
-if [[ -n "${HOSTFILE:-}" ]]; then
+if [[ -n "${HOSTFILE:-}" && -n "${NODE_RANK:-}" ]]; then   # one launcher per node, no ssh
+  cmd=(deepspeed --hostfile "$HOSTFILE" --no_ssh --node_rank "$NODE_RANK"
+       --master_addr "${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}" --master_port "${MASTER_PORT:-29500}"
+       --module normbt_plugin.train_rm "${args[@]}" "$@")
+elif [[ -n "${HOSTFILE:-}" ]]; then
   cmd=(deepspeed --hostfile "$HOSTFILE" --module normbt_plugin.train_rm "${args[@]}" "$@")
 elif (( NPROC > 1 )); then
   cmd=(deepspeed --num_gpus "$NPROC" --module normbt_plugin.train_rm "${args[@]}" "$@")
@@ -78,6 +84,6 @@ if [[ "${DRY_RUN:-0}" == 1 ]]; then
   exit 0
 fi
 mkdir -p "$OUT"
-rm -f "$OUT"/metrics/*.jsonl
+[[ " $* " == *" --ckpt.load_enable "* ]] || rm -f "$OUT"/metrics/*.jsonl  # a resume appends to them
 echo "rm.sh: loss=$LOSS model=$MODEL ranks=$NPROC zero=$ZERO -> $OUT"
 "${cmd[@]}"

@@ -16,6 +16,7 @@ PATCHES: dict[str, tuple[str, ...]] = {
     "flash_attn_standin": ("rm", "ppo"),
     "cpu_gloo": ("rm", "ppo"),
     "cpu_fp32": ("rm", "ppo"),
+    "checkpoint_guard": ("rm", "ppo"),
     "dataset_keys": ("rm",),
     "cli_options": ("rm",),
     "registered_loss": ("rm",),
