@@ -132,7 +132,10 @@ def _trim(strategy, root: Path, keep: str, max_num: int) -> None:
         candidates = sorted(
             (d for d in regular if d.name != keep),
             key=lambda d: (
-                is_complete(d), metric[d] is not None, metric[d] or float("-inf"), d.stat().st_mtime
+                is_complete(d),
+                metric[d] is not None,
+                metric[d] or float("-inf"),
+                d.stat().st_mtime,
             ),
         )
         if not candidates:
