@@ -15,11 +15,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-from pathlib import Path
+import socket
+import sys
+import traceback
 
+from normbt_plugin.cluster import AUTOPATCH_DIR, ActorWatch, NodeMismatchError, check_nodes
 from normbt_plugin.launch import run_openrlhf_cli
 
-AUTOPATCH_DIR = str(Path(__file__).resolve().parent / "autopatch")
 PATCH_ENV = "NORMBT_PLUGIN_PATCHES"
 
 
@@ -83,17 +85,63 @@ def check_tokenizers(args: argparse.Namespace) -> None:
             )
 
 
-def gpus_available() -> tuple[int, str]:
+def job_env() -> dict[str, str]:
+    """The environment of every process of the job, on every node (Ray's runtime_env)."""
     import torch
 
-    if os.environ.get("RAY_ADDRESS"):
+    env = {
+        **patched_environment(),
+        "TOKENIZERS_PARALLELISM": "true",
+        "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1",
+    }
+    if not torch.cuda.is_available():  # vLLM's CPU engine: a small KV cache, the worker in-process
+        from normbt_plugin.environment import VLLM_CPU_ENV
+
+        env.update({k: os.environ.get(k, v) for k, v in VLLM_CPU_ENV.items()})
+    return env
+
+
+def connect_ray() -> None:
+    """Join the cluster at RAY_ADDRESS (``ray job submit`` sets it), or start a local Ray."""
+    import ray
+    import torch
+
+    if address := os.environ.get("RAY_ADDRESS"):
+        check_answers(address)
+        ray.init(address=address, runtime_env={"env_vars": job_env()})
+    elif torch.cuda.is_available():
+        ray.init(runtime_env={"env_vars": job_env()})
+    else:  # no GPU: one pretend GPU for Ray's accounting, no dashboard competing for the cores
+        ray.init(
+            num_cpus=os.cpu_count(), num_gpus=1, include_dashboard=False, runtime_env={"env_vars": job_env()}
+        )
+
+
+def gpus_available() -> tuple[int, str]:
+    """The GPUs the layout may use, and where they are (the cluster's: Ray is connected to it)."""
+    import torch
+
+    if address := os.environ.get("RAY_ADDRESS"):
         import ray
 
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": patched_environment()})
-        return int(ray.cluster_resources().get("GPU", 0)), f"the Ray cluster at {os.environ['RAY_ADDRESS']}"
+        return int(ray.cluster_resources().get("GPU", 0)), f"the Ray cluster at {address}"
     if torch.cuda.is_available():
         return torch.cuda.device_count(), "this machine"
     return 1, "this machine (no GPU: one pretend GPU for Ray's accounting)"
+
+
+def check_answers(address: str, timeout_s: float = 5.0) -> None:
+    """A head that does not answer is named in seconds (``ray.init`` would retry for a minute)."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except (OSError, ValueError) as exc:
+        raise PreflightError(
+            f"no Ray head answers at RAY_ADDRESS={address} ({exc}): start it with "
+            "`ray start --head --port=6379` or set RAY_ADDRESS to its host:port"
+        ) from None
 
 
 def check_gpus(args: argparse.Namespace) -> int:
@@ -131,30 +179,20 @@ def check_cpu_flags(args: argparse.Namespace) -> None:
 
 
 def preflight(args: argparse.Namespace) -> None:
+    """Everything checkable before a model loads; Ray is up (local, or the cluster) afterwards."""
     check_paths(args)
     check_cpu_flags(args)
     check_tokenizers(args)
-    check_gpus(args)
-
-
-def start_ray() -> None:
-    import ray
-    import torch
-
-    if ray.is_initialized():
+    if not os.environ.get("RAY_ADDRESS"):
+        check_gpus(args)  # before a local Ray starts
+        connect_ray()
         return
-    env = {
-        **patched_environment(),
-        "TOKENIZERS_PARALLELISM": "true",
-        "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1",
-    }
-    if torch.cuda.is_available():
-        ray.init(runtime_env={"env_vars": env})
-    else:  # one machine, no GPU: no dashboard process competing for the cores
-        from normbt_plugin.environment import VLLM_CPU_ENV
-
-        env.update({k: os.environ.get(k, v) for k, v in VLLM_CPU_ENV.items()})
-        ray.init(num_cpus=os.cpu_count(), num_gpus=1, include_dashboard=False, runtime_env={"env_vars": env})
+    connect_ray()
+    check_gpus(args)
+    try:
+        check_nodes()
+    except NodeMismatchError as exc:
+        raise PreflightError(str(exc)) from None
 
 
 def checked_parser() -> contextlib.AbstractContextManager[None]:
@@ -164,14 +202,28 @@ def checked_parser() -> contextlib.AbstractContextManager[None]:
     def check_then_start_ray(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
         if "--actor.model_name_or_path" in parser._option_string_actions:
             preflight(parsed)
-            start_ray()
+            _watching.append(ActorWatch(getattr(parsed, "ckpt.path", None)))
 
     return ppo_parser(after=check_then_start_ray)
 
 
+_watching: list = []  # the actor watch of this driver, stopped when training returns
+
+
 def main() -> None:
     os.environ.update(patched_environment())  # a local Ray and its workers inherit it
-    run_openrlhf_cli("openrlhf.cli.train_ppo_ray", ppo=True, parser=checked_parser)
+    try:
+        run_openrlhf_cli("openrlhf.cli.train_ppo_ray", ppo=True, parser=checked_parser)
+    except Exception:
+        # an actor's death that reached the driver first (Ray's ActorDiedError): said plainly
+        message = next((m for m in (w.report() for w in _watching) if m), None)
+        if message is None:
+            raise
+        traceback.print_exc()
+        sys.exit(message)
+    finally:
+        for watch in _watching:
+            watch.stop()
 
 
 if __name__ == "__main__":

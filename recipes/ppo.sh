@@ -103,13 +103,32 @@ done
 
 cmd=(python -m normbt_plugin.train_ppo "${args[@]}" "$@")
 if [[ -n "${RAY_DASHBOARD:-}" ]]; then     # a running cluster: head + workers via `ray start`
-  # the driver runs on the head; the launcher passes the patches to every worker (same venv path
-  # on every node) through the job's runtime_env
-  cmd=(ray job submit --address "$RAY_DASHBOARD" -- "${cmd[@]}")
+  # The driver runs on the head, in this directory, with this venv's python; actors run anywhere,
+  # in Ray's own working directories, so local paths are made absolute (a filesystem every node
+  # sees at the same path: the outputs are written by whichever node holds rank 0). The launcher
+  # passes the patches to every node through the job's runtime_env and checks every node first.
+  for i in "${!args[@]}"; do
+    case "${args[$i]}" in
+      --ckpt.*|--logger.tensorboard_dir|--plugin.rollout_log) args[$i+1]=$(realpath -m "${args[$i+1]}") ;;
+      --actor.model_name_or_path|--reward.model_name_or_path|--data.prompt_dataset)  # or a hub name
+        if [[ -e "${args[$i+1]}" ]]; then args[$i+1]=$(realpath "${args[$i+1]}"); fi ;;
+    esac
+  done
+  cmd=(ray job submit --address "$RAY_DASHBOARD" -- env -C "$PWD" "$(command -v python)" -m normbt_plugin.train_ppo
+       "${args[@]}" "$@")
 fi
 if [[ "${DRY_RUN:-0}" == 1 ]]; then
   printf '%q ' "${cmd[@]}"; echo
   exit 0
+fi
+if [[ -n "${RAY_DASHBOARD:-}" ]]; then   # a head that does not answer: said in seconds
+  python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1].rstrip("/") + "/api/version", timeout=5)' \
+    "$RAY_DASHBOARD" 2>/dev/null || {
+    echo "ppo.sh: no Ray dashboard answers at RAY_DASHBOARD=$RAY_DASHBOARD: start the head with" \
+      "ray start --head --dashboard-host=0.0.0.0 (recipes/configs/multinode-llama3-8b.env), or set" \
+      "RAY_DASHBOARD to http://<head>:8265" >&2
+    exit 1
+  }
 fi
 mkdir -p "$OUT"
 [[ "${ROLLOUT_LOG:-0}" == 1 ]] && rm -rf "$OUT/rollouts"

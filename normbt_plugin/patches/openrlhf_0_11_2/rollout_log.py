@@ -4,8 +4,11 @@ Why: OpenRLHF logs only the mean reward of a rollout, so nobody can check that P
 on what the reward model says about its samples. With ``--plugin.rollout_log <dir>`` (train_ppo's
 launcher passes it to every Ray worker as ``NORMBT_PLUGIN_ROLLOUT_LOG``), the PPO controller
 appends one JSON line per sample (step, prompt text, token ids, attention mask, the response's
-ids, the reward, and its KL to the reference policy: the sum over response tokens of
-``log pi - log pi_ref``, from the training-side log-probs OpenRLHF computes anyway) to
+ids and start, the actor's log-prob of each response token, the reward, and its KL to the
+reference policy: the sum over response tokens of ``log pi - log pi_ref``, from the
+training-side log-probs OpenRLHF computes anyway; and, when vLLM returns its log-probs
+(``--algo.advantage.is_correction_level``), the largest gap between the engine's and the actor's
+log-prob of a response token: a stale engine after a weight sync shows there) to
 ``<dir>/rollouts.jsonl`` as its experience maker returns them: the curves of ``normbt curves``
 come from these.
 Not applied (nothing in PPO's path changes) unless the flag is given.
@@ -44,10 +47,25 @@ def write_rollouts(experiences, step: int) -> None:
                     "sequence": exp.sequences[i].tolist(),
                     "attention_mask": exp.attention_mask[i].tolist(),
                     "response_ids": exp.sequences[i][1:][actions].tolist(),
+                    "response_start": int(actions.nonzero()[0, 0]) + 1 if length else None,  # in sequence
                     "reward": float(exp.info["reward"][i]),
                     "kl": float(diff[i]) * length if diff is not None else None,
+                    "logprobs": _actor_logprobs(exp, i, actions),
+                    "vllm_logprob_gap": _gap(exp, i, actions),
                 }
                 f.write(json.dumps(row) + "\n")
+
+
+def _actor_logprobs(exp, i: int, actions) -> list[float] | None:
+    actor = getattr(exp, "action_log_probs", None)
+    return actor[i].float()[actions].tolist() if actor is not None else None
+
+
+def _gap(exp, i: int, actions) -> float | None:
+    rollout, actor = getattr(exp, "rollout_log_probs", None), getattr(exp, "action_log_probs", None)
+    if rollout is None or actor is None or not actions.any():
+        return None
+    return float((rollout[i].float() - actor[i].float())[actions].abs().max())
 
 
 def apply() -> None:
