@@ -4,8 +4,11 @@
 
 Runs the stock CLI (its parser, its ``train()``). Before Ray starts it checks what would
 otherwise fail minutes later inside an actor: model paths, the policy's and the reward models'
-tokenizers, and the GPUs the layout asks for against those there are. The patches reach Ray's
-workers and vLLM's engine processes through ``normbt_plugin/autopatch`` (see its docstring).
+tokenizers, and the GPUs the layout asks for against those there are; on a cluster
+(``RAY_ADDRESS``) also that the head answers and every node matches the driver
+(``normbt_plugin.cluster``). While training, a watch ends the job when one of its actors dies.
+The patches reach Ray's workers and vLLM's engine processes through ``normbt_plugin/autopatch``
+(see its docstring).
 On a machine without a GPU, Ray is told of one pretend GPU for its resource accounting; all
 models then share it (``--train.colocate_all``, one of each, one vLLM engine).
 """
