@@ -25,10 +25,6 @@ class NodeMismatchError(RuntimeError):
     pass
 
 
-class ActorDiedError(RuntimeError):
-    pass
-
-
 def installation() -> dict[str, Any]:
     """What this process runs: package versions, whether the plugin is at the driver's path, and
     whether the patch hook is the one Python loaded at start-up."""
@@ -62,7 +58,7 @@ def check_nodes(timeout_s: float = NODE_CHECK_TIMEOUT_S) -> dict[str, dict[str, 
         ).remote()
         for n in nodes
     }
-    ready, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    _, pending = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
     if pending:
         late = [name for name, ref in refs.items() if ref in pending]
         raise NodeMismatchError(f"nodes {', '.join(late)} did not answer within {timeout_s:.0f} s")

@@ -109,15 +109,14 @@ def connect_ray() -> None:
     import ray
     import torch
 
+    runtime_env = {"env_vars": job_env()}
     if address := os.environ.get("RAY_ADDRESS"):
         check_answers(address)
-        ray.init(address=address, runtime_env={"env_vars": job_env()})
+        ray.init(address=address, runtime_env=runtime_env)
     elif torch.cuda.is_available():
-        ray.init(runtime_env={"env_vars": job_env()})
+        ray.init(runtime_env=runtime_env)
     else:  # no GPU: one pretend GPU for Ray's accounting, no dashboard competing for the cores
-        ray.init(
-            num_cpus=os.cpu_count(), num_gpus=1, include_dashboard=False, runtime_env={"env_vars": job_env()}
-        )
+        ray.init(num_cpus=os.cpu_count(), num_gpus=1, include_dashboard=False, runtime_env=runtime_env)
 
 
 def gpus_available() -> tuple[int, str]:

@@ -11,7 +11,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import psutil
@@ -49,15 +49,9 @@ def started(cmds: list[tuple[list[str], dict, Path]]) -> Iterator[list[subproces
         yield procs
     finally:
         for proc in procs:
-            with_suppressed(os.killpg, proc.pid, signal.SIGKILL)
+            with suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=30)
-
-
-def with_suppressed(fn, *args) -> None:
-    try:
-        fn(*args)
-    except ProcessLookupError:
-        pass
 
 
 class TwoNodes:

@@ -5,6 +5,7 @@ Every wait is bounded; every Ray process started here is killed by its id at the
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shlex
@@ -165,7 +166,7 @@ def initial_policy_gap(model_dir: Path, row: dict) -> float:
     """The largest |log-prob under the initial policy - the actor's| over a sample's response tokens."""
     import torch
 
-    model = _cached_model(str(model_dir))
+    model = _load_policy(str(model_dir))
     ids = torch.tensor([row["sequence"]])
     mask = torch.tensor([row["attention_mask"]])
     with torch.no_grad():
@@ -176,12 +177,11 @@ def initial_policy_gap(model_dir: Path, row: dict) -> float:
     return float((logprobs[start - 1 : start - 1 + n] - torch.tensor(row["logprobs"])).abs().max())
 
 
-def _cached_model(path: str, _cache: dict = {}):  # noqa: B006 - one model per test session
+@functools.cache
+def _load_policy(path: str):
     from transformers import AutoModelForCausalLM
 
-    if path not in _cache:
-        _cache[path] = AutoModelForCausalLM.from_pretrained(path).eval()
-    return _cache[path]
+    return AutoModelForCausalLM.from_pretrained(path).eval()
 
 
 def test_ppo_job_runs_on_both_nodes_and_syncs_the_remote_engine(cluster, models, tmp_path):
