@@ -26,7 +26,8 @@ def mean(values) -> float:
 # ------------------------------------------------------------------ multi-rank training
 
 
-@pytest.mark.parametrize("zero_stage", [2, 3])
+# ZeRO-3 only: two ranks under ZeRO-2 (mu equal on both every step, the resume) are test_multinode.py's
+@pytest.mark.parametrize("zero_stage", [3])
 def test_two_ranks_share_mu_and_learn(run_train_rm, zero_stage, tiny):
     run = run_train_rm(
         "--ds.zero_stage", str(zero_stage), "--train.max_epochs", "2", "--eval.steps", "8",
