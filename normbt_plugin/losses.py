@@ -215,6 +215,10 @@ class PreferenceLoss:
     def per_pair(self, chosen: Tensor, reject: Tensor, margin: Tensor | None) -> Tensor:
         raise NotImplementedError
 
+    def batch_term(self, chosen: Tensor, reject: Tensor) -> tuple[Tensor, dict[str, Tensor]] | None:
+        """A term of the whole batch added to the mean pair loss (BSR's), with its metrics; None: none."""
+        return None
+
     def __call__(
         self,
         chosen_reward: Tensor,
@@ -222,9 +226,13 @@ class PreferenceLoss:
         chosen_hidden: Tensor | None = None,
         reject_hidden: Tensor | None = None,
         margin: Tensor | None = None,
-    ) -> tuple[Tensor, dict[str, float]]:
-        nonfinite = _check_inputs(chosen_reward, reject_reward)
-        return self.per_pair(chosen_reward, reject_reward, margin).mean(), {NONFINITE_REWARDS: nonfinite}
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        metrics = {NONFINITE_REWARDS: _check_inputs(chosen_reward, reject_reward)}
+        loss = self.per_pair(chosen_reward, reject_reward, margin).mean()
+        if (term := self.batch_term(chosen_reward, reject_reward)) is not None:
+            loss = loss + term[0]
+            metrics.update(term[1])
+        return loss, metrics
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -305,12 +313,39 @@ class CenterLoss(BTLoss):
         return super().per_pair(chosen, reject, margin) + self.options.coef * (chosen + reject) ** 2
 
 
+@dataclass
+class BSROptions:
+    coef: float = option(
+        1e-3,
+        "lambda of BSR's batch term lambda * B * mean(all 2B rewards)^2, B the pairs per loss call (a "
+        "rank's micro-batch): the paper's code multiplies bsr_lambda (1e-3) by the per-device batch",
+    )
+
+    def __post_init__(self) -> None:
+        if self.coef < 0:
+            raise ValueError(f"bsr coef must be >= 0, got {self.coef}")
+
+
+@register_loss("bsr", options=BSROptions)
+class BSRLoss(BTLoss):
+    """BT plus batch sum-to-zero regularisation: + coef * B * mean(r_c, r_r)^2 (Hong et al. 2025, BSR).
+
+    arXiv 2505.07271, code LinkedIn-XFACT/RM-Robustness: loss = mean BT + bsr_lambda * B *
+    mean(cat(r_c, r_r))^2 with bsr_lambda = 1e-3 scaled by the per-device batch size B. Here B is
+    the pairs of one loss call (OpenRLHF's micro-batch on one rank), the mean that rank's rewards.
+    """
+
+    def batch_term(self, chosen: Tensor, reject: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        mean = torch.cat([chosen, reject]).mean()
+        return self.options.coef * len(chosen) * mean.square(), {"bsr_reward_mean": mean.detach()}
+
+
 # --------------------------------------------------------------------------------------------
 # NormBT
 # --------------------------------------------------------------------------------------------
 
 
-_NORMBT_BASES = ("bt", "margin", "label_smoothing", "center")
+_NORMBT_BASES = ("bt", "margin", "label_smoothing", "center", "bsr")
 
 
 @dataclass
@@ -326,9 +361,10 @@ class NormBTOptions:
     )
     weight_cap: float = option(0.0, "cap on each pair's weight; 0 disables (the paper's setting)")
     use_ema: bool = option(True, "false: w = batch mean / dist (the paper's no-EMA ablation)")
-    base: str = option("bt", "per-pair loss that is weighted: bt, margin, label_smoothing, center")
+    base: str = option("bt", "loss that is weighted per pair: bt, margin, label_smoothing, center, bsr")
     label_smoothing_epsilon: float = option(0.1, "epsilon when base is label_smoothing")
     center_coef: float = option(0.01, "coef when base is center")
+    bsr_coef: float = option(1e-3, "lambda when base is bsr (its batch term is added unweighted)")
     sync: bool = option(True, "average distances over data-parallel ranks (same mu everywhere)")
     identical_tol: float = option(
         1e-3, "pairs with dist <= tol * mu count as identical: weight 1, not in the mean"
@@ -393,6 +429,7 @@ class NormBTLoss(PreferenceLoss):
         base_options = {
             "label_smoothing": {"epsilon": o.label_smoothing_epsilon},
             "center": {"coef": o.center_coef},
+            "bsr": {"coef": o.bsr_coef},
         }.get(o.base, {})
         self.base: PreferenceLoss = build_loss(o.base, **base_options)
         self.uses_margin = self.base.uses_margin
@@ -473,6 +510,9 @@ class NormBTLoss(PreferenceLoss):
 
         per_pair = self.base.per_pair(chosen_reward, reject_reward, margin)
         loss = (weight.to(per_pair.dtype) * per_pair).mean()
+        batch_metrics: dict[str, Tensor] = {}
+        if (term := self.base.batch_term(chosen_reward, reject_reward)) is not None:
+            loss, batch_metrics = loss + term[0], term[1]  # a batch term has no pair to weight
         metrics = {
             "normbt_mu": self._mu,
             "normbt_dist_mean": d.mean(),
@@ -486,6 +526,7 @@ class NormBTLoss(PreferenceLoss):
             "normbt_base_loss": per_pair.detach().float().mean(),
             NONFINITE_REWARDS: nonfinite_rewards,
             NONFINITE_HIDDEN: nonfinite_hidden,
+            **batch_metrics,
         }
         return loss, metrics
 

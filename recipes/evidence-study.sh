@@ -2,7 +2,7 @@
 # The evidence study: NormBT vs BT and the comparators on a real pretrained backbone (MiniLM-L6)
 # and real fine-grained pairs (stdlib functions: one-token bug = fine, unrelated function =
 # coarse), same data and budget for all; one report (normbt compare) and the gradient diagnostic.
-#   bash recipes/evidence-study.sh            # 28 runs, about 2.2 min each: 63 min on 2 cores
+#   bash recipes/evidence-study.sh            # 31 runs, about 2.2 min each: 70 min on 2 cores
 #   DRY_RUN=1 bash recipes/evidence-study.sh  # print every command
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +11,7 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   sed -n '2,6p' "$0"; echo
   echo "Environment (defaults): RUN_DIR=runs/evidence-study COARSE=unrelated DROPOUT=0 MAIN_SEEDS='1 2 3 4 5'"
   echo "  OTHER_SEEDS='1 2 3' OTHERS='noema=normbt:--normbt.use_ema=false"
-  echo "  margin=margin:--model.margin_loss_enable ls=label_smoothing center"
+  echo "  margin=margin:--model.margin_loss_enable ls=label_smoothing center bsr"
   echo "  clip0.1=bt:--max_norm=0.1 ln=bt:--plugin.value_head_layernorm'; recipes/compare.sh's apply"
   exit 0
 fi
@@ -20,7 +20,7 @@ RUN_DIR=${RUN_DIR:-runs/evidence-study}
 MAIN_SEEDS=${MAIN_SEEDS:-1 2 3 4 5}
 OTHER_SEEDS=${OTHER_SEEDS:-1 2 3}
 # margin: the data's margin column (coarse 1, fine 1/3: Llama 2's graded strength)
-OTHERS=${OTHERS:-noema=normbt:--normbt.use_ema=false margin=margin:--model.margin_loss_enable ls=label_smoothing center clip0.1=bt:--max_norm=0.1 ln=bt:--plugin.value_head_layernorm}
+OTHERS=${OTHERS:-noema=normbt:--normbt.use_ema=false margin=margin:--model.margin_loss_enable ls=label_smoothing center bsr clip0.1=bt:--max_norm=0.1 ln=bt:--plugin.value_head_layernorm}
 export CONFIG=recipes/configs/minilm-stdlib.env COARSE=${COARSE:-unrelated} RUN_DIR
 
 LOSSES="bt normbt" SEEDS="$MAIN_SEEDS" bash recipes/compare.sh

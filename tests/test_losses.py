@@ -46,7 +46,7 @@ def per_pair_head_grads(loss_fn, h_c, h_r, w, margin=None) -> torch.Tensor:
 
 def test_registry_names_aliases_and_unknown_name():
     names = available_losses()
-    for name in ("bt", "sigmoid", "logexp", "margin", "label_smoothing", "center", "normbt"):
+    for name in ("bt", "sigmoid", "logexp", "margin", "label_smoothing", "center", "bsr", "normbt"):
         assert name in names
     assert resolve_loss_name("sigmoid") == "bt"
     with pytest.raises(KeyError) as err:
@@ -127,6 +127,24 @@ def test_baseline_formulas():
     assert build_loss("label_smoothing", epsilon=0.1)(c, r)[0].item() == pytest.approx(ls.mean().item())
     center = -F.logsigmoid(d) + 0.01 * (c + r) ** 2
     assert build_loss("center")(c, r)[0].item() == pytest.approx(center.mean().item())
+
+
+def test_bsr_is_bt_plus_the_squared_batch_mean_scaled_by_the_batch():
+    """BSR (arXiv 2505.07271; LinkedIn-XFACT/RM-Robustness reward_trainer.py): mean BT +
+    bsr_lambda * B * mean(cat(r_c, r_r))^2, by hand on known numbers."""
+    c = torch.tensor([1.0, 2.0], dtype=torch.float64, requires_grad=True)
+    r = torch.tensor([0.0, -1.0], dtype=torch.float64)
+    bt = (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(-3.0))) / 2
+    value, metrics = build_loss("bsr")(c, r)  # the paper's lambda 1e-3
+    assert value.item() == pytest.approx(bt + 1e-3 * 2 * 0.5**2, abs=1e-12)
+    assert host_metrics(metrics) == {"bsr_reward_mean": 0.5}
+    value, _ = build_loss("bsr", coef=0.5)(c, r)
+    assert value.item() == pytest.approx(bt + 0.5 * 2 * 0.25, abs=1e-12)
+    (grad,) = torch.autograd.grad(value, c)  # d/dc_i of coef*B*mean^2 = coef*B*2*mean/(2B) = coef*mean
+    expected = -torch.sigmoid(-(c - r)).detach() / 2 + 0.5 * 0.5
+    torch.testing.assert_close(grad, expected)
+    with pytest.raises(ValueError, match="bsr coef must be >= 0"):
+        build_loss("bsr", coef=-1.0)
 
 
 def test_matches_openrlhf_losses(openrlhf_patched):
@@ -266,12 +284,15 @@ def test_cosine_distance_weight_cap_and_stacked_bases():
         ("margin", build_loss("margin")),
         ("label_smoothing", build_loss("label_smoothing", epsilon=0.2)),
         ("center", build_loss("center", coef=0.05)),
+        ("bsr", build_loss("bsr", coef=0.3)),
     ):
-        loss = NormBTLoss(base=base, label_smoothing_epsilon=0.2, center_coef=0.05)
+        loss = NormBTLoss(base=base, label_smoothing_epsilon=0.2, center_coef=0.05, bsr_coef=0.3)
         value, _ = loss(c, r, h_c, h_r, margin=m)
         d = torch.linalg.vector_norm(h_c - h_r, dim=-1)
         weight = loss.mu / (d + 1e-6 * loss.mu)
         expected = (weight * ref.per_pair(c, r, m)).mean()
+        if base == "bsr":  # the batch term, unweighted
+            expected = expected + 0.3 * len(c) * torch.cat([c, r]).mean() ** 2
         torch.testing.assert_close(value, expected)
     with pytest.raises(ValueError, match="margin"):
         NormBTLoss(base="margin")(c, r, h_c, h_r)

@@ -353,7 +353,7 @@ def test_evidence_study_commands_parse(parsers, tmp_path, capsys):
     commands = recipe_commands("evidence-study.sh", parsers, capsys, RUN_DIR=str(tmp_path / "study"))
     labels = [getattr(args, "plugin.label") for _, args in commands]
     assert labels.count("bt") == labels.count("normbt") == 5
-    for variant in ("noema", "ls", "center", "clip0.1", "ln"):
+    for variant in ("noema", "ls", "center", "bsr", "clip0.1", "ln"):
         assert labels.count(variant) == 3, (variant, labels)
 
 

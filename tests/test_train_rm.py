@@ -149,12 +149,32 @@ def test_configurations_train(run_train_rm, flags):
     assert run.out_dir.joinpath("config.json").exists()
 
 
-@pytest.mark.parametrize("loss", ["bt", "label_smoothing", "center", "logexp"])
+@pytest.mark.parametrize("loss", ["bt", "label_smoothing", "center", "logexp", "bsr"])
 def test_baseline_losses_train(run_train_rm, loss):
     run = run_train_rm("--ds.zero_stage", "2", loss=loss, name=loss)
     assert run.returncode == 0, run.output[-3000:]
     assert f"normbt-plugin: loss {loss}" in run.output
     assert len(run.records()) == 16 and run.eval_bins()[-1]["distance_bins"]
+    if loss == "bsr":  # the batch term's reward mean reaches the logs
+        assert all(math.isfinite(r["bsr_reward_mean"]) for r in run.records())
+
+
+def test_normbt_on_bsr_pulls_the_reward_mean_towards_zero(run_train_rm):
+    """NormBT with BSR as its base through the RM stage, a larger lambda given on the command line:
+    the batch term pulls the reward mean towards 0 (compared with plain NormBT on the same pairs)."""
+    plain = run_train_rm("--ds.zero_stage", "2", "--train.max_epochs", "2", name="nb-plain")
+    bsr = run_train_rm("--ds.zero_stage", "2", "--train.max_epochs", "2", "--normbt.base", "bsr",
+                       "--normbt.bsr_coef", "0.5", name="nb-bsr")  # fmt: skip
+    assert plain.returncode == 0 and bsr.returncode == 0, bsr.output[-3000:]
+    assert all(math.isfinite(r["bsr_reward_mean"]) for r in bsr.records())
+    assert "bsr_reward_mean" not in plain.records()[-1]
+
+    def offset(run) -> float:  # |mean reward| of the second epoch's batches
+        return mean(abs(r["chosen_reward"] + r["reject_reward"]) / 2 for r in run.records()[16:])
+
+    print(f"mean |reward mean|: plain NormBT {offset(plain):.3f}, NormBT on BSR {offset(bsr):.3f}")
+    assert offset(bsr) < 0.5 * offset(plain)
+    assert mean(r["acc_mean"] for r in bsr.records()[-8:]) > 0.75  # still learns the pairs
 
 
 def test_margin_losses_use_the_margin_column(run_train_rm):
