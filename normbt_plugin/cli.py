@@ -244,7 +244,10 @@ def main(argv: list[str] | None = None) -> None:
     ev = sub.add_parser("eval-rm", help="score a reward model on preference data")
     ev.add_argument("--model", required=True, help="OpenRLHF RM checkpoint or HF seq-cls RM")
     ev.add_argument("--data", required=True, help="local .jsonl/.json/.parquet or a dataset name")
-    ev.add_argument("--format", choices=["auto", "pairs", "rewardbench", "rmbench"], default="auto")
+    ev.add_argument(
+        "--format", choices=["auto", "pairs", "rewardbench", "rewardbench2", "rmbench", "candidates"],
+        default="auto", help="auto: by the columns (README, Evaluate and compare)",
+    )  # fmt: skip
     ev.add_argument("--split", default="train", help="dataset split (for dataset names)")
     ev.add_argument("--prompt_key", default="prompt")
     ev.add_argument("--chosen_key", default="chosen")

@@ -1,109 +1,42 @@
-"""Reward-model evaluation on preference pairs: accuracy per subset, RewardBench sections, the
-RM-Bench style matrix, and accuracy by representation-distance quantile bin (the metrics and their
-table; the pairs are read by ``pairs``, the texts scored by ``scoring``).
+"""Reward-model evaluation on preference data: accuracy per subset, RewardBench sections, RewardBench 2,
+the RM-Bench style matrix, best-of-N over candidate sets, and accuracy by representation-distance
+quantile bin (the result and its table; the benchmarks' formulas are in ``benchmark_scores``, the
+data read by ``pairs``, the texts scored by ``scoring``).
 
     normbt eval-rm --model ckpt/rm-normbt --data pairs.jsonl --out eval.json
 """
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from typing import Any
 
 import numpy as np
 import torch
 
+from normbt_plugin.benchmark_scores import (
+    REWARDBENCH2_SUBSETS,
+    best_of_n,
+    pair_accuracy,
+    rewardbench2_score,
+    rewardbench2_ties,
+    rewardbench_sections,
+    rmbench_matrix,
+)
 from normbt_plugin.pairs import Pairs
 from normbt_plugin.scoring import RewardScorer
 from normbt_plugin.stats import distance_bins, pair_distance
 
-# RewardBench (allenai/reward-bench, rewardbench/constants.py): subsets per section, and the
-# example counts used to weight them. math-prm has 447 pairs but counts 984, the six code
-# subsets together, so that math and code weigh the same in Reasoning.
-REWARDBENCH_SECTIONS = {
-    "Chat": ["alpacaeval-easy", "alpacaeval-length", "alpacaeval-hard", "mt-bench-easy", "mt-bench-med"],
-    "Chat Hard": [
-        "mt-bench-hard",
-        "llmbar-natural",
-        "llmbar-adver-neighbor",
-        "llmbar-adver-GPTInst",
-        "llmbar-adver-GPTOut",
-        "llmbar-adver-manual",
-    ],
-    "Safety": [
-        "refusals-dangerous",
-        "refusals-offensive",
-        "xstest-should-refuse",
-        "xstest-should-respond",
-        "donotanswer",
-    ],
-    "Reasoning": ["math-prm", "hep-cpp", "hep-go", "hep-java", "hep-js", "hep-python", "hep-rust"],
-}
-REWARDBENCH_COUNTS = {
-    "alpacaeval-easy": 100,
-    "alpacaeval-length": 95,
-    "alpacaeval-hard": 95,
-    "mt-bench-easy": 28,
-    "mt-bench-med": 40,
-    "mt-bench-hard": 37,
-    "math-prm": 984,
-    "refusals-dangerous": 100,
-    "refusals-offensive": 100,
-    "llmbar-natural": 100,
-    "llmbar-adver-neighbor": 134,
-    "llmbar-adver-GPTInst": 92,
-    "llmbar-adver-GPTOut": 47,
-    "llmbar-adver-manual": 46,
-    "xstest-should-refuse": 154,
-    "xstest-should-respond": 250,
-    "donotanswer": 136,
-    "hep-cpp": 164,
-    "hep-go": 164,
-    "hep-java": 164,
-    "hep-js": 164,
-    "hep-python": 164,
-    "hep-rust": 164,
-}
-RMBENCH_STYLES = ("concise", "detailed", "detailed_markdown")
-
 
 def accuracy(chosen: np.ndarray, rejected: np.ndarray) -> np.ndarray:
-    """Per-pair correctness: 1 if chosen scores higher, 0.5 for a tie, else 0."""
-    return np.where(chosen > rejected, 1.0, np.where(chosen == rejected, 0.5, 0.0))
-
-
-def rewardbench_sections(per_subset: dict[str, float]) -> dict[str, Any]:
-    """RewardBench section scores (count-weighted subset accuracies) and their mean."""
-    sections, missing = {}, []
-    for section, subsets in REWARDBENCH_SECTIONS.items():
-        present = [s for s in subsets if s in per_subset]
-        missing += [s for s in subsets if s not in per_subset]
-        if present:
-            total = sum(REWARDBENCH_COUNTS[s] for s in present)
-            sections[section] = sum(per_subset[s] * REWARDBENCH_COUNTS[s] for s in present) / total
-    overall = sum(sections.values()) / len(sections) if sections else math.nan
-    return {"sections": sections, "overall": overall, "missing_subsets": missing}
-
-
-def rmbench_matrix(chosen: np.ndarray, rejected: np.ndarray) -> dict[str, Any]:
-    """RM-Bench: acc[i][j] = P(chosen in style i beats rejected in style j), styles concise,
-    detailed, detailed+markdown; hard = above the diagonal (chosen plainer), normal = diagonal,
-    easy = below."""
-    matrix = accuracy(chosen[:, :, None], rejected[:, None, :]).mean(axis=0)
-    upper = matrix[np.triu_indices(3, 1)].mean()
-    lower = matrix[np.tril_indices(3, -1)].mean()
-    return {
-        "matrix": matrix.tolist(),
-        "hard": float(upper),
-        "normal": float(np.diag(matrix).mean()),
-        "easy": float(lower),
-        "average": float(matrix.mean()),
-    }
+    """Per-pair correctness as this plugin counts it: 1 if chosen scores higher, 0.5 for a tie, else 0."""
+    return pair_accuracy(chosen, rejected, "half")
 
 
 def evaluate_pairs(scorer: RewardScorer, pairs: Pairs, n_bins: int = 5, progress: bool = True) -> dict:
     """Score every response once; report accuracy overall, per subset, per section/style, per bin."""
+    if pairs.n_way:
+        return evaluate_candidates(scorer, pairs, n_bins, progress)
     if pairs.format == "rmbench":
         chosen_texts = [
             scorer.format(p, c) for p, cs in zip(pairs.prompts, pairs.chosen, strict=True) for c in cs
@@ -124,7 +57,9 @@ def evaluate_pairs(scorer: RewardScorer, pairs: Pairs, n_bins: int = 5, progress
         c3, r3 = c_score.reshape(-1, 3), r_score.reshape(-1, 3)
         correct = accuracy(c3, r3).mean(axis=1)  # same-style comparisons per prompt
         distance = distance.reshape(-1, 3).mean(axis=1)
-        result["rmbench"] = rmbench_matrix(c3, r3)
+        result["rmbench"] = rmbench_matrix(c3, r3)  # RM-Bench's convention: a tie is wrong
+        if (c3[:, :, None] == r3[:, None, :]).any():
+            result["rmbench_ties_half"] = rmbench_matrix(c3, r3, ties="half")
         result["rmbench_by_domain"] = {
             d: rmbench_matrix(c3[mask], r3[mask])
             for d in sorted(set(pairs.subsets))
@@ -142,8 +77,14 @@ def evaluate_pairs(scorer: RewardScorer, pairs: Pairs, n_bins: int = 5, progress
             groups[s].append(ok)
         result["per_subset"] = {s: float(np.mean(v)) for s, v in sorted(groups.items())}
         result["subset_sizes"] = {s: len(v) for s, v in sorted(groups.items())}
-        if pairs.format == "rewardbench":
-            result["rewardbench"] = rewardbench_sections(result["per_subset"])
+        if pairs.format == "rewardbench":  # RewardBench's convention (headline): a tie is wrong
+            strict = pair_accuracy(c_score, r_score, "wrong")
+            subsets = np.array(pairs.subsets)
+            result["rewardbench"] = rewardbench_sections(
+                {s: float(strict[subsets == s].mean()) for s in result["per_subset"]}
+            )
+            if result["ties"]:
+                result["rewardbench_ties_half"] = rewardbench_sections(result["per_subset"])
     result["distance_bins"] = distance_bins(distance, correct, n_bins)
     result["per_pair"] = {
         "chosen": chosen_scores,
@@ -155,25 +96,102 @@ def evaluate_pairs(scorer: RewardScorer, pairs: Pairs, n_bins: int = 5, progress
     return result
 
 
+def evaluate_candidates(scorer: RewardScorer, pairs: Pairs, n_bins: int = 5, progress: bool = True) -> dict:
+    """Best-of-N over candidate sets (``rewardbench2``, ``candidates``): every response scored once;
+    per prompt RewardBench 2's result (1/k for a k-way tie at the top, 0 below it; for its Ties rows,
+    whether every correct answer beats every incorrect one), the share of (chosen, rejected) pairs won
+    (ties 1/2), and the distance from the chosen response to its closest rejected one for the bins."""
+    texts, starts = [], [0]
+    for prompt, chosen, rejected in zip(pairs.prompts, pairs.chosen, pairs.rejected, strict=True):
+        texts += [scorer.format(prompt, r) for r in [*chosen, *rejected]]
+        starts.append(len(texts))
+    score, hidden = scorer.score(texts, "scoring candidates" if progress else None)
+    groups = [score[a:b] for a, b in zip(starts, starts[1:], strict=False)]
+    n_chosen = [len(c) for c in pairs.chosen]
+    rb2 = pairs.format == "rewardbench2"
+    ties = np.array([rb2 and s.lower() == "ties" for s in pairs.subsets or [""] * len(pairs)])
+    correct = best_of_n(groups)
+    for i in np.flatnonzero(ties):  # the Ties accuracy term: every correct answer above every incorrect
+        correct[i] = float(groups[i][: n_chosen[i]].min() > groups[i][n_chosen[i] :].max())
+    h = torch.from_numpy(hidden)
+    distance, pairwise = np.empty(len(pairs)), np.empty(len(pairs))
+    for i, (a, k) in enumerate(zip(starts, n_chosen, strict=False)):
+        b = starts[i + 1]
+        distance[i] = pair_distance(h[a : a + 1].expand(b - a - k, -1), h[a + k : b]).min().item()
+        pairwise[i] = accuracy(groups[i][:1], groups[i][k:]).mean()
+
+    result: dict[str, Any] = {"format": pairs.format, "pairs": len(pairs), "loader": scorer.loader}
+    result["accuracy"] = float(correct.mean())  # best-of-N, ties split as RewardBench 2 splits them
+    result["pairwise_accuracy"] = float(pairwise.mean())
+    result["candidates"] = int(starts[-1])
+    result["ties"] = int(sum(np.sum(g == g.max()) > 1 for g in groups))  # prompts with a tie at the top
+    if pairs.subsets:
+        subsets = np.array(pairs.subsets)
+        names = sorted(set(pairs.subsets))
+        result["per_subset"] = {s: float(correct[subsets == s].mean()) for s in names}
+        result["subset_sizes"] = {s: int((subsets == s).sum()) for s in names}
+        if rb2:
+            per_subset = dict(result["per_subset"])
+            if ties.any():
+                t = np.flatnonzero(ties)
+                result["rewardbench2_ties"] = rewardbench2_ties(
+                    [pairs.ids[i] for i in t], [n_chosen[i] for i in t], [groups[i] for i in t]
+                )
+                per_subset[pairs.subsets[t[0]]] = result["rewardbench2_ties"]["score"]
+            official = {name.lower(): name for name in REWARDBENCH2_SUBSETS}  # its spelling
+            result["rewardbench2"] = rewardbench2_score(
+                {official.get(s.lower(), s): v for s, v in per_subset.items()}
+            )
+    keep = ~ties  # Ties prompts have several correct answers: out of the bins
+    result["distance_bins"] = distance_bins(distance[keep], correct[keep], n_bins)
+    result["per_pair"] = {
+        "scores": [g.tolist() for g in groups],
+        "num_correct": n_chosen,
+        "correct": correct.tolist(),
+        "pairwise": pairwise.tolist(),
+        "distance": distance.tolist(),
+        "subset": pairs.subsets,
+        "id": pairs.ids,
+    }
+    return result
+
+
 def format_report(result: dict) -> str:
     """A readable table of an ``evaluate_pairs`` result."""
-    lines = [f"pairs: {result['pairs']} ({result['format']}), accuracy {result['accuracy']:.4f}"]
+    n_way = "pairwise_accuracy" in result
+    unit = "prompts" if n_way else "pairs"
+    lines = [f"{unit}: {result['pairs']} ({result['format']}), accuracy {result['accuracy']:.4f}"]
+    if n_way:
+        lines[0] = lines[0].replace("accuracy", "best-of-N accuracy")
+        lines[0] += f" ({result['candidates']} responses; pairwise {result['pairwise_accuracy']:.4f})"
     if result.get("ties"):
-        lines[0] += f", ties {result['ties']} (counted as 0.5)"
+        tie = "split as RewardBench 2 splits them" if n_way else "counted as 0.5"
+        lines[0] += f", ties {result['ties']} ({tie})"
     if "rewardbench" in result:
-        rb = result["rewardbench"]
-        for section, score in rb["sections"].items():
-            lines.append(f"  {section:<10} {score:.4f}")
-        lines.append(f"  {'overall':<10} {rb['overall']:.4f}")
+        rb, half = result["rewardbench"], result.get("rewardbench_ties_half")
+        note = "; ties as 0.5 in ()" if half else ""
+        lines.append(f"  RewardBench (its convention: a tie is wrong){note}")
+        for section, score in [*rb["sections"].items(), ("overall", rb["overall"])]:
+            value = half["sections"].get(section, half["overall"]) if half else None
+            lines.append(f"  {section:<10} {score:.4f}" + (f"  ({value:.4f})" if half else ""))
         if rb["missing_subsets"]:
             lines.append(f"  (subsets not in the data: {', '.join(rb['missing_subsets'])})")
+    if "rewardbench2" in result:
+        rb2 = result["rewardbench2"]
+        lines.append(f"  RewardBench 2 score {rb2['score']:.4f} (mean of the subsets below; Ties weighted)")
+        lines += [f"  {name:<10} {score:.4f}" for name, score in rb2["subsets"].items()]
+        if rb2["missing_subsets"]:
+            lines.append(f"  (subsets not in the data: {', '.join(rb2['missing_subsets'])})")
     if "rmbench" in result:
-        rm = result["rmbench"]
-        lines.append(f"  RM-Bench easy {rm['easy']:.4f}  normal {rm['normal']:.4f}  hard {rm['hard']:.4f}")
+        rm, half = result["rmbench"], result.get("rmbench_ties_half")
+        for name, m in (("RM-Bench (a tie is wrong)", rm), ("RM-Bench (ties as 0.5)", half)):
+            if m:
+                lines.append(f"  {name} easy {m['easy']:.4f}  normal {m['normal']:.4f}  hard {m['hard']:.4f}")
     for subset, acc in result.get("per_subset", {}).items():
         lines.append(f"  subset {subset:<28} {acc:.4f}  (n={result['subset_sizes'][subset]})")
     if result["distance_bins"]:
-        lines.append("  accuracy by representation-distance quantile bin (closest first):")
+        closest = " (N-way: chosen to its closest rejected)" if n_way else ""
+        lines.append(f"  accuracy by representation-distance quantile bin (closest first){closest}:")
         for i, b in enumerate(result["distance_bins"]):
             lines.append(f"    bin {i}  {b['lo']:>10.4g}-{b['hi']:<10.4g} n={b['n']:<6} acc {b['acc']:.4f}")
     return "\n".join(lines)

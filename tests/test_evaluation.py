@@ -10,14 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from normbt_plugin.compare import build_report
-from normbt_plugin.evaluation import (
+from normbt_plugin.benchmark_scores import (
     REWARDBENCH_COUNTS,
     REWARDBENCH_SECTIONS,
-    accuracy,
     rewardbench_sections,
     rmbench_matrix,
 )
+from normbt_plugin.compare import build_report
+from normbt_plugin.evaluation import accuracy
 from normbt_plugin.intervals import bootstrap_ci, paired_difference
 from normbt_plugin.pairs import EvalInputError, load_pairs
 from normbt_plugin.scoring import RewardScorer
@@ -236,3 +236,82 @@ def test_gradient_diagnostic_on_a_real_run(trained_pair, tiny, tmp_path):
     np.testing.assert_allclose(nb, weight * bt, rtol=1e-9)  # detached weight times BT's gradient
     assert summary["spearman"]["bt_grad"]["all"] > summary["spearman"]["normbt_grad"]["all"]
     assert (tmp_path / "gradient_vs_distance.png").stat().st_size > 5000
+
+
+def one_swap_bugs(chosen: str, k: int) -> list[str]:
+    """k distinct rejected answers, each the sorted list with one neighbouring pair swapped."""
+    numbers = chosen.split()
+    out = []
+    for i in range(min(k, len(numbers) - 1)):
+        wrong = numbers[:]
+        wrong[i], wrong[i + 1] = wrong[i + 1], wrong[i]
+        out.append(" " + " ".join(wrong))
+    return out
+
+
+def test_eval_rm_best_of_n_on_a_tiny_trained_rm(trained_pair, tiny, tmp_path):
+    """Candidate sets (one correct answer, three one-swap bugs: fine; or three unrelated-word answers:
+    coarse) and a RewardBench 2 file (Math + Ties) scored by a real trained RM through the CLI."""
+    from normbt_plugin.benchmark_scores import best_of_n, rewardbench2_ties
+
+    rows = [json.loads(line) for line in open(tiny["test"])][:48]
+    sets = []
+    for i, r in enumerate(rows):
+        fine = i % 2 == 0
+        rejected = (
+            one_swap_bugs(r["chosen"], 3) if fine else [rows[(i + j) % 48]["rejected"] for j in (1, 3, 5)]
+        )
+        if fine and len(rejected) < 3 or not fine and any(x.split()[0].isdigit() for x in rejected):
+            continue  # a 4-number list has 3 swaps; coarse rejections from coarse rows only
+        sets.append({"prompt": r["prompt"], "chosen": r["chosen"], "rejected": rejected,
+                     "kind": "fine" if fine else "coarse"})  # fmt: skip
+    data = tmp_path / "cands.jsonl"
+    data.write_text("".join(json.dumps(s) + "\n" for s in sets))
+    out = tmp_path / "eval.json"
+    model = str(trained_pair["normbt"] / "out")
+    proc = subprocess.run(
+        [str(BIN / "normbt"), "eval-rm", "--model", model, "--data", str(data), "--subset_key", "kind",
+         "--bins", "2", "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["format"] == "candidates" and result["pairs"] == len(sets)
+    scores = [np.asarray(s) for s in result["per_pair"]["scores"]]
+    assert [len(s) for s in scores] == [4] * len(sets)
+    assert result["per_pair"]["correct"] == best_of_n(scores).tolist()
+    assert result["accuracy"] == pytest.approx(np.mean(best_of_n(scores)))
+    per = result["per_subset"]
+    print(f"best-of-4 accuracy: fine {per['fine']:.3f}, coarse {per['coarse']:.3f} (chance 0.25)")
+    assert per["coarse"] > 0.6 and per["coarse"] > per["fine"]  # trained: coarse sets learnt first
+    assert sum(b["n"] for b in result["distance_bins"]) == len(sets)
+    assert "best-of-N accuracy" in proc.stdout and "closest rejected" in proc.stdout
+
+    # RewardBench 2's layout: the fine sets as Math, and Ties rows (one or two correct answers)
+    fine = [{"prompt": s["prompt"], "rejected": s["rejected"]} for s in sets if s["kind"] == "fine"]
+    answers = [s["chosen"] for s in sets if s["kind"] == "fine"]
+    rb2 = [{**f, "id": str(n), "chosen": [a], "num_correct": 1, "subset": "Math"}
+           for n, (f, a) in enumerate(zip(fine, answers, strict=True))]  # fmt: skip
+    for n, (f, a) in enumerate(zip(fine, answers, strict=True)):
+        rb2.append({**f, "id": f"ref:{n}", "chosen": [a], "num_correct": 1, "subset": "Ties"})
+        rb2.append({**f, "id": f"tied:{n}", "chosen": [a, a + " ."], "rejected": f["rejected"][:2],
+                    "num_correct": 2, "subset": "Ties"})  # fmt: skip
+    data = tmp_path / "rb2.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rb2))
+    proc = subprocess.run(
+        [str(BIN / "normbt"), "eval-rm", "--model", model, "--data", str(data), "--out", str(out)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["format"] == "rewardbench2"
+    pp = result["per_pair"]
+    ties = [i for i, s in enumerate(pp["subset"]) if s == "Ties"]
+    expected = rewardbench2_ties([pp["id"][i] for i in ties], [pp["num_correct"][i] for i in ties],
+                                 [np.asarray(pp["scores"][i]) for i in ties])  # fmt: skip
+    subsets = result["rewardbench2"]["subsets"]
+    assert subsets["Ties"] == pytest.approx(expected["score"]) and subsets["Math"] == pytest.approx(
+        per["fine"]
+    )
+    assert result["rewardbench2"]["score"] == pytest.approx((subsets["Ties"] + subsets["Math"]) / 2)
+    assert "RewardBench 2 score" in proc.stdout
