@@ -223,22 +223,27 @@ def _subset_section(
 
 
 def _rewardbench_section(groups: dict[str, list[Run]]) -> list[str]:
+    """RewardBench's sections and RewardBench 2's subsets, mean over seeds, where every run has them."""
     lines: list[str] = []
-    sections = {loss: [r.eval.get("rewardbench") for r in rs] for loss, rs in groups.items()}
-    if all(all(s is not None for s in v) for v in sections.values()):
-        names = list(next(iter(sections.values()))[0]["sections"])
+    for key, title, parts, total in (
+        ("rewardbench", "RewardBench sections", "sections", "overall"),
+        ("rewardbench2", "RewardBench 2", "subsets", "score"),
+    ):
+        scores = {loss: [r.eval.get(key) for r in rs] for loss, rs in groups.items()}
+        if not all(all(s is not None for s in v) for v in scores.values()):
+            continue
+        names = list(next(iter(scores.values()))[0][parts])
         lines += [
             "",
-            "## RewardBench sections (mean over seeds)",
+            f"## {title} (mean over seeds; ties as the benchmark counts them)",
             "",
-            "| loss | " + " | ".join(names) + " | overall |",
+            "| loss | " + " | ".join(names) + f" | {total} |",
             "|---|" + "---|" * (len(names) + 1),
         ]
-        for loss, secs in sections.items():
-            vals = [np.mean([s["sections"][n] for s in secs]) for n in names]
-            overall = np.mean([s["overall"] for s in secs])
-            lines.append(f"| {loss} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {overall:.4f} |")
-
+        for loss, runs in scores.items():
+            vals = [np.mean([s[parts][n] for s in runs]) for n in names]
+            mean = np.mean([s[total] for s in runs])
+            lines.append(f"| {loss} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {mean:.4f} |")
     return lines
 
 

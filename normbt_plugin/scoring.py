@@ -86,45 +86,56 @@ class RewardScorer:
     def forward(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Rewards ``[N]`` and EOS hidden states ``[N, H]`` of one batch (autograd as the caller
         sets it)."""
+        return self._forward(self._pad(self._token_ids(texts)))
+
+    def _token_ids(self, texts: list[str]) -> list[list[int]]:
+        """Token ids as OpenRLHF's RM dataset makes them (no special tokens added), truncated."""
+        return self.tokenizer(texts, add_special_tokens=False, truncation=True, max_length=self.max_len)[
+            "input_ids"
+        ]
+
+    def _pad(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Left-padded ``input_ids`` and ``attention_mask`` (the reward is read at the last token)."""
+        width = max(len(x) for x in ids)
+        input_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), width), dtype=torch.long)
+        for row, x in enumerate(ids):
+            input_ids[row, width - len(x) :] = torch.tensor(x, dtype=torch.long)
+            mask[row, width - len(x) :] = 1
+        return input_ids.to(self.device), mask.to(self.device)
+
+    def _forward(self, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         from normbt_plugin.hidden import eos_hidden_states
 
-        batch = self.tokenizer(
-            texts,
-            return_tensors="pt",
-            padding=True,
-            truncation=True,
-            max_length=self.max_len,
-            add_special_tokens=False,
-        ).to(self.device)
+        input_ids, attention_mask = batch
         if self.loader == "openrlhf":
-            reward, output = self.model(
-                batch.input_ids, attention_mask=batch.attention_mask, return_output=True
-            )
+            reward, output = self.model(input_ids, attention_mask=attention_mask, return_output=True)
             last = output["last_hidden_state"]
         else:
-            output = self.model(**batch, output_hidden_states=True)
+            output = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
             reward, last = output.logits.squeeze(-1), output.hidden_states[-1]
-        hidden = eos_hidden_states(last, batch.attention_mask, packed=False)
+        hidden = eos_hidden_states(last, attention_mask, packed=False)
         if self.normed_head is not None:  # the distance the loss saw in training
             hidden = self.normed_head.normalize(hidden)
         return reward, hidden
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def score(self, texts: list[str], progress: str | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Rewards ``[N]`` and EOS hidden states ``[N, H]``, batched by length, in input order."""
+        """Rewards ``[N]`` and EOS hidden states ``[N, H]`` in input order: every text tokenised in one
+        call, then batched by token length (the least padding)."""
         from tqdm import tqdm
 
-        lengths = [len(t) for t in texts]
-        order = sorted(range(len(texts)), key=lambda i: lengths[i])
-        rewards, hidden = [None] * len(texts), [None] * len(texts)
+        ids = self._token_ids(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
+        rewards, hidden = np.empty(len(texts), dtype=np.float64), [None] * len(texts)
         starts = range(0, len(texts), self.batch_size)
         for start in tqdm(starts, desc=progress or "scoring", disable=progress is None):
             idx = order[start : start + self.batch_size]
-            reward, h = self.forward([texts[i] for i in idx])
-            reward, h = reward.float().cpu().tolist(), h.float().cpu()  # one transfer per batch
-            for j, i in enumerate(idx):
-                rewards[i], hidden[i] = reward[j], h[j]
-        return np.asarray(rewards, dtype=np.float64), torch.stack(hidden).numpy()
+            reward, h = self._forward(self._pad([ids[i] for i in idx]))
+            rewards[idx] = reward.float().cpu().numpy()  # one transfer per batch
+            for j, h_j in zip(idx, h.float().cpu(), strict=True):
+                hidden[j] = h_j
+        return rewards, torch.stack(hidden).numpy()
 
 
 def check_reward_model(model_path: str, loader: str = "auto") -> tuple[Any, str]:
