@@ -25,10 +25,11 @@ def test_launcher_help_lists_loss_options_beside_openrlhf_flags():
     proc = run(sys.executable, "-m", "normbt_plugin.train_rm", "--help")
     assert proc.returncode == 0, proc.stderr
     for flag in ("--model.loss_type", "--ds.zero_stage", "--normbt.beta", "--normbt.weight_cap",
-                 "--label_smoothing.epsilon", "--center.coef", "--plugin.eval_distance_bins"):  # fmt: skip
+                 "--label_smoothing.epsilon", "--center.coef", "--bsr.coef", "--normbt.bsr_coef",
+                 "--plugin.eval_distance_bins"):  # fmt: skip
         assert flag in proc.stdout
     help_text = " ".join(proc.stdout.split())  # argparse wraps lines
-    assert "registry: bt, center, label_smoothing, logexp, margin, normbt, sigmoid" in help_text
+    assert "registry: bsr, bt, center, label_smoothing, logexp, margin, normbt, sigmoid" in help_text
 
 
 def test_doctor_reports_versions_and_patches():
