@@ -69,7 +69,6 @@ REWARDBENCH_COUNTS = {
     "hep-rust": 164,
 }
 REWARDBENCH2_SUBSETS = ("Factuality", "Precise IF", "Math", "Safety", "Focus", "Ties")
-RMBENCH_STYLES = ("concise", "detailed", "detailed_markdown")
 
 
 def pair_accuracy(chosen: np.ndarray, rejected: np.ndarray, ties: str = "half") -> np.ndarray:
@@ -116,7 +115,7 @@ def best_of_n(scores: list[np.ndarray]) -> np.ndarray:
     return out
 
 
-def _prompt_stats(correct: np.ndarray, incorrect: np.ndarray) -> tuple[bool, float | None, float]:
+def prompt_stats(correct: np.ndarray, incorrect: np.ndarray) -> tuple[bool, float | None, float]:
     """(every correct above the best incorrect, spread of the correct ones or None if one, the gap
     between the worst correct and the best incorrect): ``_compute_prompt_stats``."""
     spread = float(correct.max() - correct.min()) if len(correct) > 1 else None
@@ -135,7 +134,7 @@ def rewardbench2_ties(ids: list[str], num_correct: list[int], scores: list[np.nd
     tied: dict[int, tuple[bool, float | None, float]] = {}
     for row_id, k, s in zip(ids, num_correct, scores, strict=True):
         kind, number = row_id.split(":")
-        (ref if kind == "ref" else tied)[int(number)] = _prompt_stats(s[:k], s[k:])
+        (ref if kind == "ref" else tied)[int(number)] = prompt_stats(s[:k], s[k:])
     ref_accuracy = float(np.mean([v[0] for v in ref.values()])) if ref else 0.0
     tied_accuracy = float(np.mean([v[0] for v in tied.values()])) if tied else 0.0
     both = sorted(set(ref) & set(tied))
@@ -160,10 +159,12 @@ def rewardbench2_ties(ids: list[str], num_correct: list[int], scores: list[np.nd
 
 
 def rewardbench2_score(per_subset: dict[str, float]) -> dict[str, Any]:
-    """The leaderboard number: the mean of the six subset scores (those present; the rest named)."""
-    present = {s: per_subset[s] for s in REWARDBENCH2_SUBSETS if s in per_subset}
+    """The leaderboard number: the mean of the six subset scores (those present, names matched
+    case-insensitively and given RewardBench 2's spelling; the missing ones named)."""
+    by_name = {s.lower(): v for s, v in per_subset.items()}
+    present = {s: by_name[s.lower()] for s in REWARDBENCH2_SUBSETS if s.lower() in by_name}
     return {
         "subsets": present,
         "score": float(np.mean(list(present.values()))) if present else math.nan,
-        "missing_subsets": [s for s in REWARDBENCH2_SUBSETS if s not in per_subset],
+        "missing_subsets": [s for s in REWARDBENCH2_SUBSETS if s not in present],
     }

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from normbt_plugin.benchmark_scores import (
-    REWARDBENCH2_SUBSETS,
     best_of_n,
     pair_accuracy,
+    prompt_stats,
     rewardbench2_score,
     rewardbench2_ties,
     rewardbench_sections,
@@ -108,11 +108,10 @@ def evaluate_candidates(scorer: RewardScorer, pairs: Pairs, n_bins: int = 5, pro
     score, hidden = scorer.score(texts, "scoring candidates" if progress else None)
     groups = [score[a:b] for a, b in zip(starts, starts[1:], strict=False)]
     n_chosen = [len(c) for c in pairs.chosen]
-    rb2 = pairs.format == "rewardbench2"
-    ties = np.array([rb2 and s.lower() == "ties" for s in pairs.subsets or [""] * len(pairs)])
+    ties = np.array([pairs.is_ties(i) for i in range(len(pairs))], dtype=bool)
     correct = best_of_n(groups)
     for i in np.flatnonzero(ties):  # the Ties accuracy term: every correct answer above every incorrect
-        correct[i] = float(groups[i][: n_chosen[i]].min() > groups[i][n_chosen[i] :].max())
+        correct[i] = float(prompt_stats(groups[i][: n_chosen[i]], groups[i][n_chosen[i] :])[0])
     h = torch.from_numpy(hidden)
     distance, pairwise = np.empty(len(pairs)), np.empty(len(pairs))
     for i, (a, k) in enumerate(zip(starts, n_chosen, strict=False)):
@@ -130,7 +129,7 @@ def evaluate_candidates(scorer: RewardScorer, pairs: Pairs, n_bins: int = 5, pro
         names = sorted(set(pairs.subsets))
         result["per_subset"] = {s: float(correct[subsets == s].mean()) for s in names}
         result["subset_sizes"] = {s: int((subsets == s).sum()) for s in names}
-        if rb2:
+        if pairs.format == "rewardbench2":
             per_subset = dict(result["per_subset"])
             if ties.any():
                 t = np.flatnonzero(ties)
@@ -138,10 +137,7 @@ def evaluate_candidates(scorer: RewardScorer, pairs: Pairs, n_bins: int = 5, pro
                     [pairs.ids[i] for i in t], [n_chosen[i] for i in t], [groups[i] for i in t]
                 )
                 per_subset[pairs.subsets[t[0]]] = result["rewardbench2_ties"]["score"]
-            official = {name.lower(): name for name in REWARDBENCH2_SUBSETS}  # its spelling
-            result["rewardbench2"] = rewardbench2_score(
-                {official.get(s.lower(), s): v for s, v in per_subset.items()}
-            )
+            result["rewardbench2"] = rewardbench2_score(per_subset)
     keep = ~ties  # Ties prompts have several correct answers: out of the bins
     result["distance_bins"] = distance_bins(distance[keep], correct[keep], n_bins)
     result["per_pair"] = {

@@ -39,6 +39,10 @@ class Pairs:
         """One prompt, several candidates (best-of-N): rewardbench2, candidates."""
         return self.format in N_WAY
 
+    def is_ties(self, i: int) -> bool:
+        """Row ``i`` belongs to RewardBench 2's Ties subset (scored by its own formula)."""
+        return self.format == "rewardbench2" and self.subsets[i].lower() == "ties"
+
 
 N_WAY = ("rewardbench2", "candidates")
 
@@ -134,8 +138,7 @@ def _check_candidates(pairs: Pairs, source: str) -> None:
                 "rejected responses."
             )
         pairs.chosen[i] = chosen
-        ties = pairs.format == "rewardbench2" and pairs.subsets[i].lower() == "ties"
-        if ties:
+        if pairs.is_ties(i):
             kind, _, number = pairs.ids[i].partition(":")
             if kind not in ("ref", "tied") or not number.isdigit():
                 raise EvalInputError(

@@ -95,7 +95,8 @@ class RewardScorer:
         ]
 
     def _pad(self, ids: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Left-padded ``input_ids`` and ``attention_mask`` (the reward is read at the last token)."""
+        """Left-padded ``input_ids`` and ``attention_mask`` (the reward is read at the last token).
+        By hand: ``tokenizer.pad`` made eval_throughput.py's batch-16 run 5-10% slower."""
         width = max(len(x) for x in ids)
         input_ids = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
         mask = torch.zeros((len(ids), width), dtype=torch.long)
