@@ -2,8 +2,8 @@
 
 Kept as close to the originals as their inputs allow (same names, same numpy/pandas/datasets calls),
 so that a difference between normbt_plugin.benchmark_scores and these is a difference from the
-benchmark. The ``rewardbench`` package itself is not installed: its pins (fastchat, accelerate,
-older transformers) do not install beside this project's lock. Sources:
+benchmark. The ``rewardbench`` package itself is not installed: rewardbench 0.1.4 needs
+transformers 4.51.0 (this lock: 5.15.0), tokenizers 0.21 and huggingface-hub 0.36 (README). Sources:
 
 - RewardBench v1: allenai/reward-bench ``scripts/run_rm.py`` (``results = [1 if chosen > rejected else
   0 ...]``, per-subset ``num_correct / num_total``), ``rewardbench/utils.py``
