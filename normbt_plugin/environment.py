@@ -1,6 +1,7 @@
 """The machine and the installed packages: the CPU environment's lock, and the CPU's dtype.
 
     python -m normbt_plugin.environment --check requirements-cpu.lock   # exit 1 on any difference
+    python -m normbt_plugin.environment --bytecode   # compile site-packages if the stack has no bytecode
 
 ``scripts/install-cpu.sh`` installs every distribution at the version in ``requirements-cpu.lock``
 and ends with this check; ``normbt doctor`` runs it too, so a hand-made environment shows what
@@ -10,6 +11,8 @@ differs (and the command that fixes it) before a run fails an hour in.
 from __future__ import annotations
 
 import argparse
+import compileall
+import importlib.util
 import site
 import sys
 from dataclasses import dataclass
@@ -31,6 +34,11 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 # spawned one of its own (vLLM's CPU platform then uses its uni executor): an engine start took
 # 3.2 s instead of 21.4 s on 2 cores, with the same greedy output.
 VLLM_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+# What every stage's processes import. Where PYTHONDONTWRITEBYTECODE=1 is set and a venv was installed
+# without bytecode, each process compiles them from source: importing torch, deepspeed,
+# openrlhf.trainer.ray and vllm took 18 s instead of 7.8 s here (README, Two commands).
+HEAVY_PACKAGES = ("torch", "transformers", "deepspeed", "openrlhf", "vllm", "ray")
+COMPILED_ENOUGH = 0.9  # share of a package's modules with bytecode (a few of torch's never compile)
 
 
 def cpu_flags() -> set[str]:
@@ -125,10 +133,44 @@ def check(path: Path) -> list[Difference]:
     return differences(read_lock(path))
 
 
+def bytecode_share(package: str) -> float | None:
+    """The share of ``package``'s modules whose bytecode is in place and readable (None: not installed)."""
+    spec = importlib.util.find_spec(package)  # a top-level name: found without importing it
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    sources = [p for folder in spec.submodule_search_locations for p in Path(folder).rglob("*.py")]
+    if not sources:
+        return None
+    compiled = sum(Path(importlib.util.cache_from_source(str(p))).exists() for p in sources)
+    return compiled / len(sources)
+
+
+def missing_bytecode(packages: tuple[str, ...] = HEAVY_PACKAGES) -> list[str]:
+    """The installed ``packages`` that would be compiled from source by every process importing them."""
+    shares = {name: bytecode_share(name) for name in packages}
+    return [name for name, share in shares.items() if share is not None and share < COMPILED_ENOUGH]
+
+
+def compile_site_packages() -> None:
+    """Bytecode for every module of this interpreter's site-packages (what ``uv --compile-bytecode``
+    does at install; needed for a venv installed without it)."""
+    for folder in site.getsitepackages():
+        # quiet=2: torch ships modules only Python 3.12 parses; they fail here as in any compileall run
+        compileall.compile_dir(folder, quiet=2, workers=0)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="compare the installed packages with a lock file")
     parser.add_argument("--check", type=Path, default=REPO_LOCK, metavar="LOCK")
+    parser.add_argument("--bytecode", action="store_true",
+                        help="also compile site-packages if the heavy packages have no bytecode")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.bytecode and (missing := missing_bytecode()):
+        print(f"environment: no bytecode for {', '.join(missing)}: compiling site-packages")
+        compile_site_packages()
+        if missing := missing_bytecode():
+            print(f"environment: still no bytecode for {', '.join(missing)}")
+            return 1
     diffs = check(args.check)
     for diff in diffs:
         print(f"{diff.describe()}\n    fix: {diff.fix()}")

@@ -37,6 +37,7 @@ def test_doctor_reports_versions_and_patches():
     assert proc.returncode == 0, proc.stderr
     rows = {line[:18].strip(): line[18:].strip() for line in proc.stdout.splitlines()}
     assert rows["openrlhf"] == "0.11.2 (supported: 0.11.2)" and rows["vLLM"] == "yes"
+    assert rows["bytecode"] == "compiled (torch, transformers, deepspeed, openrlhf, vllm, ray)"
     assert rows["patches, RM stage"].endswith("registered_loss, value_head_norm")
     assert rows["patches, PPO stage"].endswith("cpu_ppo, vllm_cpu, value_head_norm, reward_norm")
     assert rows["lock"].startswith("every distribution as in") and rows["lock"].endswith(

@@ -70,6 +70,32 @@ def test_doctor_names_a_mismatched_version_and_the_command_that_fixes_it(tmp_pat
     assert re.search(r"^CPU\s+\S+ \((native bf16|no native bf16)", proc.stdout, re.M), proc.stdout
 
 
+# ------------------------------------------------------------------ bytecode
+
+
+def test_the_heavy_packages_have_bytecode_here():
+    """install-cpu.sh compiled them: no process here compiles torch or vLLM from source."""
+    assert environment.missing_bytecode() == []
+    assert environment.bytecode_share("torch") > environment.COMPILED_ENOUGH
+
+
+def test_missing_bytecode_is_found_and_compiled(tmp_path, monkeypatch):
+    package = tmp_path / "site" / "fakeheavy"
+    (package / "sub").mkdir(parents=True)
+    for path in (package / "__init__.py", package / "a.py", package / "sub" / "__init__.py"):
+        path.write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert environment.bytecode_share("fakeheavy") == 0.0
+    assert environment.missing_bytecode(("fakeheavy", "no_such_package")) == ["fakeheavy"]
+    import compileall
+
+    compileall.compile_dir(str(package), quiet=2)
+    assert environment.bytecode_share("fakeheavy") == 1.0 and environment.missing_bytecode(("fakeheavy",)) == []
+    # where Python looks for bytecode elsewhere (PYTHONPYCACHEPREFIX), the stack has none: doctor's warning
+    monkeypatch.setattr(sys, "pycache_prefix", str(tmp_path / "empty-prefix"))
+    assert environment.missing_bytecode() == list(environment.HEAVY_PACKAGES)
+
+
 def test_native_bf16_is_read_from_the_cpu_flags():
     assert environment.native_bf16({"avx2", "avx512_bf16"}) and environment.native_bf16({"amx_bf16"})
     assert not environment.native_bf16({"avx2", "fma", "avx512f"})
@@ -118,7 +144,10 @@ def test_cpu_parsers_take_fp32_and_default_to_it(openrlhf_patched):
 
     if torch.cuda.is_available():
         pytest.skip("the CPU default only applies without a GPU")
-    for module in ("train_rm", "train_sft"):
+    from normbt_plugin.patches import apply_openrlhf_patches
+
+    apply_openrlhf_patches(ppo=True)  # as the PPO launcher does
+    for module in ("train_rm", "train_sft", "train_ppo_ray"):
         parser = capture_parser(f"openrlhf.cli.{module}")
         assert getattr(parser.parse_args([]), "ds.param_dtype") == "fp32", module
         assert getattr(parser.parse_args(["--ds.param_dtype", "bf16"]), "ds.param_dtype") == "bf16"

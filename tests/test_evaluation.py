@@ -214,15 +214,12 @@ def test_compare_pairs_subsets_and_baseline_distance_bins(tmp_path):
     assert "p=" in (tmp_path / "report" / "report.md").read_text()
 
 
-def test_compare_refuses_runs_on_different_pairs(trained_pair, tmp_path):
-    other = tmp_path / "other"
-    (other / "metrics").mkdir(parents=True)
-    (other / "metrics" / "meta.json").write_text(json.dumps({"loss": "center", "seed": 1}))
-    result = json.loads((trained_pair["bt"] / "eval.json").read_text())
-    result["per_pair"]["correct"] = result["per_pair"]["correct"][:5]
-    (other / "eval.json").write_text(json.dumps(result))
+def test_compare_refuses_runs_on_different_pairs(tmp_path):
+    distance = np.linspace(0.1, 10, 20)
+    bt = _fake_run(tmp_path / "bt", "bt", 1, np.ones(20), distance, ["fine"] * 20)
+    other = _fake_run(tmp_path / "other", "center", 1, np.ones(5), distance[:5], ["fine"] * 5)
     with pytest.raises(EvalInputError, match="different pair sets"):
-        build_report([str(trained_pair["bt"]), str(other)], str(tmp_path / "r"))
+        build_report([bt, other], str(tmp_path / "r"))
 
 
 @pytest.mark.slow
@@ -249,6 +246,7 @@ def one_swap_bugs(chosen: str, k: int) -> list[str]:
     return out
 
 
+@pytest.mark.slow
 def test_eval_rm_best_of_n_on_a_tiny_trained_rm(trained_pair, tiny, tmp_path):
     """Candidate sets (one correct answer, three one-swap bugs: fine; or three unrelated-word answers:
     coarse) and a RewardBench 2 file (Math + Ties) scored by a real trained RM through the CLI."""
