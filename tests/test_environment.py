@@ -90,7 +90,8 @@ def test_missing_bytecode_is_found_and_compiled(tmp_path, monkeypatch):
     import compileall
 
     compileall.compile_dir(str(package), quiet=2)
-    assert environment.bytecode_share("fakeheavy") == 1.0 and environment.missing_bytecode(("fakeheavy",)) == []
+    assert environment.bytecode_share("fakeheavy") == 1.0
+    assert environment.missing_bytecode(("fakeheavy",)) == []
     # where Python looks for bytecode elsewhere (PYTHONPYCACHEPREFIX), the stack has none: doctor's warning
     monkeypatch.setattr(sys, "pycache_prefix", str(tmp_path / "empty-prefix"))
     assert environment.missing_bytecode() == list(environment.HEAVY_PACKAGES)
