@@ -12,7 +12,14 @@ import torch.nn.functional as F
 
 from normbt_plugin import available_losses, build_loss, register_loss, unregister_loss
 from normbt_plugin import losses as losses_module
-from normbt_plugin.losses import NormBTLoss, PreferenceLoss, host_metrics, resolve_loss_name
+from normbt_plugin.losses import (
+    _NORMBT_BASES,
+    NormBTLoss,
+    PreferenceLoss,
+    host_metrics,
+    registered_losses,
+    resolve_loss_name,
+)
 
 
 def pairs_at_distances(distances: torch.Tensor, error: torch.Tensor, w: torch.Tensor, seed: int = 0):
@@ -371,14 +378,23 @@ def test_bad_options_are_clear_errors(kwargs, message):
         NormBTLoss(**kwargs)
 
 
-@pytest.mark.parametrize("name", ["bt", "normbt"])
-def test_a_loss_call_never_waits_for_the_device(name):
+# every registered loss, and NormBT on each of its bases
+DEVICE_FREE = [(spec.name, {}) for spec in registered_losses()] + [
+    ("normbt", {"base": base}) for base in _NORMBT_BASES
+]
+
+
+@pytest.mark.parametrize(
+    "name, options", DEVICE_FREE, ids=[f"{n}-{o.get('base', '')}" for n, o in DEVICE_FREE]
+)
+def test_a_loss_call_never_waits_for_the_device(name, options):
     """On the meta device any host read (.item(), .tolist(), bool()) raises: a call never syncs."""
-    loss = build_loss(name)
+    loss = build_loss(name, **options)
     meta = torch.device("meta")
+    margin = torch.empty(8, device=meta) if loss.uses_margin else None
     for _ in range(2):  # the first batch (mu unset) and a later one
         c = torch.empty(8, device=meta, requires_grad=True)
         h = torch.empty(8, 16, device=meta)
-        value, metrics = loss(c, torch.empty(8, device=meta), h, torch.empty(8, 16, device=meta))
+        value, metrics = loss(c, torch.empty(8, device=meta), h, torch.empty(8, 16, device=meta), margin)
         value.backward()
         assert all(isinstance(v, torch.Tensor) and v.device == meta for v in metrics.values())
