@@ -34,6 +34,11 @@ class RunMeta:
     disable_dropout: bool = False
     model: str | None = None
     dataset: str | None = None
+    # what the trained module really was, read off it (not off the flags): trainable LoRA tensors,
+    # gradient checkpointing on, the first training forward packed (one row of concatenated pairs)
+    lora_tensors: int = 0
+    gradient_checkpointing: bool = False
+    packed_forward: bool | None = None  # None: no training forward yet
 
     @property
     def name(self) -> str:

@@ -119,7 +119,8 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
                 strategy.print(f"normbt-plugin: restored {self.loss_name} state {state['state']}")
         strategy.print(f"normbt-plugin: loss {self.loss_name} ({type(self.plugin_loss).__name__})")
         self.recorder = RunRecorder(self.args.plugin.metrics_dir, strategy.get_rank())
-        self.recorder.meta(self._run_meta())
+        self.run_meta = self._run_meta()
+        self.recorder.meta(self.run_meta)
 
     def _check_dropout(self) -> None:
         """``--plugin.disable_dropout``, or a warning where a distance-using loss meets dropout."""
@@ -139,6 +140,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
     def _run_meta(self) -> RunMeta:
         """Which loss, options and seed made this run (``normbt compare`` reads it)."""
         options = getattr(self.args, self.loss_name, None)
+        module = self.strategy._unwrap_model(self.model)
         return RunMeta(
             loss=self.loss_name,
             seed=self.args.train.seed,
@@ -148,6 +150,10 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
             disable_dropout=self.args.plugin.disable_dropout,
             model=self.args.model.model_name_or_path,
             dataset=self.args.data.dataset,
+            lora_tensors=sum(p.requires_grad and "lora_" in n for n, p in module.named_parameters()),
+            gradient_checkpointing=any(
+                getattr(m, "is_gradient_checkpointing", False) for m in module.modules()
+            ),
         )
 
     def in_training(self) -> bool:
@@ -164,6 +170,10 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
             ring_attn_group=self.strategy.ring_attn_group,
         )
         batch = chosen_ids.shape[0]
+        if self.run_meta.packed_forward is None and self.in_training():  # recorded once, as it ran
+            # 2B sequences in one row of concatenated tokens, not 2B padded rows
+            self.run_meta.packed_forward = output["last_hidden_state"].shape[0] == 1
+            self.recorder.meta(self.run_meta)
         if self.plugin_loss.needs_hidden or not self.in_training():
             hidden = eos_hidden_states(output["last_hidden_state"], att_masks, self.packing_samples)
             if self._normed_head is not None:  # the distance of what the value head reads
@@ -221,6 +231,11 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
 
     def _distance_bin_accuracy(self) -> list[dict[str, float]]:
         return gather_distance_bins(self._eval_pairs, self.eval_distance_bins)
+
+
+def checkpointing(module: torch.nn.Module) -> bool:
+    """Whether gradient checkpointing is on in ``module`` (transformers' flag on any submodule)."""
+    return any(getattr(m, "is_gradient_checkpointing", False) for m in module.modules())
 
 
 def _remember_client_state(load_ckpt):
