@@ -51,10 +51,15 @@ def chat_standins(tmp_path_factory):
     return build_chat_setup(tmp_path_factory.mktemp("chat"), n_train=64, n_test=32)
 
 
-def stage(config: str, script: str, overrides: dict[str, str], log) -> subprocess.CompletedProcess:
-    """``source`` the config as compare.sh does, then set the overrides, then run the stage."""
+def stage(
+    config: str, script: str, overrides: dict[str, str], log, *flags: str
+) -> subprocess.CompletedProcess:
+    """``source`` the config as compare.sh does, then set the overrides, then run the stage with ``flags``."""
     assignments = " ".join(f"export {k}={shlex.quote(v)};" for k, v in overrides.items())
-    command = f"set -a; source recipes/configs/{config}.env; set +a; {assignments} bash recipes/{script}"
+    command = (
+        f"set -a; source recipes/configs/{config}.env; set +a; {assignments} "
+        f"bash recipes/{script} {shlex.join(flags)}"
+    )
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
            "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}  # fmt: skip
     for name in ("MODEL", "DATASET", "POLICY", "PROMPTS", "EVAL_DATASET", "RM", "OUT"):
@@ -83,6 +88,14 @@ def test_gpu_config_rm_and_ppo_stages_run_on_chat_standins(config, chat_standins
     ppo_out = tmp_path / "ppo"
     ppo = stage(config, "ppo.sh", {**GPU_ONLY, **SIZES, "ATTN": PPO_ATTN, "POLICY": str(data["model"]),
                                    "RM": str(out / "model"), "PROMPTS": str(data["prompts"]),
-                                   "OUT": str(ppo_out)}, tmp_path / "ppo.log")  # fmt: skip
+                                   "OUT": str(ppo_out)}, tmp_path / "ppo.log",
+                "--actor.lr_warmup_ratio", "0")  # fmt: skip
     assert ppo.returncode == 0, ppo.stdout[-3000:] + ppo.stderr[-3000:]
-    assert (ppo_out / "model" / "config.json").exists()
+    # one PPO step at the config's learning rate (no warm-up, whose first step has lr 0): the actor moved
+    from safetensors.torch import load_file
+
+    before = load_file(data["model"] / "model.safetensors")
+    after = load_file(ppo_out / "model" / "model.safetensors")
+    assert before.keys() == after.keys()
+    moved = max((after[k].float() - before[k].float()).abs().max().item() for k in before)
+    assert moved > 0, "the PPO step left the actor unchanged"
