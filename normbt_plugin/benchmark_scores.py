@@ -128,6 +128,11 @@ def rewardbench2_ties(ids: list[str], num_correct: list[int], scores: list[np.nd
     accuracy + 0.2 correct-vs-incorrect gap above the spread of the correct answers (tied prompts) +
     0.2 the same with the smaller of the tied and reference gaps + 0.01 mean tanh(gap / spread - 1).
 
+    As the released scorer (rewardbench 0.1.4 on PyPI, the code of the launch leaderboard's image)
+    computes it: the tanh term averages over the prompts whose correct answers' scores spread
+    (spread > 0); GitHub main since PR #244 averages over all, a zero spread giving tanh(+-inf) or 0.
+    They differ only where two correct answers of a tied prompt score exactly alike (README).
+
     ``ids``: ``ref:<n>`` (one correct answer) or ``tied:<n>`` (several); ``scores[i]``: the
     ``num_correct[i]`` correct answers first, then the incorrect ones."""
     ref: dict[int, tuple[bool, float | None, float]] = {}
@@ -142,10 +147,11 @@ def rewardbench2_ties(ids: list[str], num_correct: list[int], scores: list[np.nd
     gap_tied = np.array([tied[p][2] for p in both], dtype=np.float64)
     gap_ref = np.array([ref[p][2] for p in both], dtype=np.float64)
     hard_gap = np.minimum(gap_ref, gap_tied)
-    preferred = float(np.mean(gap_tied > spread)) if both else math.nan
-    preferred_hard = float(np.mean(hard_gap > spread)) if both else math.nan
-    with np.errstate(divide="ignore", invalid="ignore"):  # spread 0: the official code's nan -> 0
-        margin = float(np.mean(np.nan_to_num(np.tanh(hard_gap / spread - 1), nan=0.0))) if both else math.nan
+    preferred = float(np.mean(gap_tied > spread)) if both else 0.0  # no shared prompt: 0, as released
+    preferred_hard = float(np.mean(hard_gap > spread)) if both else 0.0
+    spread_out = spread > 0
+    ratios = hard_gap[spread_out] / spread[spread_out]
+    margin = float(np.mean(np.tanh(ratios - 1))) if ratios.size else 0.0
     score = 0.3 * tied_accuracy + 0.3 * ref_accuracy + 0.2 * preferred + 0.2 * preferred_hard + 0.01 * margin
     return {
         "score": score,

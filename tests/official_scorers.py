@@ -10,15 +10,23 @@ transformers 4.51.0 (this lock: 5.15.0), tokenizers 0.21 and huggingface-hub 0.3
   ``calculate_scores_per_section``, ``rewardbench/constants.py`` ``EXAMPLE_COUNTS`` and
   ``SUBSET_MAPPING``; the leaderboard score is the mean of the four sections.
 - RewardBench 2: allenai/reward-bench ``scripts/run_v2.py`` (per-subset ``sum(results) / len``, Ties by
-  ``process_single_model``), ``rewardbench/utils.py`` ``reroll_and_score_dataset``,
-  ``_compute_prompt_stats``, ``process_single_model``.
+  ``process_single_model``). ``released_rewardbench_utils`` reads ``reroll_and_score_dataset``,
+  ``sample_stats`` and ``process_single_model`` from the released wheel itself (rewardbench 0.1.4, which
+  scripts/install-cpu.sh downloads and hash-checks into .whl/ without installing it): the code the
+  leaderboard's scores were computed with (README). ``process_single_model_main`` is GitHub main's
+  rewrite since PR #244 (``_compute_prompt_stats``), transcribed: it differs in the Ties margin term.
 - RM-Bench: THU-KEG/RM-Bench README ``compute_accuracy`` (all domains in one list).
 """
 
 # ruff: noqa: B023, B905, E501 (kept as the originals write it)
 from __future__ import annotations
 
+import ast
+import functools
+import math
+import zipfile
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -106,32 +114,23 @@ def rewardbench_v1(scores_chosen, scores_rejected, subsets):
 # ------------------------------------------------------------------ RewardBench 2
 
 
-def reroll_and_score_dataset(dataset, total_completions, cols_to_combine=("text", "scores")):
-    df = dataset.to_pandas()
-    if sum(total_completions) != len(df):
-        raise ValueError(
-            f"Sum of total_completions ({sum(total_completions)}) does not equal dataset length ({len(df)})"
-        )
-    rerolled_rows = []
-    current_idx = 0
-    for group_size in total_completions:
-        group = df.iloc[current_idx : current_idx + group_size]
-        new_row = {}
-        for col in cols_to_combine:
-            new_row[col] = group[col].tolist()
-        # penalty for ties
-        scores = new_row["scores"]
-        max_val = np.max(scores)
-        new_row["results"] = (1 / np.sum(scores == max_val)) if scores[0] == max_val else 0
-        other_columns = [col for col in df.columns if col not in cols_to_combine]
-        for col in other_columns:
-            values = group[col].unique()
-            if len(values) != 1:
-                raise ValueError(f"Column {col} has different values within group at index {current_idx}")
-            new_row[col] = values[0]
-        rerolled_rows.append(new_row)
-        current_idx += group_size
-    return Dataset.from_pandas(pd.DataFrame(rerolled_rows))
+RELEASED_WHEEL = Path(__file__).resolve().parents[1] / ".whl" / "rewardbench-0.1.4-py3-none-any.whl"
+RELEASED_FUNCTIONS = ("reroll_and_score_dataset", "sample_stats", "process_single_model")
+
+
+@functools.cache
+def released_rewardbench_utils() -> dict:
+    """``rewardbench/utils.py``'s scoring functions, compiled from the released wheel's own source (the
+    module's imports, fastchat and the model zoo among them, are not run: only these functions)."""
+    if not RELEASED_WHEEL.exists():
+        raise FileNotFoundError(f"{RELEASED_WHEEL} is missing: bash scripts/install-cpu.sh downloads it")
+    source = zipfile.ZipFile(RELEASED_WHEEL).read("rewardbench/utils.py").decode()
+    tree = ast.parse(source)
+    tree.body = [n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name in RELEASED_FUNCTIONS]
+    assert sorted(n.name for n in tree.body) == sorted(RELEASED_FUNCTIONS)
+    namespace = {"np": np, "pd": pd, "math": math, "Dataset": Dataset}
+    exec(compile(tree, f"{RELEASED_WHEEL.name}/rewardbench/utils.py", "exec"), namespace)
+    return {name: namespace[name] for name in RELEASED_FUNCTIONS}
 
 
 def _compute_prompt_stats(samples):
@@ -146,7 +145,7 @@ def _compute_prompt_stats(samples):
     return accurate, different_correct_margin, correct_incorrect_margin
 
 
-def process_single_model(dataset):
+def process_single_model_main(dataset):
     grouped_samples = defaultdict(list)
     for sample in dataset:
         sample_type, prompt_id_str = sample["id"].split(":")
@@ -185,9 +184,15 @@ def process_single_model(dataset):
     return dataset, float(overall_score)
 
 
-def rewardbench_v2(rows, scores):
+def rewardbench_v2(rows, scores, ties="released"):
     """run_v2.py on RewardBench 2 rows (id, subset, chosen, rejected, num_correct) and each row's
-    scores (chosen first, then rejected, as load_bon_dataset_v2 unrolls them)."""
+    scores (chosen first, then rejected, as load_bon_dataset_v2 unrolls them), with the released
+    scorer's functions (``ties="main"``: GitHub main's Ties function instead)."""
+    released = released_rewardbench_utils()
+    reroll_and_score_dataset = released["reroll_and_score_dataset"]
+    process_single_model = (
+        released["process_single_model"] if ties == "released" else process_single_model_main
+    )
     total_completions = [len(r["chosen"]) + len(r["rejected"]) for r in rows]
     unrolled = {"subset": [], "id": [], "text": [], "scores": []}
     for r, s in zip(rows, scores):

@@ -13,7 +13,14 @@ import math
 import numpy as np
 import pytest
 import torch
-from official_scorers import rewardbench_v1, rewardbench_v2, rmbench_compute_accuracy
+from datasets import Dataset
+from official_scorers import (
+    process_single_model_main,
+    released_rewardbench_utils,
+    rewardbench_v1,
+    rewardbench_v2,
+    rmbench_compute_accuracy,
+)
 
 from normbt_plugin.benchmark_scores import (
     REWARDBENCH2_SUBSETS,
@@ -125,6 +132,50 @@ def test_rewardbench2_equals_the_official_scorer(seed):
     for subset, value in official.items():
         assert ours[subset] == pytest.approx(value, abs=TOL), subset
     assert result["rewardbench2"]["score"] == pytest.approx(np.mean(list(official.values())), abs=TOL)
+
+
+def tied_prompts(rng: np.random.Generator, prompts: int = 40) -> list[dict]:
+    """Ties rows, a reference and a tied prompt each, random scores rounded to 0.1 (so two correct
+    answers of a tied prompt sometimes score exactly alike)."""
+    rows = []
+    for p in range(prompts):
+        for kind, k in (("ref", 1), ("tied", int(rng.integers(2, 4)))):
+            n = k + int(rng.integers(1, 4))
+            rows.append(
+                {"id": f"{kind}:{p}", "num_correct": k, "scores": np.round(rng.normal(0, 1, n), 1).tolist()}
+            )
+    return rows
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_ties_score_is_the_released_scorers_and_where_github_main_differs(seed):
+    """rewardbench 0.1.4's own process_single_model (from the wheel) and ours agree to 1e-12. GitHub
+    main's rewrite (PR #244) averages the tanh margin term over every prompt, a zero spread among the
+    correct answers included (tanh(+-inf) = +-1, 0/0 -> 0); the release over those with a spread only."""
+    rows = tied_prompts(np.random.default_rng(seed))
+    released = released_rewardbench_utils()["process_single_model"](Dataset.from_list(rows))[1]
+    main = process_single_model_main(Dataset.from_list(rows))[1]
+    ours = rewardbench2_ties([r["id"] for r in rows], [r["num_correct"] for r in rows],
+                             [np.array(r["scores"]) for r in rows])  # fmt: skip
+    assert ours["score"] == pytest.approx(released, abs=1e-12)
+    # main's margin term, by hand: the released one with the zero-spread prompts put back in
+    tied = {r["id"].split(":")[1]: np.array(r["scores"]) for r in rows if r["id"].startswith("tied")}
+    ref = {r["id"].split(":")[1]: np.array(r["scores"]) for r in rows if r["id"].startswith("ref")}
+    k = {r["id"].split(":")[1]: r["num_correct"] for r in rows if r["id"].startswith("tied")}
+    terms = []
+    for p, s in tied.items():
+        spread = s[: k[p]].max() - s[: k[p]].min()
+        gap = min(s[: k[p]].min() - s[k[p] :].max(), ref[p][0] - ref[p][1:].max())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            terms.append(np.nan_to_num(np.tanh(gap / spread - 1), nan=0.0))
+    zero_spread = sum(np.ptp(s[: k[p]]) == 0 for p, s in tied.items())
+    expected_main = ours["score"] - 0.01 * ours["correctness_margin_score"] + 0.01 * float(np.mean(terms))
+    assert main == pytest.approx(expected_main, abs=1e-12)
+    if zero_spread == 0:
+        assert main == pytest.approx(released, abs=1e-12)
+    print(
+        f"seed {seed}: {zero_spread} tied prompts with zero spread; main - released = {main - released:+.2e}"
+    )
 
 
 @pytest.mark.parametrize("seed", range(5))
