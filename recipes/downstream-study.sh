@@ -14,6 +14,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+  sed -n '2,13p' "$0"; echo
+  echo "Environment (defaults): OUT=runs/downstream LOSSES='bt normbt' RM_SEEDS='1 2 3' PPO_SEEDS='1 2'"
+  echo "  COMPARATOR=label_smoothing COMPARATOR_SEEDS=1 CEILING_SEEDS='1 2' LENGTHS=3-5 N_SFT=4096 SFT_EPOCHS=4"
+  echo "  N_TRAIN=512 N_TEST=256 STEPS=144 ROLLOUT_BS=16 N_SAMPLES=4 ESTIMATOR=reinforce_baseline"
+  echo "  ACTOR_LR=2e-4 KL=0.02 SMOKE=0 DRY_RUN=0"
+  exit 0
+fi
+
 OUT=${OUT:-runs/downstream}
 LOSSES=${LOSSES-bt normbt}
 RM_SEEDS=${RM_SEEDS-1 2 3}

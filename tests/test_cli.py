@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -55,25 +54,13 @@ def test_compare_without_metrics_is_a_clear_error(tmp_path):
     assert proc.returncode == 2 and "--plugin.metrics_dir" in proc.stderr
 
 
-@pytest.mark.parametrize("script", ["rm.sh", "compare.sh"])
-def test_recipes_have_help(script):
-    proc = run("bash", f"recipes/{script}", "--help")
-    assert proc.returncode == 0 and "Environment" in proc.stdout
+RECIPES = sorted(p.name for p in (REPO / "recipes").glob("*.sh") if p.name != "stage-times.sh")  # sourced
 
 
-@pytest.mark.slow
-def test_compare_recipe_tiny_default_end_to_end(tmp_path):
-    """The README's main command, shortened to its RM part (PPO=0; tests/test_ppo.py runs the whole
-    chain, NormBT included): BT and a NormBT variant, evaluated, in one report."""
-    env = {**ENV, "RUN_DIR": str(tmp_path / "compare"), "EPOCHS": "1", "N_TRAIN": "128", "N_TEST": "64",
-           "PPO": "0", "LOSSES": "bt noema=normbt:--normbt.use_ema=false"}  # fmt: skip
-    proc = run("bash", "recipes/compare.sh", env=env, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "| bt | 1 |" in proc.stdout and "| noema | 1 |" in proc.stdout
-    meta = json.loads((tmp_path / "compare" / "rm-noema-seed1" / "metrics" / "meta.json").read_text())
-    assert meta["loss"] == "normbt" and meta["options"]["use_ema"] is False
-    assert "Accuracy by representation-distance quantile bin" in proc.stdout
-    assert "| fine |" in proc.stdout and "| coarse |" in proc.stdout  # SUBSET_KEY=kind
-    report = tmp_path / "compare" / "report"
-    assert (report / "report.md").exists() and (report / "accuracy_by_distance.png").stat().st_size > 0
-    assert (tmp_path / "compare" / "rm-noema-seed1" / "model" / "config.json").exists()
+@pytest.mark.parametrize("script", RECIPES)
+def test_every_recipe_prints_help_and_starts_nothing(script, tmp_path):
+    env = {**ENV, "RUN_DIR": str(tmp_path / "run"), "OUT": str(tmp_path / "out"), "POLICY": "p", "RM": "r",
+           "PROMPTS": "x", "MODEL": "m", "DATASET": "d"}  # fmt: skip
+    proc = run("bash", f"recipes/{script}", "--help", env=env, timeout=10)
+    assert proc.returncode == 0 and "Environment" in proc.stdout, proc.stdout + proc.stderr
+    assert not any(tmp_path.iterdir())  # nothing was run
