@@ -15,7 +15,8 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   echo "  e.g. 'bt normbt noema=normbt:--normbt.use_ema=false clip0.1=bt:--max_norm=0.1'"
   echo "  RUN_DIR=runs/compare BASELINE=bt SUBSET_KEY (group eval accuracy by a column),"
   echo "  PPO=1 (chain each RM into recipes/ppo.sh; its variables apply), POLICY, PROMPTS"
-  echo "  eval-policy: GOLD_RM (tiny: trained here), EVAL_PROMPTS EVAL_PROMPT_KEY=input EVAL_PROMPT_SPLIT"
+  echo "  eval-policy: GOLD_RM (a reward model) or GOLD_FN (module:function, a true reward; tiny: the task's"
+  echo "  sort score; GOLD_FN= trains a tiny gold RM), EVAL_PROMPTS EVAL_PROMPT_KEY=input EVAL_PROMPT_SPLIT"
   echo "  EVAL_N_PROMPTS=500 EVAL_SAMPLES=1 BON_SAMPLES=64 BON_PROMPTS=200 EVAL_MAX_NEW=\$MAX_NEW EVAL_SEED=0 EVAL_TP=1"
   echo "  EVAL_DTYPE=float32 (RMs and the KL forward passes; bfloat16 on GPU nodes)"
   echo "  plus every variable of recipes/rm.sh"
@@ -40,6 +41,8 @@ export DRY_RUN=$dry
 source recipes/stage-times.sh
 times="$RUN_DIR/stage_times.tsv"            # each stage's wall time, as a table at the end
 [[ "$dry" == 1 ]] || : > "$times"
+# scripts/demo.sh passes the set-up's wall time: a fresh machine's first run pays it too
+[[ "$dry" == 1 || -z "${SETUP_SECONDS:-}" ]] || printf 'set-up (install-cpu.sh)\t%s\n' "$SETUP_SECONDS" >> "$times"
 run() {  # run "$log" cmd...: quiet into a log, its tail on failure, its wall time into $times
   local log=$1 start=$EPOCHREALTIME; shift
   if [[ "$dry" == 1 && "$1" == bash ]]; then "$@"; return; fi  # the recipe prints its command
@@ -107,7 +110,7 @@ done
 
 compare_args=(--out "$RUN_DIR/report" --baseline "$BASELINE")
 if (( ${#ppo_runs[@]} )); then
-  if [[ "${TINY:-0}" == 1 && -z "${GOLD_RM:-}" ]]; then  # the judge: trained apart from the proxies
+  if [[ "${TINY:-0}" == 1 && -z "${GOLD_RM:-}" && -z "${GOLD_FN:-}" ]]; then  # a judge trained apart
     gold="$RUN_DIR/gold"
     [[ "$dry" == 1 ]] || echo "compare.sh: an independent gold RM (own tokenizer, init, data; seed $GOLD_SEED) -> $gold"
     run "$gold.data.log" python -m normbt_plugin.tiny --out "$gold/data" --seed "$GOLD_SEED" \
@@ -127,8 +130,12 @@ if (( ${#ppo_runs[@]} )); then
   [[ "${APPLY_CHAT_TEMPLATE:-0}" == 1 ]] && policy_flags+=(--apply_chat_template)
   [[ -n "${INPUT_TEMPLATE:-}" ]] && policy_flags+=(--rm_input_template "$INPUT_TEMPLATE")
   [[ "$dry" == 1 ]] || echo "compare.sh: sampling and judging the policies (normbt eval-policy) -> $RUN_DIR/policy-eval"
+  if [[ -n "${GOLD_FN:-}" ]]; then
+    policy_flags+=(--gold_fn "$GOLD_FN")
+  else
+    policy_flags+=(--gold "${GOLD_RM:?set GOLD_RM (a gold reward model) or GOLD_FN (a true reward) to judge the policies}")
+  fi
   run "$RUN_DIR/policy-eval.log" normbt eval-policy "${policy_flags[@]}" \
-    --gold "${GOLD_RM:?set GOLD_RM to the gold reward model that judges the policies}" \
     --prompts "${EVAL_PROMPTS:?set EVAL_PROMPTS to held-out prompts}" --prompt_key "${EVAL_PROMPT_KEY:-input}" \
     --n_prompts "${EVAL_N_PROMPTS:-500}" --samples "${EVAL_SAMPLES:-1}" --bon_samples "${BON_SAMPLES:-64}" \
     --bon_prompts "${BON_PROMPTS:-200}" --max_new "${EVAL_MAX_NEW:-$MAX_NEW}" \
