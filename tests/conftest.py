@@ -2,19 +2,63 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import pytest
 
 from normbt_plugin import records
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+# Every process this session starts inherits this mark (and so does whatever those processes start:
+# DeepSpeed ranks, Ray's raylet, GCS and workers, vLLM's EngineCore), so a leftover is found by it.
+SESSION_MARK = "NORMBT_TEST_SESSION"
+os.environ[SESSION_MARK] = str(os.getpid())
+LEFTOVER_GRACE_S = 30  # a driver's Ray or a launcher's ranks may take a few seconds to exit
+
+
+def session_processes() -> list[psutil.Process]:
+    """Processes started by this test session (any depth, orphans too), other than pytest itself."""
+    found = []
+    for proc in psutil.process_iter(["pid"]):
+        if proc.pid == os.getpid():
+            continue
+        try:
+            if proc.environ().get(SESSION_MARK) == os.environ[SESSION_MARK]:
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.fixture(scope="module", autouse=True)
+def no_leftover_processes(request):
+    """After each test module (its fixtures torn down first): every process it started has ended.
+    Leftovers (a raylet, GCS, ``ray::`` worker, vLLM EngineCore, DeepSpeed rank) are killed and
+    the module fails, naming them: they would hold memory and cores through the rest of the suite."""
+    yield
+    deadline = time.monotonic() + LEFTOVER_GRACE_S
+    while (left := session_processes()) and time.monotonic() < deadline:
+        time.sleep(1)
+    if not left:
+        return
+    names = []
+    for proc in left:
+        with contextlib.suppress(psutil.Error):
+            names.append(f"{proc.pid} {' '.join(proc.cmdline())[:160]}")
+            proc.kill()
+    psutil.wait_procs(left, timeout=30)
+    pytest.fail(
+        f"{request.module.__name__} left {len(left)} process(es) running (killed now):\n" + "\n".join(names)
+    )
 
 
 @pytest.fixture(scope="session")
@@ -107,22 +151,32 @@ def run_train_rm(tiny, tmp_path):
     return run
 
 
+RECIPE_ENV = {
+    **os.environ,
+    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+    "OMP_NUM_THREADS": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_OFFLINE": "1",
+}
+
+
 @pytest.fixture(scope="session")
-def trained_pair(tiny, tmp_path_factory):
-    """Two small real runs (bt, normbt), each evaluated with ``normbt eval-rm``."""
-    root = tmp_path_factory.mktemp("trained")
-    runs = {}
-    for loss in ("bt", "normbt"):
-        run = train_rm(
-            tiny, root / f"rm-{loss}", "--ds.zero_stage", "2", "--logger.tensorboard_dir",
-            str(root / f"rm-{loss}" / "tensorboard"), loss=loss,
-        )  # fmt: skip
-        assert run.returncode == 0, run.output[-3000:]
-        proc = subprocess.run(
-            [str(BIN / "normbt"), "eval-rm", "--model", str(run.out_dir), "--data", str(tiny["test"]),
-             "--subset_key", "kind", "--out", str(root / f"rm-{loss}" / "eval.json")],
-            capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        runs[loss] = root / f"rm-{loss}"
-    return runs
+def chain(tmp_path_factory) -> Path:
+    """The README's main command, run once for the whole session: ``bash recipes/compare.sh`` on its
+    tiny CPU default. Many tests assert on what it leaves: the SFT policy, the BT and NormBT reward
+    models (two ranks, ZeRO-2) with their eval-rm results, PPO on each, eval-policy and the report."""
+    run_dir = tmp_path_factory.mktemp("chain")
+    proc = subprocess.run(
+        ["bash", "recipes/compare.sh"], cwd=REPO, env={**RECIPE_ENV, "RUN_DIR": str(run_dir)},
+        capture_output=True, text=True, timeout=1500, check=False,
+    )  # fmt: skip
+    (run_dir / "compare.out").write_text(proc.stdout + proc.stderr)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def trained_pair(chain) -> dict[str, Path]:
+    """The chain's two reward models, BT and NormBT, as run folders: ``model/``, ``metrics/``,
+    ``tensorboard/`` and eval-rm's ``eval.json`` on the held-out pairs."""
+    return {loss: chain / f"rm-{loss}-seed1" for loss in ("bt", "normbt")}

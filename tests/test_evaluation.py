@@ -123,7 +123,7 @@ def test_a_model_that_is_not_a_reward_model_is_refused(tiny):
 @pytest.mark.slow
 def test_openrlhf_and_hf_scoring_agree(trained_pair, tiny):
     """Parity: OpenRLHF's loader and AutoModelForSequenceClassification score the same pairs alike."""
-    model = trained_pair["normbt"] / "out"
+    model = trained_pair["normbt"] / "model"
     pairs = load_pairs(str(tiny["test"]))
     texts = [p + c for p, c in zip(pairs.prompts, pairs.chosen, strict=True)][:32]
     scores = {}
@@ -143,7 +143,7 @@ def test_eval_rm_rewardbench_format_end_to_end(trained_pair, tiny, tmp_path):
     data.write_text("".join(json.dumps({**r, "subset": names[i % 4]}) + "\n" for i, r in enumerate(rows)))
     out = tmp_path / "eval.json"
     proc = subprocess.run(
-        [str(BIN / "normbt"), "eval-rm", "--model", str(trained_pair["bt"] / "out"), "--data", str(data),
+        [str(BIN / "normbt"), "eval-rm", "--model", str(trained_pair["bt"] / "model"), "--data", str(data),
          "--out", str(out)],
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
@@ -226,7 +226,7 @@ def test_compare_refuses_runs_on_different_pairs(tmp_path):
 def test_gradient_diagnostic_on_a_real_run(trained_pair, tiny, tmp_path):
     from normbt_plugin.diagnostics import diagnose
 
-    summary = diagnose(str(trained_pair["bt"] / "out"), str(tiny["test"]), str(tmp_path), pairs=24)
+    summary = diagnose(str(trained_pair["bt"] / "model"), str(tiny["test"]), str(tmp_path), pairs=24)
     result = json.loads((tmp_path / "gradients.json").read_text())["per_pair"]
     bt, nb, dist = (np.asarray(result[k]) for k in ("bt_grad", "normbt_grad", "distance"))
     weight = summary["mu"] / (dist + 1e-6 * summary["mu"])
@@ -266,7 +266,7 @@ def test_eval_rm_best_of_n_on_a_tiny_trained_rm(trained_pair, tiny, tmp_path):
     data = tmp_path / "cands.jsonl"
     data.write_text("".join(json.dumps(s) + "\n" for s in sets))
     out = tmp_path / "eval.json"
-    model = str(trained_pair["normbt"] / "out")
+    model = str(trained_pair["normbt"] / "model")
     proc = subprocess.run(
         [str(BIN / "normbt"), "eval-rm", "--model", model, "--data", str(data), "--subset_key", "kind",
          "--bins", "2", "--out", str(out)],

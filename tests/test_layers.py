@@ -20,7 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "normbt_plugin"
 ADAPTER = PACKAGE / "patches"
 CORE = {"losses", "stats", "hidden", "rank_metrics"}  # torch and numpy only
-BASE = {"environment", "tasks", "records"}  # machine facts, the tiny task, run files: no OpenRLHF
+# machine facts, the tiny task, run files, vLLM weight loading: no OpenRLHF
+BASE = {"environment", "tasks", "records", "vllm_weights"}
 
 
 def imports(path: Path) -> list[str]:

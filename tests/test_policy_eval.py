@@ -112,6 +112,30 @@ def test_named_entries_and_prompt_files(tmp_path):
         load_prompts(str(tmp_path / "missing.jsonl"))
 
 
+def test_policies_of_one_architecture_share_an_engine(tmp_path):
+    from normbt_plugin.generation import GenerationSpec, engine_groups
+
+    config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
+              "num_hidden_layers": 2, "vocab_size": 300, "eos_token_id": 2}  # fmt: skip
+    shapes = {
+        "sft": config,
+        "ppo": {**config, "transformers_version": "x"},
+        "wide": {**config, "hidden_size": 128},
+    }
+    specs = []
+    for name, cfg in shapes.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+        specs.append(
+            GenerationSpec(model=str(tmp_path / name), prompts=["p"], out=str(tmp_path / f"{name}.jsonl"))
+        )
+    groups = engine_groups(specs, swap=True)
+    assert [[s.model for s in g] for g in groups] == [[specs[0].model, specs[1].model], [specs[2].model]]
+    assert len(engine_groups(specs, swap=False)) == 3  # GPUs: an engine per policy
+    other = GenerationSpec(**{**specs[1].__dict__, "max_new": 8})  # another engine length
+    assert len(engine_groups([specs[0], other], swap=True)) == 2
+
+
 def eval_policy(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "normbt"), "eval-policy", *args], capture_output=True, text=True, timeout=300, check=False
@@ -120,7 +144,7 @@ def eval_policy(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_eval_policy_refuses_bad_models_before_sampling(tiny, trained_pair, tmp_path):
-    rm = str(trained_pair["normbt"] / "out")
+    rm = str(trained_pair["normbt"] / "model")
     prompts = str(tiny["prompts"])
     # a reward model given as a policy
     proc = eval_policy(
@@ -139,6 +163,30 @@ def test_eval_policy_refuses_bad_models_before_sampling(tiny, trained_pair, tmp_
     )
     assert proc.returncode == 2 and "does not exist" in proc.stderr
     assert not (tmp_path / "generations").exists()  # nothing was sampled
+
+
+@pytest.mark.slow
+def test_eval_policy_with_a_gold_reward_model(chain, tmp_path):
+    """A reward model as the judge (what the GPU configs' GOLD_RM does): the gold rewards it logs are
+    its scores of the sampled texts; best-of-N with the gold as its own proxy is the oracle."""
+    from normbt_plugin.scoring import RewardScorer
+
+    gold = str(chain / "rm-bt-seed1" / "model")  # any trained RM will do as a judge here
+    proc = eval_policy(
+        "--policy", f"initial={chain / 'policy'}", "--proxy", f"bt-seed1={gold}", "--gold", gold,
+        "--prompts", str(chain / "tiny" / "eval_prompts.jsonl"), "--n_prompts", "8", "--samples", "2",
+        "--bon_samples", "4", "--max_new", "24", "--max_len", "64", "--out", str(tmp_path),
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "policy_eval.json").read_text())
+    assert result["gold"] == gold and result["prompts"] == 8
+    rows = [json.loads(x) for x in (tmp_path / "generations" / "initial.jsonl").open()]
+    scorer = RewardScorer(gold)
+    texts = [scorer.format(r["prompt"], s["text"]) for r in rows for s in r["samples"][:2]]
+    logged = np.ravel(result["policies"]["initial"]["gold_per_sample"])
+    np.testing.assert_allclose(scorer.score(texts)[0], logged, atol=1e-4)
+    curves = result["best_of_n"]["curves"]
+    np.testing.assert_allclose(curves["bt-seed1"]["mean"], curves["oracle (gold)"]["mean"], atol=1e-9)
 
 
 def synthetic_policy_eval(path: Path, effect: float, seeds=(1, 2, 3), prompts: int = 200) -> Path:

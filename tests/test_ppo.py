@@ -7,25 +7,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import BIN, REPO
+from conftest import RECIPE_ENV, REPO
 
 CONFIGS = sorted((REPO / "recipes" / "configs").glob("*.env"))
-ENV = {
-    **os.environ,
-    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-    "OMP_NUM_THREADS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "HF_HUB_OFFLINE": "1",
-}
+ENV = RECIPE_ENV
 
 
 # ------------------------------------------------------------------ recipe commands
@@ -149,34 +143,21 @@ def assert_stopped_before_ray(proc: subprocess.CompletedProcess, message: str) -
 def test_bad_input_stops_before_ray_starts(tiny, other_tokenizer_model, tmp_path):
     flags = cpu_flags(tiny["model"], tiny["model"], tiny["train"])
     missing = tmp_path / "no-such-model"
-    bad = launch_ppo(*flags, "--reward.model_name_or_path", str(missing))
-    assert_stopped_before_ray(bad, f"--reward.model_name_or_path {missing}: no such file or directory")
-
-    bad = launch_ppo(*flags, "--reward.model_name_or_path", str(other_tokenizer_model))
-    assert_stopped_before_ray(bad, "have different tokenizers")
-
     spread = [f for f in flags if f != "--train.colocate_all"] + ["--actor.num_gpus_per_node", "8"]
-    bad = launch_ppo(*spread)
-    assert_stopped_before_ray(bad, "GPUs but this machine (no GPU: one pretend GPU")
-
-    bad = launch_ppo(*[f if f != "gloo" else "nccl" for f in flags])
-    assert_stopped_before_ray(bad, "without a GPU, PPO needs --vllm.sync_backend gloo")
+    cases = {  # each launch's message; the four launches run side by side (each imports the stack)
+        f"--reward.model_name_or_path {missing}: no such file or directory": [
+            *flags, "--reward.model_name_or_path", str(missing)],
+        "have different tokenizers": [*flags, "--reward.model_name_or_path", str(other_tokenizer_model)],
+        "GPUs but this machine (no GPU: one pretend GPU": spread,
+        "without a GPU, PPO needs --vllm.sync_backend gloo": [f if f != "gloo" else "nccl" for f in flags],
+    }  # fmt: skip
+    with ThreadPoolExecutor(len(cases)) as pool:
+        launched = {message: pool.submit(launch_ppo, *args) for message, args in cases.items()}
+    for message, bad in launched.items():
+        assert_stopped_before_ray(bad.result(), message)
 
 
 # ------------------------------------------------------------------ the tiny chain, end to end
-
-
-@pytest.fixture(scope="module")
-def chain(tmp_path_factory):
-    """The README's main command: ``bash recipes/compare.sh`` on its tiny CPU default."""
-    run_dir = tmp_path_factory.mktemp("chain")
-    proc = subprocess.run(
-        ["bash", "recipes/compare.sh"], cwd=REPO, env={**ENV, "RUN_DIR": str(run_dir)},
-        capture_output=True, text=True, timeout=1500, check=False,
-    )  # fmt: skip
-    (run_dir / "compare.out").write_text(proc.stdout + proc.stderr)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    return run_dir
 
 
 def load_weights(model_dir: Path) -> dict[str, torch.Tensor]:
@@ -196,6 +177,29 @@ def test_tiny_chain_trains_both_policies(chain):
         assert changed > 1e-4, (label, changed)
     report = (chain / "report" / "report.md").read_text()
     assert "| normbt |" in report and "| bt |" in report
+
+
+@pytest.mark.slow
+def test_tiny_chain_reward_models_learn_on_two_ranks_and_are_reported(chain):
+    """The RM stage of the chain (two CPU ranks, ZeRO-2): both losses learn, held out and on every
+    rank; eval-rm and compare report them by subset and distance bin."""
+    from normbt_plugin import records
+
+    for loss in ("bt", "normbt"):
+        run = chain / f"rm-{loss}-seed1"
+        for rank in (0, 1):
+            steps = records.read_steps(run / "metrics", rank)
+            assert len(steps) == 96  # 512 pairs / 16 per step x 3 epochs
+            late = [r["acc_mean"] for r in steps[-8:]]
+            assert sum(late) / len(late) > 0.75, (loss, rank, late)
+        result = json.loads((run / "eval.json").read_text())
+        assert result["accuracy"] > 0.7, (loss, result["accuracy"])  # 256 held-out pairs, chance 0.5
+    out = (chain / "compare.out").read_text()
+    assert "| bt | 1 |" in out and "| normbt | 1 |" in out
+    assert "Accuracy by representation-distance quantile bin" in out
+    assert "| fine |" in out and "| coarse |" in out  # SUBSET_KEY=kind
+    assert (chain / "report" / "accuracy_by_distance.png").stat().st_size > 5000
+    assert "wall time by stage" in out
 
 
 def rm_scores(rm_dir: Path, rows: list[dict], fixed: bool) -> dict:
@@ -276,11 +280,14 @@ def test_weight_sync_reaches_the_vllm_engine(chain):
 
 
 @pytest.mark.slow
-def test_policies_judged_by_an_independent_gold_rm(chain):
-    from normbt_plugin.scoring import RewardScorer
+def test_policies_judged_by_the_true_reward(chain):
+    from transformers import AutoTokenizer
+
+    from normbt_plugin.tasks import gold_reward
 
     result = json.loads((chain / "policy-eval" / "policy_eval.json").read_text())
     assert set(result["policies"]) == {"initial", "bt-seed1", "normbt-seed1"}
+    assert result["gold"] == "fn:normbt_plugin.tasks:gold_reward"
     assert result["policies"]["initial"]["kl"] == 0.0  # the reference against itself
     for name, policy in result["policies"].items():
         assert np.isfinite(policy["gold_per_sample"]).all()
@@ -293,16 +300,18 @@ def test_policies_judged_by_an_independent_gold_rm(chain):
     for name in ("bt-seed1", "normbt-seed1"):
         assert abs(result["policies"][name]["kl"]) > 1e-3, name  # PPO moved the policy
 
-    # the logged gold rewards are the gold RM's scores of the sampled texts
-    gold = RewardScorer(str(chain / "gold" / "model"))
+    # the logged gold rewards are the task's reward of the sampled token ids, decoded again here
+    tokenizer = AutoTokenizer.from_pretrained(chain / "policy")
     rows = [json.loads(x) for x in (chain / "policy-eval" / "generations" / "normbt-seed1.jsonl").open()]
-    texts = [gold.format(r["prompt"], s["text"]) for r in rows[:8] for s in r["samples"]]
-    logged = np.asarray(result["policies"]["normbt-seed1"]["gold_per_sample"][:8]).ravel()
-    np.testing.assert_allclose(gold.score(texts)[0], logged, atol=1e-4)
-    # independent of the proxies: its own tokenizer
-    assert (chain / "gold" / "model" / "tokenizer.json").read_text() != (
-        chain / "rm-bt-seed1" / "model" / "tokenizer.json"
-    ).read_text()
+    again = [
+        gold_reward(r["prompt"], tokenizer.decode(s["ids"], skip_special_tokens=True))
+        for r in rows
+        for s in r["samples"]
+    ]
+    np.testing.assert_allclose(
+        again, np.ravel(result["policies"]["normbt-seed1"]["gold_per_sample"]), atol=1e-9
+    )
+    assert len(set(again)) > 1  # the samples differ in quality: best-of-N has something to pick
 
     bon = result["best_of_n"]
     assert bon["n"] == [1, 2, 4, 8, 16, 32] and bon["samples"] == 32
@@ -347,6 +356,18 @@ def recipe_commands(script: str, parsers, capsys, **env: str) -> list[tuple[str,
     return parsed
 
 
+def test_compare_variants_reach_the_rm_stage(parsers, tmp_path, capsys):
+    """A LOSSES entry ``label=loss:--flag=value,...`` becomes that RM run's loss, label and flags."""
+    commands = recipe_commands("compare.sh", parsers, capsys, RUN_DIR=str(tmp_path / "c"), PPO="0",
+                               LOSSES="bt noema=normbt:--normbt.use_ema=false,--normbt.beta=0.5")  # fmt: skip
+    rms = {getattr(args, "plugin.label"): args for name, args in commands if name == "train_rm"}
+    assert sorted(rms) == ["bt", "noema"]
+    noema = rms["noema"]
+    assert getattr(noema, "model.loss_type") == "normbt" and getattr(noema, "normbt.use_ema") is False
+    assert getattr(noema, "normbt.beta") == 0.5 and getattr(rms["bt"], "normbt.use_ema") is True
+    assert not any(name == "train_ppo_ray" for name, _ in commands)  # PPO=0: the RM part only
+
+
 def test_evidence_study_commands_parse(parsers, tmp_path, capsys):
     """``recipes/evidence-study.sh``: every RM command parses with the pinned OpenRLHF, every
     ``normbt`` flag exists, and the variants are all there."""
@@ -379,15 +400,20 @@ def test_downstream_study_commands_parse(parsers, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_downstream_study_smoke_run(tmp_path):
-    """``SMOKE=1`` runs every stage a few steps: the true reward reaches PPO through OpenRLHF's
-    rule-based reward (the reward PPO logged for each sample is the function's value for it), the
-    curve pipeline reads the PPO runs, eval-policy scores the policies with the true reward."""
+def test_downstream_study_smoke_run(chain, tmp_path):
+    """``SMOKE=1`` runs every stage a few steps, resuming past the stages the chain already did (its
+    SFT policy and reward models, linked in: a study that stopped goes on where it stopped): the
+    true reward reaches PPO through OpenRLHF's rule-based reward (the reward PPO logged for each
+    sample is the function's value for it), the curve pipeline reads the PPO runs, eval-policy
+    scores the policies with the true reward."""
     from transformers import AutoTokenizer
 
     from normbt_plugin.tasks import gold_reward
 
     out = tmp_path / "study"
+    out.mkdir()
+    for name in ("policy", "rm-bt-seed1", "rm-normbt-seed1"):  # done: model/config.json and eval.json
+        (out / name).symlink_to(chain / name, target_is_directory=True)
     proc = subprocess.run(
         ["bash", "recipes/downstream-study.sh"], cwd=REPO, env={**ENV, "SMOKE": "1", "OUT": str(out)},
         capture_output=True, text=True, timeout=1800, check=False,
@@ -414,3 +440,5 @@ def test_downstream_study_smoke_run(tmp_path):
         "true_mean" in p for p in pe["policies"].values()
     )
     assert "wall time by stage" in proc.stdout
+    for stage in ("sft", "rm-bt-seed1", "rm-normbt-seed1.eval"):  # resumed past them
+        assert f"downstream-study: {stage} (done before:" in proc.stdout, proc.stdout

@@ -33,6 +33,8 @@ ENV = {
     "HF_HUB_OFFLINE": "1",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
+# REINFORCE++ advantages: OpenRLHF builds no critic (two fewer processes on this cluster)
+NO_CRITIC = {"ESTIMATOR": "reinforce"}
 FAIL_FAST_S = 90  # from a killed actor to the job's exit (the plugin's watch looks every 2 s)
 
 
@@ -189,7 +191,7 @@ def test_ppo_job_runs_on_both_nodes_and_syncs_the_remote_engine(cluster, models,
     # vLLM's own log-probs come back with the samples (IS correction on): a stale engine shows
     # 3 steps: the first update has lr 0 (OpenRLHF's warm-up), so step 3 is the first after a change
     code, log = run_ppo(
-        cluster, models, out, "--algo.advantage.is_correction_level", "token", MAX_SAMPLES="24"
+        cluster, models, out, "--algo.advantage.is_correction_level", "token", MAX_SAMPLES="24", **NO_CRITIC
     )
     assert code == 0, log[-4000:]
     assert "normbt-plugin: 2 Ray nodes match the driver and load the patches" in log
@@ -223,7 +225,9 @@ def alive_actors(cluster: Cluster) -> list:
 )
 def test_a_dying_actor_ends_the_job_fast_and_says_how_to_resume(cluster, models, tmp_path, victim):
     out = tmp_path / "ppo"
-    cmd = ppo_command(cluster, models, out, MAX_SAMPLES="64")  # 8 steps: killed after the first
+    # 8 steps, killed after the first; only the actor, the reward model and the engines (no critic, no
+    # reference): the test is about an engine or the reward model dying, and each actor is a process
+    cmd = ppo_command(cluster, models, out, MAX_SAMPLES="64", **NO_CRITIC, KL="0")
     with started([(cmd, ENV, tmp_path / "ppo.log")]) as (job,):
         wait_for(lambda: (out / "rollouts" / "rollouts.jsonl").exists() or job.poll() is not None, 400,
                  "the first PPO step")  # fmt: skip
