@@ -1,6 +1,11 @@
-"""Sampling a policy with vLLM, one policy per child process (its engine and memory go with it).
+"""Sampling policies with vLLM in a child process (its engine and memory go with it).
 
-    python -m normbt_plugin.generation spec.json     # what ``generate()`` runs
+    python -m normbt_plugin.generation specs.json     # what ``generate_all()`` runs
+
+Without a GPU, the policies that share an architecture (an SFT policy and what PPO made of it) are
+sampled by one engine in one child process, each policy's weights loaded into it in turn
+(``vllm_weights``): the imports and the engine start are paid once, not once a policy. On GPUs each
+policy gets its own child process.
 
 The child writes one JSON line per prompt: the prompt as given, its token ids, and per sample the
 response token ids, its text, vLLM's log-probability of each token and whether it hit
@@ -10,6 +15,7 @@ response token ids, its text, vLLM's log-probability of each token and whether i
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -44,57 +50,117 @@ def format_prompt(tokenizer, prompt: str, apply_chat_template: bool, input_templ
     return input_template.format(prompt) if input_template else prompt
 
 
-def generate(spec: GenerationSpec, log: Path | None = None) -> list[dict]:
-    """Sample ``spec.model`` in a child process; reuse ``spec.out`` if it was made by the same spec."""
-    out = Path(spec.out)
-    spec_path = out.with_suffix(".spec.json")
-    if out.exists() and spec_path.exists() and json.loads(spec_path.read_text()) == asdict(spec):
-        return [json.loads(line) for line in out.read_text().splitlines()]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    spec_path.write_text(json.dumps(asdict(spec)))
-    out.unlink(missing_ok=True)
+# what must be equal for one engine to serve two models by swapping their weights
+ENGINE_FIELDS = ("architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
+                 "num_attention_heads", "num_key_value_heads", "head_dim", "vocab_size",
+                 "max_position_embeddings", "rope_theta", "rope_scaling", "tie_word_embeddings",
+                 "eos_token_id")  # fmt: skip
+
+
+def _spec_path(spec: GenerationSpec) -> Path:
+    return Path(spec.out).with_suffix(".spec.json")
+
+
+def _cached(spec: GenerationSpec) -> bool:
+    """Its output exists and was made by this very spec."""
+    path = _spec_path(spec)
+    return Path(spec.out).exists() and path.exists() and json.loads(path.read_text()) == asdict(spec)
+
+
+def engine_key(spec: GenerationSpec) -> str:
+    """Specs with equal keys can be sampled by one engine, loading each one's weights in turn."""
+    config = json.loads((Path(spec.model) / "config.json").read_text())
+    shape = {k: config.get(k) for k in ENGINE_FIELDS}
+    engine = {k: getattr(spec, k) for k in ("dtype", "max_prompt_len", "max_new", "tensor_parallel_size",
+                                            "gpu_memory_utilization", "seed")}  # fmt: skip
+    return json.dumps([shape, engine], sort_keys=True)
+
+
+def engine_groups(specs: list[GenerationSpec], swap: bool) -> list[list[GenerationSpec]]:
+    """The specs in groups sampled by one engine each (in order of first appearance); ``swap``
+    False (GPUs): one spec a group."""
+    if not swap:
+        return [[s] for s in specs]
+    groups: dict[str, list[GenerationSpec]] = {}
+    for spec in specs:
+        groups.setdefault(engine_key(spec), []).append(spec)
+    return list(groups.values())
+
+
+def generate_all(specs: list[GenerationSpec], log: Path | None = None) -> list[list[dict]]:
+    """Sample every spec's model (its rows, in order); a spec whose output was made by the same spec
+    before is read back, not sampled again."""
     import torch
 
     from normbt_plugin.environment import VLLM_CPU_ENV
 
+    todo = [s for s in specs if not _cached(s)]
+    swap = not torch.cuda.is_available()
     env = dict(os.environ)
-    if not torch.cuda.is_available():
+    if swap:
         env = {**VLLM_CPU_ENV, **env}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
-    log_file = open(log, "w") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "normbt_plugin.generation", str(spec_path)],
-            env=env, stdout=log_file, stderr=subprocess.STDOUT, check=False,
-        )  # fmt: skip
-    finally:
-        if log:
-            log_file.close()
-    if proc.returncode != 0 or not out.exists():
-        tail = Path(log).read_text()[-3000:] if log else ""
-        raise RuntimeError(
-            f"vLLM generation with {spec.model} failed (exit {proc.returncode}){tail and ':'}\n{tail}"
-        )
-    return [json.loads(line) for line in out.read_text().splitlines()]
+    for group in engine_groups(todo, swap):
+        for spec in group:
+            Path(spec.out).parent.mkdir(parents=True, exist_ok=True)
+            _spec_path(spec).write_text(json.dumps(asdict(spec)))
+            Path(spec.out).unlink(missing_ok=True)
+        batch = Path(group[0].out).with_suffix(".batch.json")
+        batch.write_text(json.dumps([asdict(s) for s in group]))
+        log_file = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "normbt_plugin.generation", str(batch)],
+                env=env, stdout=log_file, stderr=subprocess.STDOUT, check=False,
+            )  # fmt: skip
+        finally:
+            if log:
+                log_file.close()
+        missing = [s.model for s in group if not Path(s.out).exists()]
+        if proc.returncode != 0 or missing:
+            tail = Path(log).read_text()[-3000:] if log else ""
+            raise RuntimeError(
+                f"vLLM generation with {', '.join(missing) or group[0].model} failed (exit {proc.returncode})"
+                f"{tail and ':'}\n{tail}"
+            )
+    return [[json.loads(line) for line in Path(s.out).read_text().splitlines()] for s in specs]
 
 
-def _run(spec: GenerationSpec) -> None:
+def _run(specs: list[GenerationSpec]) -> None:
+    """One engine for all ``specs``: built with the first one's model, the others' weights loaded
+    into it in turn (the prefix cache reset: it holds the previous weights' keys and values)."""
     import torch
+    from vllm import LLM
+
+    from normbt_plugin.vllm_weights import keep_cpu_weights, load_checkpoint
+
+    first = specs[0]
+    dtype = first.dtype
+    if not torch.cuda.is_available():
+        keep_cpu_weights()  # so other policies' weights can be loaded into the engine
+        if dtype == "auto":
+            dtype = "float32"  # vLLM CPU: bf16 needs AVX512-BF16; float32 matches the HF log-probs
+    llm = LLM(
+        model=first.model, dtype=dtype, seed=first.seed, enforce_eager=not torch.cuda.is_available(),
+        max_model_len=first.max_prompt_len + first.max_new, tensor_parallel_size=first.tensor_parallel_size,
+        gpu_memory_utilization=first.gpu_memory_utilization,
+    )  # fmt: skip
+    for i, spec in enumerate(specs):
+        if i:
+            tensors = llm.apply_model(functools.partial(load_checkpoint, folder=spec.model))
+            llm.reset_prefix_cache()
+            print(f"generation: {spec.model}: {tensors[0]} tensors loaded into the engine", flush=True)
+        _sample(llm, spec)
+
+
+def _sample(llm, spec: GenerationSpec) -> None:
     from transformers import AutoTokenizer
-    from vllm import LLM, SamplingParams
+    from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
     tokenizer = AutoTokenizer.from_pretrained(spec.model)
     texts = [format_prompt(tokenizer, p, spec.apply_chat_template, spec.input_template) for p in spec.prompts]
     prompt_ids = [tokenizer(t, add_special_tokens=False)["input_ids"][-spec.max_prompt_len :] for t in texts]
-    dtype = spec.dtype
-    if dtype == "auto" and not torch.cuda.is_available():
-        dtype = "float32"  # vLLM CPU: bf16 needs AVX512-BF16; float32 matches the HF log-probs
-    llm = LLM(
-        model=spec.model, dtype=dtype, seed=spec.seed, enforce_eager=not torch.cuda.is_available(),
-        max_model_len=spec.max_prompt_len + spec.max_new, tensor_parallel_size=spec.tensor_parallel_size,
-        gpu_memory_utilization=spec.gpu_memory_utilization,
-    )  # fmt: skip
     counts = spec.samples if isinstance(spec.samples, list) else [spec.samples] * len(prompt_ids)
     sampling = [
         SamplingParams(
@@ -130,8 +196,8 @@ def _run(spec: GenerationSpec) -> None:
 
 
 def main() -> None:
-    spec = GenerationSpec(**json.loads(Path(sys.argv[1]).read_text()))
-    _run(spec)
+    specs = [GenerationSpec(**s) for s in json.loads(Path(sys.argv[1]).read_text())]
+    _run(specs)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@
         --proxy bt-seed1=runs/compare/rm-bt-seed1/model --proxy normbt-seed1=... \\
         --gold runs/compare/gold/model --prompts eval_prompts.jsonl --out runs/compare/policy-eval
 
-For each policy, vLLM samples ``--samples`` responses per held-out prompt (``generation.py``, one
-child process per policy). A gold reward model the user names scores every response; per policy:
+For each policy, vLLM samples ``--samples`` responses per held-out prompt (``generation.py``: on
+CPU one engine for the policies, each one's weights loaded in turn). A gold reward model the user
+names scores every response; per policy:
 - gold reward mean;
 - win rate against the reference policy and head to head: the same prompt and sample index of two
   policies, 1 if the gold reward is higher, 0 if lower, 1/2 for a tie (identical response text,
@@ -33,7 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from normbt_plugin.generation import GenerationSpec, generate
+from normbt_plugin.generation import GenerationSpec, generate_all
 from normbt_plugin.pairs import EvalInputError, load_rows
 from normbt_plugin.scoring import RewardScorer, check_reward_model
 
@@ -253,26 +254,26 @@ def evaluate_policies(
     n_bon = min(bon_prompts or len(prompts), len(prompts)) if bon_samples else 0
     if bon_samples and bon_samples < samples:
         raise EvalInputError(f"--bon_samples ({bon_samples}) must be at least --samples ({samples})")
-    generations, bon_rows = {}, None
+    specs = []
     for name in policies:
-        # the reference also draws best-of-N's K samples on the first prompts: one engine start
+        # the reference also draws best-of-N's K samples on the first prompts
         counts = [bon_samples if name == reference and i < n_bon else samples for i in range(len(prompts))]
         print(
             f"eval-policy: sampling {name} ({len(prompts)} prompts x {samples}"
             + (f"; best-of-N: {n_bon} x {bon_samples})" if name == reference and n_bon else ")"),
             flush=True,
         )
-        spec = GenerationSpec(
+        specs.append(GenerationSpec(
             model=policies[name], prompts=prompts, out=str(out / "generations" / f"{name}.jsonl"),
             samples=counts, max_new=max_new, temperature=temperature, seed=seed,
             max_prompt_len=max_len - max_new, apply_chat_template=apply_chat_template,
             input_template=input_template, tensor_parallel_size=tensor_parallel_size, extra={"name": name},
-        )  # fmt: skip
-        rows = generate(spec, log=out / "generations" / f"{name}.log")
-        if name == reference and n_bon:
-            bon_rows = rows[:n_bon]
-            rows = [{**r, "samples": r["samples"][:samples]} for r in rows]
-        generations[name] = rows
+        ))  # fmt: skip
+    generations = dict(zip(policies, generate_all(specs, log=out / "generations" / "vllm.log"), strict=True))
+    bon_rows = None
+    if n_bon:
+        bon_rows = generations[reference][:n_bon]
+        generations[reference] = [{**r, "samples": r["samples"][:samples]} for r in generations[reference]]
 
     result: dict[str, Any] = {
         "reference": reference, "gold": gold or f"fn:{gold_fn_name}", "gold_fn": gold_fn_name,

@@ -20,21 +20,11 @@ import importlib
 import torch
 
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
+from normbt_plugin.vllm_weights import keep_cpu_weights, repack_weights
 
 
 def needed() -> bool:
     return not torch.cuda.is_available()
-
-
-def repack_weights(model: torch.nn.Module) -> int:
-    """Re-run vLLM's post-load processing (CPU GEMM packing) on every module that has one."""
-    count = 0
-    for module in model.modules():
-        method = getattr(module, "quant_method", None)
-        if method is not None and hasattr(method, "process_weights_after_loading"):
-            method.process_weights_after_loading(module)
-            count += 1
-    return count
 
 
 def update_weight(self, name, dtype, shape, empty_cache=False):
@@ -56,15 +46,7 @@ def update_weight(self, name, dtype, shape, empty_cache=False):
 def apply() -> None:
     import vllm
 
-    utils = importlib.import_module("vllm.model_executor.layers.utils")
-    dispatch = utils.dispatch_cpu_unquantized_gemm
-    if not is_patched(dispatch, "vllm_cpu"):
-
-        def dispatch_keep_weight(layer, remove_weight: bool) -> None:
-            dispatch(layer, remove_weight=False)  # keep layer.weight: syncs load into it
-
-        mark_patched(dispatch_keep_weight, "vllm_cpu")
-        utils.dispatch_cpu_unquantized_gemm = dispatch_keep_weight
+    keep_cpu_weights()  # syncs load into layer.weight
 
     engine_args = vllm.AsyncEngineArgs
     if not is_patched(engine_args, "vllm_cpu"):
