@@ -100,6 +100,9 @@ def generate_all(specs: list[GenerationSpec], log: Path | None = None) -> list[l
     if swap:
         env = {**VLLM_CPU_ENV, **env}
     env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if log and todo:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        Path(log).write_text("")  # this call's engines, appended below
     for group in engine_groups(todo, swap):
         for spec in group:
             Path(spec.out).parent.mkdir(parents=True, exist_ok=True)
