@@ -48,6 +48,7 @@ def build(args):
 
     from normbt_plugin.losses import build_loss
     from normbt_plugin.patches import patch_module
+    from normbt_plugin.records import RunMeta, RunRecorder
 
     plugin = patch_module("registered_loss")
 
@@ -85,6 +86,7 @@ def build(args):
     normbt = trainer(plugin.PluginRewardModelTrainer, None)
     normbt.plugin_loss, normbt._hidden = build_loss("normbt"), (None, None)
     normbt._metric_values, normbt._normed_head = defaultdict(list), None
+    normbt.run_meta, normbt.recorder = RunMeta(loss="normbt", seed=0), RunRecorder(None, 0)  # records nothing
     normbt.loss_fn = plugin._LossAdapter(normbt)
 
     gen = torch.Generator().manual_seed(0)
