@@ -5,6 +5,7 @@ Every wait is bounded; every Ray process started here is killed by its id at the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -113,11 +114,25 @@ class Cluster:
     def stop(self) -> None:
         for temp in reversed(self.temp_dirs):
             self.stop_node(temp)
+        # what names neither temp dir nor raylet: the head's Ray client server proxy, which only
+        # names the cluster's GCS address (found left running by the suite's leftover check)
+        port = self.gcs.rsplit(":", 1)[-1]
+        rest = [p for p in psutil.process_iter(["cmdline"]) if _names_gcs(p.info["cmdline"] or (), port)]
+        for proc in rest:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(rest, timeout=30)
 
     def actors(self) -> list:
         from ray.util.state import list_actors
 
         return list_actors(address=self.dashboard, detail=True, limit=1000, raise_on_missing_output=False)
+
+
+def _names_gcs(cmdline: tuple[str, ...] | list[str], port: str) -> bool:
+    """A Ray process pointed at the GCS on ``port`` (``--address=HOST:PORT`` or ``--gcs-address``)."""
+    flags = ("--address=", "--gcs-address=", "--gcs_address=")
+    return any(arg.startswith(flags) and arg.endswith(f":{port}") for arg in cmdline)
 
 
 @pytest.fixture(scope="module")
