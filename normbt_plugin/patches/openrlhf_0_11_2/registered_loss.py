@@ -151,9 +151,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
             model=self.args.model.model_name_or_path,
             dataset=self.args.data.dataset,
             lora_tensors=sum(p.requires_grad and "lora_" in n for n, p in module.named_parameters()),
-            gradient_checkpointing=any(
-                getattr(m, "is_gradient_checkpointing", False) for m in module.modules()
-            ),
+            gradient_checkpointing=checkpointing(module),
         )
 
     def in_training(self) -> bool:
