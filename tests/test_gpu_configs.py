@@ -7,12 +7,11 @@ Every variable of the config is kept except those listed below, each with the re
 
 from __future__ import annotations
 
-import os
 import shlex
 import subprocess
 
 import pytest
-from conftest import BIN, REPO
+from conftest import RECIPE_ENV, REPO
 
 # multinode-llama3-8b is llama3-8b-8gpu plus the several-node variables that GPU_ONLY blanks here (run,
 # it would repeat llama3-8b-8gpu); tests/test_multinode.py and tests/test_ray_cluster.py run those paths.
@@ -60,8 +59,7 @@ def stage(
         f"set -a; source recipes/configs/{config}.env; set +a; {assignments} "
         f"bash recipes/{script} {shlex.join(flags)}"
     )
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "OMP_NUM_THREADS": "1",
-           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}  # fmt: skip
+    env = dict(RECIPE_ENV)
     for name in ("MODEL", "DATASET", "POLICY", "PROMPTS", "EVAL_DATASET", "RM", "OUT"):
         env.pop(name, None)
     proc = subprocess.run(["bash", "-c", command], cwd=REPO, env=env, capture_output=True, text=True,

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import RECIPE_ENV, REPO
+from conftest import RECIPE_ENV as ENV
+from conftest import REPO
 
 CONFIGS = sorted((REPO / "recipes" / "configs").glob("*.env"))
-ENV = RECIPE_ENV
 
 
 # ------------------------------------------------------------------ recipe commands

@@ -21,19 +21,12 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import BIN, REPO, free_port
+from conftest import BIN, RECIPE_ENV, REPO, free_port
 from test_multinode import started, wait_for
 
 pytestmark = pytest.mark.slow
 
-ENV = {
-    **os.environ,
-    "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-    "OMP_NUM_THREADS": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "HF_HUB_OFFLINE": "1",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
+ENV = {**RECIPE_ENV, "RAY_USAGE_STATS_ENABLED": "0"}
 # REINFORCE++ advantages: OpenRLHF builds no critic (two fewer processes on this cluster)
 NO_CRITIC = {"ESTIMATOR": "reinforce"}
 FAIL_FAST_S = 90  # from a killed actor to the job's exit (the plugin's watch looks every 2 s)
