@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from normbt_plugin.losses import NormBTLoss, build_loss
+from normbt_plugin.records import RunMeta
 
 pytestmark = pytest.mark.slow
 
@@ -147,10 +148,10 @@ def test_configurations_train(run_train_rm, flags):
     assert len(records) == 16
     assert all(math.isfinite(r["normbt_mu"]) and math.isfinite(r["loss"]) for r in records)
     # each option took effect in the module that trained, read off it
-    meta = json.loads((run.metrics_dir / "meta.json").read_text())
-    assert (meta["lora_tensors"] > 0) == ("--ds.lora.rank" in flags), meta
-    assert meta["gradient_checkpointing"] == ("--model.gradient_checkpointing_enable" in flags), meta
-    assert meta["packed_forward"] == ("--ds.packing_samples" in flags), meta
+    meta = RunMeta.read(run.metrics_dir)
+    assert (meta.lora_tensors > 0) == ("--ds.lora.rank" in flags), meta
+    assert meta.gradient_checkpointing == ("--model.gradient_checkpointing_enable" in flags), meta
+    assert meta.packed_forward == ("--ds.packing_samples" in flags), meta
     assert run.out_dir.joinpath("config.json").exists()
     assert run.out_dir.joinpath("adapter_config.json").exists() == ("--ds.lora.rank" in flags)
 
