@@ -4,6 +4,9 @@ normbt doctor          versions against the lock, CPU and dtype, active patches,
 normbt losses          registered losses and their options
 normbt eval-rm         reward-model accuracy on preference data
 normbt eval-policy     policies sampled with vLLM, scored by a gold RM; best-of-N curves
+normbt label-pairs     on-policy preference pairs: a policy's samples ranked by a gold
+normbt standardize     a reward on one scale for PPO: mean 0, std 1 on the policy's samples
+normbt bon-study       best-of-N with proxy RMs, paired by seed: the on-policy study's analysis
 normbt compare         runs into one report with intervals and plots
 normbt curves          true and proxy reward vs KL along PPO runs, compared at matched KL
 normbt diagnose        per-pair gradient norm vs representation distance
@@ -226,6 +229,62 @@ def cmd_eval_policy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_label_pairs(args: argparse.Namespace) -> int:
+    from normbt_plugin.curves import load_function
+    from normbt_plugin.label_pairs import label_pairs
+    from normbt_plugin.policy_eval import load_prompts
+
+    gold_fn = load_function(args.gold_fn) if args.gold_fn else None  # fails before sampling
+    prompts = load_prompts(args.prompts, args.prompt_key, args.split, args.n_prompts)
+    summary = label_pairs(
+        args.policy, prompts, args.out, gold=args.gold, gold_fn=gold_fn, gold_fn_name=args.gold_fn,
+        samples=args.samples, pairs_per_prompt=args.pairs_per_prompt, min_gap=args.min_gap,
+        max_new=args.max_new, temperature=args.temperature, seed=args.seed,
+        apply_chat_template=args.apply_chat_template, input_template=args.input_template,
+        rm_input_template=args.rm_input_template, max_len=args.max_len, batch_size=args.batch_size,
+        dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
+    )  # fmt: skip
+    print(json.dumps(dataclasses.asdict(summary), indent=1))
+    print(f"wrote {summary.pairs} pairs to {args.out}")
+    return 0
+
+
+def cmd_standardize(args: argparse.Namespace) -> int:
+    from normbt_plugin.pairs import EvalInputError, load_rows
+    from normbt_plugin.policy_eval import load_prompts
+    from normbt_plugin.standardize import standardize
+
+    prompts = load_prompts(args.prompts, args.prompt_key, args.split, args.n_prompts)
+    labels = None
+    if args.label_key:
+        rows = load_rows(args.prompts, args.split)[: len(prompts)]
+        if args.label_key not in rows[0]:
+            raise EvalInputError(f"{args.prompts} has no {args.label_key!r} column: pass --label_key")
+        labels = [str(r[args.label_key]) for r in rows]
+    result = standardize(
+        args.policy, prompts, args.out, rm=args.rm, reward_fn=args.reward_fn, labels=labels,
+        samples_file=args.samples_file, samples=args.samples, max_new=args.max_new,
+        temperature=args.temperature, seed=args.seed, apply_chat_template=args.apply_chat_template,
+        input_template=args.input_template, rm_input_template=args.rm_input_template,
+        max_len=args.max_len, batch_size=args.batch_size, dtype=args.dtype,
+        tensor_parallel_size=args.tensor_parallel_size,
+    )  # fmt: skip
+    print(json.dumps(dataclasses.asdict(result), indent=1))
+    print(
+        f"wrote {args.out or args.rm}: mean {result.mean:+.4f}, std {result.std:.4f} on the policy's samples"
+    )
+    return 0
+
+
+def cmd_bon_study(args: argparse.Namespace) -> int:
+    from normbt_plugin.bon_study import bon_study
+
+    bon_study(args.policy_eval, args.runs, args.out, baseline=args.baseline, n=args.n, margin=args.margin,
+              pairs=args.pairs)  # fmt: skip
+    print((Path(args.out) / "report.md").read_text())
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="normbt", description="NormBT plugin for OpenRLHF")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -305,6 +364,72 @@ def main(argv: list[str] | None = None) -> None:
     ep.add_argument("--batch_size", type=int, default=16)
     ep.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
     ep.add_argument("--out", required=True, help="folder: policy_eval.json, generations/")
+    lp = sub.add_parser("label-pairs", help="on-policy pairs: a policy's samples ranked by a gold")
+    lp.add_argument("--policy", required=True, help="the policy that samples (an SFT model folder or name)")
+    lp.add_argument("--prompts", required=True, help="prompts: .jsonl/.json/.parquet or a dataset name")
+    lp.add_argument("--prompt_key", default="input")
+    lp.add_argument("--split", default="train", help="dataset split (for dataset names)")
+    lp.add_argument("--n_prompts", type=int, default=None, help="use the first N prompts")
+    lp.add_argument("--samples", type=int, default=8, help="K responses per prompt")
+    judge = lp.add_mutually_exclusive_group(required=True)
+    judge.add_argument("--gold", help="the gold reward model (OpenRLHF or HF seq-cls)")
+    judge.add_argument("--gold_fn", help="a true reward f(prompt, response): module:fn or file.py:fn")
+    lp.add_argument("--pairs_per_prompt", type=int, default=4, help="at most this many pairs a prompt")
+    lp.add_argument("--min_gap", type=float, default=0.0, help="gold rewards this close tie (dropped)")
+    lp.add_argument("--max_new", type=int, default=256)
+    lp.add_argument("--temperature", type=float, default=1.0)
+    lp.add_argument("--seed", type=int, default=0, help="sampling and pair-drawing seed")
+    lp.add_argument("--apply_chat_template", action="store_true")
+    lp.add_argument("--input_template", default=None, help="prompt template of the policy")
+    lp.add_argument("--rm_input_template", default=None, help="prompt template of the gold RM")
+    lp.add_argument("--max_len", type=int, default=2048, help="prompt + response tokens")
+    lp.add_argument("--tensor_parallel_size", type=int, default=1, help="GPUs per vLLM engine")
+    lp.add_argument("--batch_size", type=int, default=16)
+    lp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    lp.add_argument("--out", required=True, help="pairs .jsonl (with .summary.json, cached samples beside)")
+    sd = sub.add_parser(
+        "standardize", help="a reward on one scale for PPO: mean 0, std 1 on the policy's samples"
+    )
+    sd.add_argument(
+        "--policy", required=True, help="the policy PPO starts from (an SFT model folder or name)"
+    )
+    sd.add_argument("--prompts", required=True, help="prompts: .jsonl/.json/.parquet or a dataset name")
+    sd.add_argument("--prompt_key", default="input")
+    sd.add_argument(
+        "--label_key", default=None, help="--reward_fn's labels column (OpenRLHF's --data.label_key)"
+    )
+    sd.add_argument("--split", default="train", help="dataset split (for dataset names)")
+    sd.add_argument("--n_prompts", type=int, default=256, help="use the first N prompts")
+    sd.add_argument("--samples", type=int, default=4, help="responses per prompt")
+    reward = sd.add_mutually_exclusive_group(required=True)
+    reward.add_argument("--rm", help="a reward model: its config gets mean/std (--reward.normalize_enable)")
+    reward.add_argument(
+        "--reward_fn", help="a rule-based reward file (--reward.remote_url): wrapped at --out"
+    )
+    sd.add_argument(
+        "--out", default=None, help="the standardised RM folder (default: in place) or reward file"
+    )
+    sd.add_argument(
+        "--samples_file", default=None, help="where the samples are cached (share it between RMs)"
+    )
+    sd.add_argument("--max_new", type=int, default=256)
+    sd.add_argument("--temperature", type=float, default=1.0)
+    sd.add_argument("--seed", type=int, default=0)
+    sd.add_argument("--apply_chat_template", action="store_true")
+    sd.add_argument("--input_template", default=None, help="prompt template of the policy")
+    sd.add_argument("--rm_input_template", default=None, help="prompt template of the RM")
+    sd.add_argument("--max_len", type=int, default=2048, help="prompt + response tokens")
+    sd.add_argument("--tensor_parallel_size", type=int, default=1, help="GPUs per vLLM engine")
+    sd.add_argument("--batch_size", type=int, default=16)
+    sd.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    bs = sub.add_parser("bon-study", help="best-of-N with proxy RMs, losses paired by seed (on-policy study)")
+    bs.add_argument("policy_eval", help="eval-policy's policy_eval.json (with --bon_samples and --proxy)")
+    bs.add_argument("runs", nargs="+", help="RM folders rm-<arm>-<loss>-seed<k> (their eval.json)")
+    bs.add_argument("--baseline", default="bt", help="loss the others are compared with")
+    bs.add_argument("--n", type=int, default=16, help="the primary metric's N")
+    bs.add_argument("--margin", type=float, default=0.03, help="equivalence margin of the decision rule")
+    bs.add_argument("--pairs", default=None, help="the held-out pairs eval-rm scored (label-pairs output)")
+    bs.add_argument("--out", required=True)
     dg = sub.add_parser("diagnose", help="per-pair gradient norm vs distance, BT and NormBT")
     dg.add_argument("--model", required=True)
     dg.add_argument("--data", required=True)
@@ -320,7 +445,14 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(cmd_losses())
     from normbt_plugin.pairs import EvalInputError
 
-    commands = {"diagnose": cmd_diagnose, "eval-rm": cmd_eval_rm, "eval-policy": cmd_eval_policy}
+    commands = {
+        "diagnose": cmd_diagnose,
+        "eval-rm": cmd_eval_rm,
+        "eval-policy": cmd_eval_policy,
+        "label-pairs": cmd_label_pairs,
+        "standardize": cmd_standardize,
+        "bon-study": cmd_bon_study,
+    }
     commands.update({"compare": cmd_compare, "curves": cmd_curves})
     try:
         sys.exit(commands[args.command](args))

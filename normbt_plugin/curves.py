@@ -13,13 +13,20 @@ the run, read off samples PPO draws anyway.
 Per run, steps are grouped into windows; per window: mean KL, mean proxy reward (what PPO
 optimised: the RM's normalised reward, or the true reward for the ceiling run), mean true reward
 (``--gold_fn``), exact success, and response length. RMs are compared at matched KL: each run's
-true reward is interpolated linearly in KL on a common grid (up to the smallest KL every run of both
-labels reached), run means per label get 95% bootstrap intervals over runs, and the difference to the
-baseline a paired bootstrap interval and a paired t-test over runs matched by (RM seed, PPO seed).
+true reward is interpolated linearly in KL on a common grid, never beyond the KLs the run reached (no
+clamping: a run counts at a grid point only if it got there); the grid spans what the runs of every
+label reach. The unit is the RM seed (PPO seeds averaged within it): label means get 95% bootstrap
+intervals over RM seeds, and the difference to the baseline a bootstrap interval and a t-test over
+the RM seeds both labels have at that point. Per run, Gao et al.'s RL fit R(d) = d (a - b log d),
+d = sqrt(KL), R the true reward gained since the first window.
+
+    python -m normbt_plugin.curves record RUN --label bt --rm_seed 1 --ppo_seed 1   # run.json
 """
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import importlib
 import importlib.util
 import json
@@ -61,6 +68,23 @@ def load_function(spec: str) -> Callable[[str, str], float]:
 
 
 @dataclass
+class RunRecord:
+    """``run.json`` in a PPO run folder: which reward it optimised (written by the study recipes)."""
+
+    label: str
+    rm_seed: int | None = None  # None: no RM (the true reward, the ceiling)
+    ppo_seed: int | None = None
+
+    def write(self, folder: str | Path) -> None:
+        (Path(folder) / "run.json").write_text(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def read(cls, folder: str | Path) -> RunRecord:
+        path = Path(folder) / "run.json"
+        return cls(**json.loads(path.read_text())) if path.exists() else cls(label=Path(folder).name)
+
+
+@dataclass
 class Curve:
     label: str
     rm_seed: int | None
@@ -78,10 +102,19 @@ class Curve:
         return (self.rm_seed, self.ppo_seed)
 
     def at(self, grid: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
-        """``values`` (default: the true reward) interpolated linearly in KL at ``grid``."""
+        """``values`` (default: the true reward) interpolated linearly in KL at ``grid``; NaN outside
+        the KLs the run reached (never clamped to its ends)."""
         values = self.true if values is None else values
         order = np.argsort(self.kl, kind="stable")
-        return np.interp(grid, self.kl[order], values[order])
+        return np.interp(grid, self.kl[order], values[order], left=np.nan, right=np.nan)
+
+    def rl_fit(self) -> tuple[float, float]:
+        """Gao et al.'s RL form, R(d) = d (a - b log d), d = sqrt(KL), R the true reward gained since
+        the first window: (a, b) by least squares over the windows past the first."""
+        d = np.sqrt(np.maximum(self.kl[1:], 1e-12))
+        gain = self.true[1:] - self.true[0]
+        (a, b), *_ = np.linalg.lstsq(np.stack([d, -d * np.log(d)], axis=1), gain, rcond=None)
+        return float(a), float(b)
 
     def peak(self) -> tuple[float, float]:
         """(highest window mean of the true reward, the KL where it falls)."""
@@ -110,10 +143,9 @@ def curve_from_rollouts(
     window: int = 4,
 ) -> Curve:
     rollouts = run_dir / "rollouts" / "rollouts.jsonl"
-    meta_path = run_dir / "run.json"
     if not rollouts.exists():
         raise EvalInputError(f"{run_dir}: no rollouts/rollouts.jsonl (run recipes/ppo.sh with ROLLOUT_LOG=1)")
-    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta = RunRecord.read(run_dir)
     rows = [json.loads(line) for line in rollouts.read_text().splitlines()]
     if not rows or rows[0].get("kl") is None or rows[0].get("prompt") is None:
         raise EvalInputError(
@@ -131,7 +163,7 @@ def curve_from_rollouts(
     }
     means = window_means(np.array([r["step"] for r in rows]), columns, window)
     return Curve(
-        label=meta.get("label", run_dir.name), rm_seed=meta.get("rm_seed"), ppo_seed=meta.get("ppo_seed"),
+        label=meta.label, rm_seed=meta.rm_seed, ppo_seed=meta.ppo_seed,
         kl=means["kl"], true=means["true"], proxy=means["proxy"], exact=means["exact"],
         length=means["length"], steps=means["steps"],
     )  # fmt: skip
@@ -141,60 +173,86 @@ def curve_from_rollouts(
 
 
 def common_grid(curves: list[Curve], points: int = 6) -> np.ndarray:
-    """KL values every curve reaches: from 0 to the smallest of the runs' largest window KL."""
-    top = min(float(np.max(c.kl)) for c in curves)
-    return np.linspace(0.0, max(top, 0.0), points)
+    """From the smallest KL every run reached to the largest KL some run of every label reached."""
+    by_label: dict[str, list[Curve]] = defaultdict(list)
+    for c in curves:
+        by_label[c.label].append(c)
+    low = max(float(np.min(c.kl)) for c in curves)
+    high = min(max(float(np.max(c.kl)) for c in group) for group in by_label.values())
+    return np.linspace(low, max(high, low), points)
 
 
 def _interval(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    if len(values) < 2:
-        return (float("nan"), float("nan"))
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) < 2 or values.std() == 0:
+        return (float(values.mean()), float(values.mean())) if len(values) else (float("nan"), float("nan"))
     res = stats.bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=4000, random_state=seed)
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def _paired_p(diff: np.ndarray) -> float:
-    if len(diff) < 2 or diff.std() == 0:
+def _p(values: np.ndarray) -> float:
+    values = values[np.isfinite(values)]
+    if len(values) < 2 or values.std() == 0:
         return float("nan")
-    return float(stats.ttest_1samp(diff, 0.0).pvalue)
+    return float(stats.ttest_1samp(values, 0.0).pvalue)
+
+
+def by_rm_seed(group: list[Curve], grid: np.ndarray) -> dict[int | None, np.ndarray]:
+    """Per RM seed, its runs' true reward at ``grid`` averaged over PPO seeds (over the runs that
+    reached each point; NaN where none did)."""
+    runs: dict[int | None, list[np.ndarray]] = defaultdict(list)
+    for c in group:
+        runs[c.rm_seed].append(c.at(grid))
+    return {seed: _nanmean(np.array(values), axis=0) for seed, values in runs.items()}
+
+
+def _nanmean(values: np.ndarray, axis: int) -> np.ndarray:
+    """Mean over the finite entries; NaN where there are none (without numpy's warning)."""
+    finite = np.isfinite(values)
+    total = np.where(finite, values, 0.0).sum(axis=axis)
+    count = finite.sum(axis=axis)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def matched_kl(curves: list[Curve], baseline: str, grid: np.ndarray | None = None) -> dict[str, Any]:
-    """Every label's true reward at matched KL, and its difference to ``baseline`` (runs paired by
-    (RM seed, PPO seed); unpaired runs are left out of the paired statistics)."""
+    """Every label's true reward at matched KL, and its difference to ``baseline``: the unit is the
+    RM seed; at each grid point only the seeds whose runs reached it count (``n``)."""
     by_label: dict[str, list[Curve]] = defaultdict(list)
     for c in curves:
         by_label[c.label].append(c)
     if baseline not in by_label:
         raise EvalInputError(f"baseline {baseline!r} is not among the curves' labels {sorted(by_label)}")
     grid = common_grid(curves) if grid is None else grid
-    out: dict[str, Any] = {"grid": grid.tolist(), "baseline": baseline, "labels": {}}
-    base = {c.key: c.at(grid) for c in by_label[baseline]}
+    out: dict[str, Any] = {"grid": grid.tolist(), "baseline": baseline, "unit": "rm_seed", "labels": {}}
+    base = by_rm_seed(by_label[baseline], grid)
     for label, group in sorted(by_label.items()):
-        values = np.array([c.at(grid) for c in group])  # [runs, grid]
+        units = by_rm_seed(group, grid)
+        values = np.array(list(units.values()))  # [RM seeds, grid]
         peaks = np.array([c.peak() for c in group])
+        fits = np.array([c.rl_fit() for c in group])
         entry: dict[str, Any] = {
             "runs": len(group),
-            "mean": values.mean(axis=0).tolist(),
+            "rm_seeds": len(units),
+            "n": np.isfinite(values).sum(axis=0).tolist(),
+            "mean": _nanmean(values, axis=0).tolist(),
             "ci": [_interval(values[:, j]) for j in range(len(grid))],
             "peak_true": float(peaks[:, 0].mean()),
             "peak_true_ci": _interval(peaks[:, 0]),
             "peak_kl": float(peaks[:, 1].mean()),
             "peak_kl_ci": _interval(peaks[:, 1]),
-        }
-        paired = [(c.at(grid), base[c.key]) for c in group if c.key in base]
+            "rl_fit_a": float(fits[:, 0].mean()), "rl_fit_a_ci": _interval(fits[:, 0]),
+            "rl_fit_b": float(fits[:, 1].mean()), "rl_fit_b_ci": _interval(fits[:, 1]),
+        }  # fmt: skip
+        paired = [units[s] - base[s] for s in units if s in base and s is not None]
         if label != baseline and paired:
-            diff = np.array([a - b for a, b in paired])  # [pairs, grid]
+            diff = np.array(paired)  # [RM seeds, grid], NaN where either did not reach
             entry["vs_baseline"] = {
                 "pairs": len(paired),
-                "mean": diff.mean(axis=0).tolist(),
+                "n": np.isfinite(diff).sum(axis=0).tolist(),
+                "mean": _nanmean(diff, axis=0).tolist(),
                 "ci": [_interval(diff[:, j]) for j in range(len(grid))],
-                "p": [
-                    float(stats.ttest_1samp(diff[:, j], 0.0).pvalue)
-                    if len(paired) > 1 and diff[:, j].std() > 0
-                    else float("nan")
-                    for j in range(len(grid))
-                ],  # fmt: skip
+                "p": [_p(diff[:, j]) for j in range(len(grid))],
             }
         out["labels"][label] = entry
     return out
@@ -217,14 +275,18 @@ def plot_curves(curves: list[Curve], path: Path, title: str = "") -> None:
     proxy_ax = ax.twinx()
     for label in labels:
         group = [c for c in curves if c.label == label]
-        grid = np.linspace(0, min(float(np.max(c.kl)) for c in group), 40)
+        grid = np.linspace(
+            min(float(np.min(c.kl)) for c in group), max(float(np.max(c.kl)) for c in group), 40
+        )
         for c in group:
             order = np.argsort(c.kl)
             ax.plot(c.kl[order], c.true[order], color=colors[label], alpha=0.25, lw=0.8)
-        ax.plot(grid, np.mean([c.at(grid) for c in group], axis=0), color=colors[label], lw=2.2,
-                label=f"{label}: true reward ({len(group)} runs)")  # fmt: skip
-        proxy_ax.plot(grid, np.mean([c.at(grid, c.proxy) for c in group], axis=0), color=colors[label],
-                      lw=1.5, ls="--", label=f"{label}: proxy PPO optimised")  # fmt: skip
+        true = _nanmean(np.array([c.at(grid) for c in group]), axis=0)
+        proxy = _nanmean(np.array([c.at(grid, c.proxy) for c in group]), axis=0)
+        ax.plot(grid, true, color=colors[label], lw=2.2, label=f"{label}: true reward ({len(group)} runs)")
+        proxy_ax.plot(
+            grid, proxy, color=colors[label], lw=1.5, ls="--", label=f"{label}: proxy PPO optimised"
+        )
     ax.set_xscale("symlog", linthresh=0.1)  # runs that barely move and runs that run away, both seen
     ax.set_xlabel("KL(policy || initial policy), nats per response (linear below 0.1, log above)")
     ax.set_ylabel("true reward (solid)")
@@ -246,30 +308,34 @@ def format_matched(result: dict[str, Any], curves: list[Curve]) -> str:
     lines = [
         "# Reward vs KL along PPO",
         "",
-        f"True reward at matched KL (nats per response; interpolated along each run), mean over runs "
-        f"[95% bootstrap CI over runs]; difference to `{base}` paired by (RM seed, PPO seed), paired t-test.",
+        f"True reward at matched KL (nats per response; interpolated along each run, never past the KL it "
+        f"reached), mean over RM seeds (PPO seeds averaged within one) [95% bootstrap CI over RM seeds], "
+        f"(n: RM seeds that reached the point); difference to `{base}` paired by RM seed, t-test over them. "
+        "Gao's RL fit R(d) = d (a - b log d), d = sqrt(KL), per run.",
         "",
-        "| label | runs | " + " | ".join(f"KL {k:.2f}" for k in grid) + " | peak true | KL at peak |",
-        "|---|---:|" + "---:|" * len(grid) + "---:|---:|",
+        "| label | runs | " + " | ".join(f"KL {k:.2f}" for k in grid) + " | peak true | KL at peak | a | b |",
+        "|---|---:|" + "---:|" * len(grid) + "---:|---:|---:|---:|",
     ]
 
     def cell(mean: float, ci: tuple[float, float]) -> str:
         return f"{mean:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]" if np.isfinite(ci[0]) else f"{mean:.3f}"
 
     for label, e in result["labels"].items():
-        row = [cell(m, ci) for m, ci in zip(e["mean"], e["ci"], strict=True)]
+        row = [f"{cell(m, ci)} (n={n})" for m, ci, n in zip(e["mean"], e["ci"], e["n"], strict=True)]
         lines.append(
             f"| {label} | {e['runs']} | "
             + " | ".join(row)
-            + f" | {cell(e['peak_true'], e['peak_true_ci'])} | {cell(e['peak_kl'], e['peak_kl_ci'])} |"
+            + f" | {cell(e['peak_true'], e['peak_true_ci'])} | {cell(e['peak_kl'], e['peak_kl_ci'])}"
+            + f" | {cell(e['rl_fit_a'], e['rl_fit_a_ci'])} | {cell(e['rl_fit_b'], e['rl_fit_b_ci'])} |"
         )
     for label, e in result["labels"].items():
         if "vs_baseline" not in e:
             continue
         v = e["vs_baseline"]
-        row = [f"{m:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] p={p:.2g}" if np.isfinite(ci[0]) else f"{m:+.3f}"
-               for m, ci, p in zip(v["mean"], v["ci"], v["p"], strict=True)]  # fmt: skip
-        lines += ["", f"{label} - {base} ({v['pairs']} paired runs): " + "; ".join(
+        points = zip(v["mean"], v["ci"], v["p"], v["n"], strict=True)
+        row = [f"{m:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}] p={p:.2g} n={n}" if np.isfinite(p) else f"{m:+.3f}"
+               for m, ci, p, n in points]  # fmt: skip
+        lines += ["", f"{label} - {base} ({v['pairs']} paired RM seeds): " + "; ".join(
             f"KL {k:.2f}: {r}" for k, r in zip(grid, row, strict=True))]  # fmt: skip
     lines += ["", "Per run (last window): step, KL, proxy, true, exact, length", ""]
     lines += ["| run | steps | KL | proxy | true | exact | length |", "|---|---:|---:|---:|---:|---:|---:|"]
@@ -280,6 +346,18 @@ def format_matched(result: dict[str, Any], curves: list[Curve]) -> str:
         )
     lines += ["", "![reward_vs_kl.png](reward_vs_kl.png)", ""]
     return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="a PPO run's record (run.json): which reward it optimised")
+    sub = parser.add_subparsers(dest="command", required=True)
+    record = sub.add_parser("record", help="write RUN/run.json")
+    record.add_argument("run")
+    record.add_argument("--label", required=True)
+    record.add_argument("--rm_seed", type=int, default=None, help="none: no RM (the true reward)")
+    record.add_argument("--ppo_seed", type=int, default=None)
+    args = parser.parse_args()
+    RunRecord(args.label, args.rm_seed, args.ppo_seed).write(args.run)
 
 
 def run_curves(
@@ -320,3 +398,7 @@ def run_curves(
     report = out / "curves.md"
     report.write_text(format_matched(result, curves))
     return report
+
+
+if __name__ == "__main__":
+    main()

@@ -53,3 +53,39 @@ def interval(samples: list[np.ndarray]) -> dict[str, float]:
     mean = float(np.mean([x.mean() for x in samples]))
     low, high = bootstrap_ci(samples) if len(samples[0]) > 1 else (mean, mean)
     return {"mean": mean, "low": low, "high": high}
+
+
+def t_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Student-t interval of the mean of ``values`` (one per unit of replication, e.g. seed)."""
+    values = np.asarray(values, dtype=float)
+    if len(values) < 2:
+        return (float("nan"), float("nan"))
+    if values.std() == 0:
+        return (float(values.mean()), float(values.mean()))
+    low, high = stats.t.interval(level, len(values) - 1, loc=values.mean(), scale=stats.sem(values))
+    return float(low), float(high)
+
+
+def nested_bootstrap(
+    values: np.ndarray, levels: tuple[float, ...] = (0.95, 0.90), n_resamples: int = 4000, seed: int = 0
+) -> dict[float, tuple[float, float]]:
+    """Percentile intervals of the grand mean of ``values`` [units, items], resampling units (seeds)
+    and then items (prompts) within each drawn unit, so both sources of variation count."""
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    units, items = values.shape
+    u = rng.integers(0, units, size=(n_resamples, units))
+    i = rng.integers(0, items, size=(n_resamples, units, items))
+    means = values[u[..., None], i].mean(axis=(1, 2))
+    return {
+        level: (float(np.quantile(means, (1 - level) / 2)), float(np.quantile(means, (1 + level) / 2)))
+        for level in levels
+    }
+
+
+def seeds_needed(sd: float, effect: float, alpha: float = 0.05, power: float = 0.8, sided: int = 2) -> int:
+    """Units (seeds) for a paired test to detect ``effect`` with ``power`` (normal approximation)."""
+    if effect <= 0 or not np.isfinite(sd):
+        return -1  # no effect to detect (or no spread measured)
+    z = stats.norm.ppf(1 - alpha / sided) + stats.norm.ppf(power)
+    return int(np.ceil((z * sd / effect) ** 2))

@@ -364,6 +364,9 @@ def evaluate_policies(
             "curves": {
                 k: {"mean": v.mean(axis=0).tolist(), "per_prompt": v.tolist()} for k, v in curves.items()
             },
+            # every sample's reward [prompts, K]: the gold's and each proxy's (variance, correlation)
+            "gold_scores": gold_k.tolist(),
+            "proxy_scores": {name: scores.tolist() for name, scores in proxy_k.items()},
         }
     out.mkdir(parents=True, exist_ok=True)
     (out / "policy_eval.json").write_text(json.dumps(result))

@@ -122,11 +122,14 @@ def build_tiny_setup(
     lengths: tuple[int, int] = (4, 7),
     n_prompts: int | None = None,
     n_sft: int = 0,
+    n_rm_prompts: int = 0,
     **model_kwargs,
 ) -> dict[str, Path]:
     """Write ``model/`` (tokenizer + tiny Llama), ``train.jsonl`` and ``test.jsonl`` under ``out``,
     and ``prompts.jsonl`` (PPO) and ``eval_prompts.jsonl`` (held out), ``n_prompts`` each; with
-    ``n_sft``, also ``sft.jsonl``: that many demonstrations (prompt, chosen) apart from the pairs."""
+    ``n_sft``, also ``sft.jsonl``: that many demonstrations (prompt, chosen) apart from the pairs;
+    with ``n_rm_prompts``, ``rm_prompts.jsonl`` and ``rm_test_prompts.jsonl``: prompts of their own
+    for on-policy RM pairs (``normbt label-pairs``), to train on and held out."""
     out = Path(out)
     train = make_pairs(n_train, seed, lengths=lengths)
     test = make_pairs(n_test, seed + 10_000, lengths=lengths)
@@ -144,6 +147,10 @@ def build_tiny_setup(
         "prompts": write_jsonl(prompts, out / "prompts.jsonl"),
         "eval_prompts": write_jsonl(held_out, out / "eval_prompts.jsonl"),
     }
+    if n_rm_prompts:
+        for name, offset in (("rm_prompts", 50_000), ("rm_test_prompts", 60_000)):
+            rows = [{"input": r["prompt"]} for r in make_pairs(n_rm_prompts, seed + offset, lengths=lengths)]
+            paths[name] = write_jsonl(rows, out / f"{name}.jsonl")
     if n_sft:
         demos = [
             {"prompt": r["prompt"], "chosen": r["chosen"]}
@@ -206,12 +213,14 @@ def main() -> None:
         "--n_prompts", type=int, default=None, help="PPO and held-out prompts (default n_test)"
     )
     parser.add_argument("--n_sft", type=int, default=0, help="SFT demonstrations apart from the pairs")
+    parser.add_argument("--n_rm_prompts", type=int, default=0, help="on-policy RM prompts (each set)")
     parser.add_argument("--hidden", type=int, default=64, help="the model's hidden size")
     args = parser.parse_args()
     low, _, high = args.lengths.partition("-")
     paths = build_tiny_setup(
         args.out, args.n_train, args.n_test, args.seed, lengths=(int(low), int(high or low)),
-        n_prompts=args.n_prompts, n_sft=args.n_sft, heads=args.heads, hidden_size=args.hidden,
+        n_prompts=args.n_prompts, n_sft=args.n_sft, n_rm_prompts=args.n_rm_prompts, heads=args.heads,
+        hidden_size=args.hidden,
     )  # fmt: skip
     print(json.dumps({k: str(v) for k, v in paths.items()}))
 

@@ -1,129 +1,160 @@
 #!/usr/bin/env bash
-# Downstream study: does a NormBT reward model make a better policy? Measured against the task's
-# ground truth (normbt_plugin.tasks: the prompt's numbers sorted), along the KL curve, over seeds.
+# Downstream study, on-policy: does a NormBT reward model make a better policy? The standard protocol
+# (Gao, Schulman, Hilton 2022; Razin et al. 2025) on the tiny sorting task, whose true reward is known
+# (normbt_plugin.tasks). Pre-registered primary metric and decision rule: docs/results.md, Downstream.
 #   bash recipes/downstream-study.sh              # the whole study (2-core CPU: see docs/results.md)
-#   SMOKE=1 bash recipes/downstream-study.sh      # a few steps of everything (CI)
 #   DRY_RUN=1 bash recipes/downstream-study.sh    # print every command
-# Stages: a tiny policy SFT'd on 3-5 numbers (success clearly above 0, below the ceiling); RMs
-# (BT, NormBT at RM_SEEDS, COMPARATOR at fewer) on the task's preference pairs; PPO (OpenRLHF's Ray
-# PPO trainer, vLLM rollouts) on each RM at PPO_SEEDS, and on the true reward itself (the ceiling,
-# OpenRLHF's rule-based reward recipes/rewards/sort.py), all with the same PPO settings; then
-# `normbt curves` (true and proxy reward against KL, compared at matched KL) and `normbt
-# eval-policy` of the final policies on held-out prompts (with each RM's reward scale on the SFT
-# policy's samples).
+#   UNTIL=rms RM_SEEDS="1 3 5 7" bash ... & UNTIL=rms RM_SEEDS="2 4 6 8" bash ...; wait; bash ...
+#                                                 # both cores: the RMs in two halves, then the rest
+# Stages (each skipped when its output exists: a rerun goes on where a stopped one ended):
+#   a tiny policy SFT'd on the task; `normbt label-pairs`: the policy's own samples on prompts of their
+#   own, paired by the true reward (a pool to train on, a held-out set); per RM seed its own random
+#   subsample of the pool; RMs started from the SFT policy, BT and NormBT paired by seed, on the
+#   on-policy pairs and (the 2x2) on the task's perturbation pairs; eval-rm on the held-out on-policy
+#   pairs (accuracy by distance bin); best-of-N from the SFT policy on held-out prompts, every RM a
+#   proxy (`normbt eval-policy`), analysed by `normbt bon-study` (the primary result). Then PPO as a
+#   confirmatory arm: every reward standardised on the SFT policy's samples (`normbt standardize`),
+#   the ceiling (the true reward) included, on PPO_RM_SEEDS; `normbt curves` at matched KL.
+# The off-policy design this replaces stays reproducible: recipes/downstream-offpolicy.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,13p' "$0"; echo
-  echo "Environment (defaults): OUT=runs/downstream LOSSES='bt normbt' RM_SEEDS='1 2 3' PPO_SEEDS='1 2'"
-  echo "  COMPARATOR=label_smoothing COMPARATOR_SEEDS=1 CEILING_SEEDS='1 2' LENGTHS=3-5 N_SFT=4096 SFT_EPOCHS=4"
-  echo "  N_TRAIN=512 N_TEST=256 STEPS=144 ROLLOUT_BS=16 N_SAMPLES=4 ESTIMATOR=reinforce_baseline"
-  echo "  ACTOR_LR=2e-4 KL=0.02 SMOKE=0 DRY_RUN=0"
+  sed -n '2,18p' "$0"; echo
+  echo "Environment (defaults):"
+  grep -E '^[A-Z_]+=\$\{' "$0" | sed -E 's/^([A-Z_]+)=\$\{[A-Z_]+:?-?([^}]*)\}(.*)/  \1=\2\3/'
   exit 0
 fi
 
 OUT=${OUT:-runs/downstream}
 LOSSES=${LOSSES-bt normbt}
-RM_SEEDS=${RM_SEEDS-1 2 3}
-PPO_SEEDS=${PPO_SEEDS-1 2}
-COMPARATOR=${COMPARATOR:-label_smoothing}   # a third loss at fewer seeds
-COMPARATOR_SEEDS=${COMPARATOR_SEEDS-1}
-CEILING_SEEDS=${CEILING_SEEDS-1 2}         # PPO on the true reward
-# the task and the policy
-LENGTHS=${LENGTHS:-3-5}                      # numbers per prompt
-N_SFT=${N_SFT:-4096}                         # SFT demonstrations (apart from the RM pairs)
+RM_SEEDS=${RM_SEEDS-1 2 3 4 5 6 7 8}            # each: its own pair subsample, order and head init
+ARMS=${ARMS-onpolicy perturb}                    # pair sources: the policy's own samples; perturbations
+LENGTHS=${LENGTHS:-3-5}                          # numbers per prompt
+N_SFT=${N_SFT:-4096}                             # SFT demonstrations
 SFT_EPOCHS=${SFT_EPOCHS:-4}
-N_TRAIN=${N_TRAIN:-512}                      # RM preference pairs
-N_TEST=${N_TEST:-256}
-# PPO, tuned once on the ceiling run (docs/results.md) and the same for every reward
-STEPS=${STEPS:-144}                          # PPO steps: one episode, every prompt once
-ROLLOUT_BS=${ROLLOUT_BS:-16}                 # prompts per step
-N_SAMPLES=${N_SAMPLES:-4}                    # samples per prompt (the group baseline)
-ESTIMATOR=${ESTIMATOR:-reinforce_baseline}   # no critic: the reward is the only difference between runs
-ACTOR_LR=${ACTOR_LR:-2e-4}
-KL=${KL:-0.02}
-if [[ "${SMOKE:-0}" == 1 ]]; then
-  RM_SEEDS=1 PPO_SEEDS=1 COMPARATOR_SEEDS="" CEILING_SEEDS=1 N_SFT=1024 SFT_EPOCHS=4 N_TRAIN=128
-  N_TEST=64 STEPS=3 ROLLOUT_BS=4
-fi
+RM_PROMPTS=${RM_PROMPTS:-1024}                   # prompts the policy samples RM pairs on (as many held out)
+RM_SAMPLES=${RM_SAMPLES:-8}                      # samples per prompt label-pairs draws
+PAIRS_PER_PROMPT=${PAIRS_PER_PROMPT:-4}
+N_PAIRS=${N_PAIRS:-2048}                         # pairs per RM seed (a subsample of the pool)
+RM_EPOCHS=${RM_EPOCHS:-2}
+RM_LR=${RM_LR:-1e-3}
+BON_SAMPLES=${BON_SAMPLES:-64}                   # best-of-N: K samples per held-out prompt
+BON_PROMPTS=${BON_PROMPTS:-128}
+PPO_RM_SEEDS=${PPO_RM_SEEDS-1 2 3 4}             # PPO (confirmatory) on these on-policy RMs; empty: none
+CEILING_SEEDS=${CEILING_SEEDS-1}                 # PPO on the true reward
+STEPS=${STEPS:-144}                              # PPO steps
+ROLLOUT_BS=${ROLLOUT_BS:-16}                     # prompts per step
+N_SAMPLES=${N_SAMPLES:-4}                        # samples per prompt (the group baseline)
+ESTIMATOR=${ESTIMATOR:-reinforce_baseline}       # no critic: the reward is the only difference
+ACTOR_LR=${ACTOR_LR:-2e-4}                       # tuned on the standardised ceiling (docs/results.md)
+KL=${KL:-0.005}
+UNTIL=${UNTIL:-all}                              # stop after: pairs, rms, bon or all
 dry=${DRY_RUN:-0}
 export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DRY_RUN=$dry
 mkdir -p "$OUT"
 # shellcheck source=recipes/stage-times.sh
 source recipes/stage-times.sh
 times="$OUT/stage_times.tsv"
-[[ "$dry" == 1 ]] || : > "$times"
-run() {  # run NAME DONE cmd...: quiet into $OUT/NAME.log, its tail on failure, its wall time into
-  # $times; skipped when the file DONE exists (a rerun continues a study that stopped)
+[[ "$dry" == 1 ]] || touch "$times"
+run() {  # run NAME DONE cmd...: quiet into $OUT/logs/NAME.log, its tail on failure, its wall time
+  # into $times; skipped when the file DONE exists (a rerun continues a study that stopped)
   local name=$1 done=$2 start=$EPOCHREALTIME; shift 2
   if [[ "$dry" == 1 && " $* " == *" bash recipes/"* ]]; then "$@"; return; fi  # the recipe prints it
   if [[ "$dry" == 1 ]]; then printf '%q ' "$@"; echo; return; fi
-  if [[ -e "$done" ]]; then echo "downstream-study: $name (done before: $done)"; return; fi
+  if [[ -n "$done" && -e "$done" ]]; then echo "downstream-study: $name (done before)"; return; fi
   echo "downstream-study: $name"
-  "$@" > "$OUT/$name.log" 2>&1 || { echo "failed: see $OUT/$name.log" >&2; tail -30 "$OUT/$name.log" >&2; exit 1; }
+  mkdir -p "$OUT/logs"
+  "$@" > "$OUT/logs/$name.log" 2>&1 || { echo "failed: see $OUT/logs/$name.log" >&2; tail -30 "$OUT/logs/$name.log" >&2; exit 1; }
   stage_time "$times" "$name" "$start"
 }
 
+# the task and the SFT policy
 tiny="$OUT/tiny"
-run tiny "$tiny/sft.jsonl" python -m normbt_plugin.tiny --out "$tiny" --n_train "$N_TRAIN" --n_test "$N_TEST" --heads 2 \
-  --lengths "$LENGTHS" --n_sft "$N_SFT" --n_prompts $((STEPS * ROLLOUT_BS))
+run tiny "$tiny/rm_test_prompts.jsonl" python -m normbt_plugin.tiny --out "$tiny" --n_train $((2 * N_PAIRS)) \
+  --n_test 256 --heads 2 --lengths "$LENGTHS" --n_sft "$N_SFT" --n_prompts $((STEPS * ROLLOUT_BS)) \
+  --n_rm_prompts "$RM_PROMPTS"
 run sft "$OUT/policy/config.json" python -m normbt_plugin.train_sft --model.model_name_or_path "$tiny/model" \
   --data.dataset "$tiny/sft.jsonl" --data.input_key prompt --data.output_key chosen --data.input_template '{}' \
   --data.max_len 64 --train.max_epochs "$SFT_EPOCHS" --train.micro_batch_size 16 --train.batch_size 32 \
   --adam.lr 3e-3 --ds.zero_stage 2 --ds.attn_implementation sdpa --ckpt.output_dir "$OUT/policy" \
   --ckpt.path "$OUT/policy.ckpt"
 
-# reward models: one per loss and seed, from the tiny base model, evaluated on held-out pairs
-rm_env=(MODEL="$tiny/model" DATASET="$tiny/train.jsonl" EVAL_DATASET="$tiny/test.jsonl" NPROC=2 EPOCHS=3
-        LR=2e-3 MAX_LEN=64 PROMPT_KEY=prompt PARAM_DTYPE=fp32)
+# on-policy pairs: the SFT policy's own samples, paired by the true reward
+label=(normbt label-pairs --policy "$OUT/policy" --gold_fn normbt_plugin.tasks:gold_reward --samples "$RM_SAMPLES"
+       --pairs_per_prompt "$PAIRS_PER_PROMPT" --max_new 24 --max_len 64)
+run pairs-train "$OUT/pairs/onpolicy.jsonl" "${label[@]}" --prompts "$tiny/rm_prompts.jsonl" --seed 1 \
+  --out "$OUT/pairs/onpolicy.jsonl"
+run pairs-test "$OUT/pairs/onpolicy-test.jsonl" "${label[@]}" --prompts "$tiny/rm_test_prompts.jsonl" --seed 2 \
+  --out "$OUT/pairs/onpolicy-test.jsonl"
+run pairs-test-512 "$OUT/pairs/onpolicy-test-512.jsonl" python -m normbt_plugin.label_pairs subsample \
+  "$OUT/pairs/onpolicy-test.jsonl" 512 0 "$OUT/pairs/onpolicy-test-512.jsonl"  # the RM stage's own eval
+declare -A pool=([onpolicy]="$OUT/pairs/onpolicy.jsonl" [perturb]="$tiny/train.jsonl")
+[[ "$UNTIL" == pairs ]] && exit 0
+
+# reward models: from the SFT policy, per arm and seed its own subsample, the losses paired by seed
+rm_env=(MODEL="$OUT/policy" EVAL_DATASET="$OUT/pairs/onpolicy-test-512.jsonl" NPROC=1 EPOCHS="$RM_EPOCHS" LR="$RM_LR"
+        MAX_LEN=64 PROMPT_KEY=prompt PARAM_DTYPE=fp32 BS=32 MICRO_BS=32)
 rms=()
-for entry in $(for s in $RM_SEEDS; do for l in $LOSSES; do echo "$l:$s"; done; done) \
-             $(for s in $COMPARATOR_SEEDS; do echo "$COMPARATOR:$s"; done); do
-  loss=${entry%%:*} seed=${entry#*:}
-  rm="$OUT/rm-$loss-seed$seed"
-  run "rm-$loss-seed$seed" "$rm/model/config.json" env "${rm_env[@]}" LOSS="$loss" SEED="$seed" OUT="$rm" bash recipes/rm.sh
-  run "rm-$loss-seed$seed.eval" "$rm/eval.json" normbt eval-rm --model "$rm/model" --data "$tiny/test.jsonl" --subset_key kind \
-    --max_len 64 --out "$rm/eval.json"
-  rms+=("$loss:$seed")
+for arm in $ARMS; do
+  for seed in $RM_SEEDS; do
+    data="$OUT/pairs/$arm-seed$seed.jsonl"
+    run "pairs-$arm-seed$seed" "$data" python -m normbt_plugin.label_pairs subsample "${pool[$arm]}" "$N_PAIRS" \
+      "$seed" "$data"
+    for loss in $LOSSES; do
+      name="$arm-$loss-seed$seed" rm="$OUT/rm-$arm-$loss-seed$seed"
+      run "rm-$name" "$rm/model/config.json" env "${rm_env[@]}" DATASET="$data" LOSS="$loss" LABEL="$arm-$loss" \
+        SEED="$seed" OUT="$rm" bash recipes/rm.sh
+      run "eval-$name" "$rm/eval.json" normbt eval-rm --model "$rm/model" --data "$OUT/pairs/onpolicy-test.jsonl" \
+        --max_len 64 --bins 5 --out "$rm/eval.json"
+      rms+=("$rm")
+    done
+  done
 done
 
-run rm-report "" normbt compare $(for e in "${rms[@]}"; do echo "$OUT/rm-${e%%:*}-seed${e#*:}"; done) \
-  --out "$OUT/rm-report" --baseline bt
+[[ "$UNTIL" == rms ]] && exit 0
 
-# PPO: the same settings for every reward; ROLLOUT_LOG=1 records what the curves are read from
+# best-of-N from the SFT policy on held-out prompts, every RM a proxy; the primary analysis
+proxies=()
+for rm in "${rms[@]}"; do proxies+=(--proxy "${rm##*/rm-}=$rm/model"); done
+run bon "$OUT/bon/policy_eval.json" normbt eval-policy --policy "sft=$OUT/policy" "${proxies[@]}" \
+  --gold_fn normbt_plugin.tasks:gold_reward --prompts "$tiny/eval_prompts.jsonl" --n_prompts "$BON_PROMPTS" \
+  --samples 1 --bon_samples "$BON_SAMPLES" --max_new 24 --max_len 64 --out "$OUT/bon"
+run bon-study "" normbt bon-study "$OUT/bon/policy_eval.json" "${rms[@]}" --baseline bt --n 16 \
+  --pairs "$OUT/pairs/onpolicy-test.jsonl" --out "$OUT/bon-study"
+[[ "$UNTIL" == bon ]] && { [[ "$dry" == 1 ]] || stage_table "$times" downstream-study; exit 0; }
+
+# PPO, confirmatory: every reward standardised on the SFT policy's samples, the same settings for all
+(( ${#PPO_RM_SEEDS} + ${#CEILING_SEEDS} )) || { [[ "$dry" == 1 ]] || stage_table "$times" downstream-study; exit 0; }
+standardize=(normbt standardize --policy "$OUT/policy" --prompts "$tiny/prompts.jsonl" --n_prompts 256 --samples 4
+             --max_new 24 --max_len 64 --samples_file "$OUT/ppo-rewards/sft-samples.jsonl")
+run standardize-true "$OUT/ppo-rewards/true.py" "${standardize[@]}" --reward_fn recipes/rewards/sort.py \
+  --out "$OUT/ppo-rewards/true.py"
 ppo_env=(POLICY="$OUT/policy" PROMPTS="$tiny/prompts.jsonl" GPUS_PER_NODE=1 VLLM_ENGINES=1 COLOCATE=1
          PPO_PARAM_DTYPE=fp32 ATTN=sdpa SYNC_BACKEND=gloo VLLM_MEM=0.5 ROLLOUT_BS="$ROLLOUT_BS"
          N_SAMPLES="$N_SAMPLES" MAX_NEW=24 PPO_MAX_LEN=64 TRAIN_BS=$((ROLLOUT_BS * N_SAMPLES))
          MICRO_BS=16 ROLLOUT_MICRO_BS=16 EPISODES=1 MAX_SAMPLES=$((STEPS * ROLLOUT_BS))
-         ACTOR_LR="$ACTOR_LR" KL="$KL" ESTIMATOR="$ESTIMATOR" ROLLOUT_LOG=1)
+         ACTOR_LR="$ACTOR_LR" KL="$KL" ESTIMATOR="$ESTIMATOR" ROLLOUT_LOG=1 NORMALIZE_REWARD=1)
 ppo_runs=()
-ppo() {  # ppo LABEL RM_SEED PPO_SEED VAR=VALUE...: one PPO run and its run.json (RM_SEED "": none)
+ppo() {  # ppo LABEL RM_SEED PPO_SEED VAR=VALUE...: one PPO run and its run record
   local label=$1 rm_seed=$2 seed=$3; shift 3
   local name="ppo-$label${rm_seed:+-rm$rm_seed}-seed$seed"
   run "$name" "$OUT/$name/run.json" env "${ppo_env[@]}" "$@" SEED="$seed" OUT="$OUT/$name" bash recipes/ppo.sh
-  [[ "$dry" == 1 || -e "$OUT/$name/run.json" ]] || printf '{"label": "%s", "rm_seed": %s, "ppo_seed": %s}\n' \
-    "$label" "${rm_seed:-null}" "$seed" > "$OUT/$name/run.json"
+  [[ "$dry" == 1 ]] || python -m normbt_plugin.curves record "$OUT/$name" --label "$label" \
+    ${rm_seed:+--rm_seed "$rm_seed"} --ppo_seed "$seed"
   ppo_runs+=("$OUT/$name")
 }
-for seed in $CEILING_SEEDS; do ppo true "" "$seed" REWARD_URL=recipes/rewards/sort.py; done
-for entry in "${rms[@]}"; do
-  loss=${entry%%:*} rm_seed=${entry#*:}
-  for seed in $PPO_SEEDS; do
-    [[ "$loss" == "$COMPARATOR" && "$seed" != "${PPO_SEEDS%% *}" ]] && continue  # fewer for the comparator
-    ppo "$loss" "$rm_seed" "$seed" RM="$OUT/rm-$loss-seed$rm_seed/model"
+for seed in $CEILING_SEEDS; do ppo true "" "$seed" REWARD_URL="$OUT/ppo-rewards/true.py"; done
+for loss in $LOSSES; do
+  for rm_seed in $PPO_RM_SEEDS; do
+    std="$OUT/ppo-rewards/onpolicy-$loss-seed$rm_seed"
+    run "standardize-$loss-seed$rm_seed" "$std/config.json" "${standardize[@]}" \
+      --rm "$OUT/rm-onpolicy-$loss-seed$rm_seed/model" --out "$std"
+    ppo "$loss" "$rm_seed" 1 RM="$std"
   done
 done
-
 run curves "" normbt curves "${ppo_runs[@]}" --tokenizer "$OUT/policy" --gold_fn normbt_plugin.tasks:gold_reward \
-  --exact_fn normbt_plugin.tasks:exact --baseline bt --window "$([[ "${SMOKE:-0}" == 1 ]] && echo 1 || echo 4)" \
-  --out "$OUT/curves"
-policy_flags=(--policy "initial=$OUT/policy")
-for r in "${ppo_runs[@]}"; do policy_flags+=(--policy "${r##*/ppo-}=$r/model"); done
-for entry in "${rms[@]}"; do policy_flags+=(--proxy "${entry%%:*}-seed${entry#*:}=$OUT/rm-${entry%%:*}-seed${entry#*:}/model"); done
-run policy-eval "" normbt eval-policy "${policy_flags[@]}" --gold_fn normbt_plugin.tasks:gold_reward \
-  --prompts "$tiny/eval_prompts.jsonl" --n_prompts "$N_TEST" --samples 2 --bon_samples 16 --bon_prompts 64 \
-  --max_new 24 --max_len 64 --out "$OUT/policy-eval"
+  --exact_fn normbt_plugin.tasks:exact --baseline bt --window 4 --out "$OUT/curves"
 [[ "$dry" == 1 ]] && exit 0
-cat "$OUT/curves/curves.md"
+cat "$OUT/bon-study/report.md" "$OUT/curves/curves.md"
 stage_table "$times" downstream-study

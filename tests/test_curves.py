@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from normbt_plugin.curves import Curve, common_grid, load_function, matched_kl, window_means
+from normbt_plugin.curves import Curve, RunRecord, common_grid, load_function, matched_kl, window_means
 from normbt_plugin.pairs import EvalInputError
 
 
@@ -24,15 +24,43 @@ def test_matched_kl_finds_a_known_offset_between_curves_sampled_at_different_kls
         curve("normbt", 2, [0.0, 0.3, 1.1, 3.8], 0.2 * np.array([0.0, 0.3, 1.1, 3.8]) + 0.3),
     ]
     grid = common_grid(curves, points=5)
-    assert grid[0] == 0 and grid[-1] == pytest.approx(3.5)  # the smallest of the runs' largest KL
+    assert grid[0] == 0 and grid[-1] == pytest.approx(3.8)  # as far as some run of every label went
     result = matched_kl(curves, "bt", grid)
     assert result["labels"]["bt"]["mean"] == pytest.approx(list(0.2 * grid))
     vs = result["labels"]["normbt"]["vs_baseline"]
-    assert vs["pairs"] == 2 and vs["mean"] == pytest.approx([0.2] * 5)  # (0.1 + 0.3) / 2
-    assert all(lo <= 0.2 + 1e-9 and hi >= 0.2 - 1e-9 for lo, hi in vs["ci"])
+    # normbt seed 1 stopped at KL 3.5: at 3.8 only seed 2 counts (no clamping to its last point)
+    assert vs["pairs"] == 2 and vs["n"] == [2, 2, 2, 2, 1]
+    assert vs["mean"] == pytest.approx([0.2, 0.2, 0.2, 0.2, 0.3])
+    assert result["labels"]["normbt"]["n"] == [2, 2, 2, 2, 1]
+    assert all(lo <= 0.2 + 1e-9 and hi >= 0.2 - 1e-9 for lo, hi in vs["ci"][:4])
     # peaks: at the largest KL of each run; the mean of the runs' peaks
     assert result["labels"]["normbt"]["peak_true"] == pytest.approx((0.2 * 3.5 + 0.1 + 0.2 * 3.8 + 0.3) / 2)
     assert result["labels"]["normbt"]["peak_kl"] == pytest.approx((3.5 + 3.8) / 2)
+
+
+def test_the_unit_is_the_rm_seed():
+    # two PPO seeds on one RM seed are one unit: their mean, not two paired observations
+    curves = [
+        curve("bt", 1, [0.0, 1.0], [0.0, 0.0], ppo_seed=1),
+        curve("bt", 1, [0.0, 1.0], [0.0, 0.0], ppo_seed=2),
+        curve("normbt", 1, [0.0, 1.0], [0.0, 0.2], ppo_seed=1),
+        curve("normbt", 1, [0.0, 1.0], [0.0, 0.4], ppo_seed=2),
+    ]
+    result = matched_kl(curves, "bt", np.array([0.0, 1.0]))
+    vs = result["labels"]["normbt"]["vs_baseline"]
+    assert vs["pairs"] == 1 and vs["mean"] == pytest.approx([0.0, 0.3]) and np.isnan(vs["p"][1])
+    assert result["labels"]["normbt"]["runs"] == 2 and result["labels"]["normbt"]["rm_seeds"] == 1
+
+
+def test_gao_rl_fit_recovers_its_parameters_and_the_run_record_round_trips(tmp_path):
+    kl = np.linspace(0.0, 9.0, 12)
+    d = np.sqrt(np.maximum(kl, 1e-12))
+    true = 0.3 + d * (0.5 - 0.2 * np.log(d))
+    true[0] = 0.3
+    assert curve("bt", 1, kl, true).rl_fit() == pytest.approx((0.5, 0.2), abs=1e-6)
+    RunRecord("normbt", 3, 1).write(tmp_path)
+    assert RunRecord.read(tmp_path) == RunRecord("normbt", 3, 1)
+    assert RunRecord.read(tmp_path / "elsewhere") == RunRecord("elsewhere")  # no record: the folder's name
 
 
 def test_peak_of_an_overoptimised_curve_and_unsorted_kl():

@@ -1,0 +1,115 @@
+"""The on-policy study's analysis (``normbt bon-study``) and the statistics it rests on, on synthetic
+best-of-N data with known answers; label-pairs' pairing rule."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+
+from normbt_plugin.bon_study import bon_study, decide, gao_fit, within_prompt_spread
+from normbt_plugin.intervals import nested_bootstrap, seeds_needed
+from normbt_plugin.label_pairs import LabelledPair, pairs_of, read_pairs, subsample, write_pairs
+from normbt_plugin.pairs import EvalInputError
+from normbt_plugin.policy_eval import best_of_n, bon_kl
+
+NS = [1, 2, 4, 8, 16]
+
+
+def policy_eval(tmp_path, proxies: dict[str, np.ndarray], gold: np.ndarray):
+    """An eval-policy result as ``evaluate_policies`` writes its best-of-N part."""
+    curves = {"oracle (gold)": best_of_n(gold, gold, NS)}
+    curves.update({name: best_of_n(s, gold, NS) for name, s in proxies.items()})
+    result = {"best_of_n": {
+        "n": NS, "kl": [bon_kl(n) for n in NS], "prompts": gold.shape[0], "samples": gold.shape[1],
+        "curves": {k: {"mean": v.mean(axis=0).tolist(), "per_prompt": v.tolist()} for k, v in curves.items()},
+        "gold_scores": gold.tolist(), "proxy_scores": {k: v.tolist() for k, v in proxies.items()},
+    }}  # fmt: skip
+    path = tmp_path / "policy_eval.json"
+    path.write_text(json.dumps(result))
+    return path
+
+
+def test_a_better_ranker_helps_an_identical_one_makes_no_difference_and_the_2x2_sees_it(tmp_path):
+    rng = np.random.default_rng(0)
+    gold = rng.random((200, 16))
+    proxies = {}
+    for seed in range(1, 7):
+        proxies[f"onpolicy-bt-seed{seed}"] = gold + rng.normal(0, 1.0, gold.shape)  # a noisy ranker
+        proxies[f"onpolicy-normbt-seed{seed}"] = gold + rng.normal(0, 0.05, gold.shape)  # a good one
+        same = gold + rng.normal(0, 0.3, gold.shape)
+        proxies[f"perturb-bt-seed{seed}"] = proxies[f"perturb-normbt-seed{seed}"] = same
+    runs = [str(tmp_path / f"rm-{name}") for name in proxies]
+    result = bon_study(policy_eval(tmp_path, proxies, gold), runs, tmp_path / "out", n=16)
+    helps, same = result["effects"]["onpolicy/normbt"], result["effects"]["perturb/normbt"]
+    assert helps["decision"] == "helps" and helps["seeds"] == 6 and helps["boot_ci95"][0] > 0.05
+    assert same["decision"] == "no difference" and same["mean"] == 0 and same["boot_ci90"] == (0.0, 0.0)
+    assert result["interaction"]["mean"] == pytest.approx(helps["mean"])
+    # the better ranker gains more per unit sqrt(KL) (Gao's a), and agrees with the judge more
+    cells = result["cells"]
+    assert helps["gao_a_diff"]["mean"] > 0
+    assert (
+        cells["onpolicy/normbt"]["rank_agreement"]["mean"]
+        > 0.9
+        > cells["onpolicy/bt"]["rank_agreement"]["mean"]
+    )
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "| onpolicy | normbt | 6 |" in report and "helps" in report and "no difference" in report
+    assert (tmp_path / "out" / "best_of_n.png").stat().st_size > 10_000
+
+
+def test_decision_rule_and_what_it_would_take():
+    assert decide(0.05, (0.01, 0.09), (0.02, 0.08), 0.03) == "helps"
+    assert decide(-0.05, (-0.09, -0.01), (-0.08, -0.02), 0.03) == "hurts"
+    assert decide(0.0, (-0.04, 0.04), (-0.02, 0.02), 0.03) == "no difference"
+    assert decide(0.01, (-0.05, 0.07), (-0.04, 0.06), 0.03) == "inconclusive"
+    # n = ((z_.975 + z_.8) sd / effect)^2 = (2.80 * 0.1 / 0.05)^2 = 31.4 -> 32
+    assert seeds_needed(0.1, 0.05) == 32 and seeds_needed(0.1, 0.0) == -1
+
+
+def test_nested_bootstrap_counts_both_levels():
+    rng = np.random.default_rng(1)
+    flat = rng.normal(0, 1, (8, 100))
+    shifted = flat + rng.normal(0, 1, (8, 1))  # seeds differ: the interval must widen
+    narrow, wide = nested_bootstrap(flat)[0.95], nested_bootstrap(shifted)[0.95]
+    assert wide[1] - wide[0] > 2 * (narrow[1] - narrow[0])
+    low, high = nested_bootstrap(flat + 3.0)[0.95]
+    assert low < 3.0 + flat.mean() < high
+
+
+def test_gao_fit_and_spread():
+    d = np.sqrt(np.array([bon_kl(n) for n in NS]))
+    assert gao_fit(d, d * (0.4 - 0.1 * d)) == pytest.approx((0.4, 0.1))
+    flat = within_prompt_spread(np.repeat(np.arange(5.0)[:, None], 8, axis=1))  # differs only across prompts
+    assert flat["within_share"] == 0 and flat["std"] > 0
+
+
+def test_bon_study_refuses_unnamed_proxies_and_a_missing_n(tmp_path):
+    gold = np.random.default_rng(0).random((4, 16))
+    path = policy_eval(tmp_path, {"bt-1": gold}, gold)
+    with pytest.raises(EvalInputError, match="<arm>-<loss>-seed<k>"):
+        bon_study(path, [], tmp_path / "out")
+    with pytest.raises(EvalInputError, match="--n 3"):
+        bon_study(path, [], tmp_path / "out", n=3)
+
+
+def test_pairs_of_drops_ties_and_duplicates_and_orders_by_the_gold(tmp_path):
+    texts = [" 1 2", " 2 1", " 1 2", " x", " 2 2"]
+    golds = [1.0, 0.5, 1.0, 0.0, 0.5]
+    pairs = pairs_of("sort: 2 1 ->", texts, golds, limit=10, min_gap=0.0, rng=random.Random(0))
+    # 4 distinct texts; " 2 1" and " 2 2" tie: 6 - 1 = 5 pairs
+    assert len(pairs) == 5 and all(p.chosen_gold > p.rejected_gold for p in pairs)
+    assert all(p.chosen != p.rejected for p in pairs)
+    assert len(pairs_of("p", texts, golds, limit=2, min_gap=0.0, rng=random.Random(0))) == 2
+    assert len(pairs_of("p", texts, golds, limit=10, min_gap=0.6, rng=random.Random(0))) == 1  # 1.0 vs 0.0
+    write_pairs(pairs, tmp_path / "pairs.jsonl")
+    assert read_pairs(tmp_path / "pairs.jsonl") == pairs
+    cut = subsample(tmp_path / "pairs.jsonl", 3, 7, tmp_path / "cut.jsonl")
+    again = subsample(tmp_path / "pairs.jsonl", 3, 7, tmp_path / "again.jsonl")
+    assert cut.read_text() == again.read_text() and set(read_pairs(cut)) <= set(pairs)
+    assert subsample(tmp_path / "pairs.jsonl", 3, 8, tmp_path / "other.jsonl").read_text() != cut.read_text()
+    with pytest.raises(EvalInputError, match="fewer than the 9"):
+        subsample(tmp_path / "pairs.jsonl", 9, 7, tmp_path / "cut.jsonl")
+    assert isinstance(pairs[0], LabelledPair)
