@@ -15,6 +15,8 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
   echo "  e.g. 'bt normbt noema=normbt:--normbt.use_ema=false clip0.1=bt:--max_norm=0.1'"
   echo "  RUN_DIR=runs/compare BASELINE=bt SUBSET_KEY (group eval accuracy by a column),"
   echo "  PPO=1 (chain each RM into recipes/ppo.sh; its variables apply), POLICY, PROMPTS"
+  echo "  ONPOLICY=1: the RMs train on the SFT policy's own samples ranked by GOLD_RM (recipes/onpolicy-pairs.sh;"
+  echo "  its ONPOLICY_* variables apply) instead of DATASET"
   echo "  eval-policy: GOLD_RM (a reward model) or GOLD_FN (module:function, a true reward; tiny: the task's"
   echo "  sort score; GOLD_FN= trains a tiny gold RM), EVAL_PROMPTS EVAL_PROMPT_KEY=input EVAL_PROMPT_SPLIT"
   echo "  EVAL_N_PROMPTS=500 EVAL_SAMPLES=1 BON_SAMPLES=64 BON_PROMPTS=200 EVAL_MAX_NEW=\$MAX_NEW EVAL_SEED=0 EVAL_TP=1"
@@ -76,6 +78,13 @@ elif [[ "${TINY:-0}" == 1 ]]; then
       --ds.attn_implementation sdpa --ckpt.output_dir "$RUN_DIR/policy" --ckpt.path "$RUN_DIR/policy.ckpt"
     export POLICY="$RUN_DIR/policy"
   fi
+fi
+
+if [[ "${ONPOLICY:-0}" == 1 ]]; then  # on-policy RM data: the SFT policy's samples, ranked by the gold
+  pairs="$RUN_DIR/onpolicy/pairs.jsonl"
+  [[ "$dry" == 1 ]] || echo "compare.sh: on-policy pairs from ${POLICY:-$MODEL}, judged by ${GOLD_RM:-$GOLD_FN} -> $pairs"
+  POLICY=${POLICY:-$MODEL} OUT=$pairs run "$RUN_DIR/onpolicy.log" bash recipes/onpolicy-pairs.sh
+  export DATASET=$pairs PROMPT_KEY=prompt   # label-pairs writes prompt/chosen/rejected
 fi
 
 eval_flags=(--format "${EVAL_FORMAT:-auto}" --max_len "$MAX_LEN")

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Downstream study: does a NormBT reward model make a better policy? Measured against the task's
+# The off-policy downstream study (superseded by recipes/downstream-study.sh, kept reproducible: docs/results.md,
+# "Downstream ... off-policy design"): does a NormBT reward model make a better policy? Measured against the task's
 # ground truth (normbt_plugin.tasks: the prompt's numbers sorted), along the KL curve, over seeds.
-#   bash recipes/downstream-study.sh              # the whole study (2-core CPU: see docs/results.md)
-#   SMOKE=1 bash recipes/downstream-study.sh      # a few steps of everything (CI)
-#   DRY_RUN=1 bash recipes/downstream-study.sh    # print every command
+#   bash recipes/downstream-offpolicy.sh          # the whole study (2-core CPU: see docs/results.md)
+#   SMOKE=1 bash recipes/downstream-offpolicy.sh  # a few steps of everything
+#   DRY_RUN=1 bash recipes/downstream-offpolicy.sh  # print every command
 # Stages: a tiny policy SFT'd on 3-5 numbers (success clearly above 0, below the ceiling); RMs
 # (BT, NormBT at RM_SEEDS, COMPARATOR at fewer) on the task's preference pairs; PPO (OpenRLHF's Ray
 # PPO trainer, vLLM rollouts) on each RM at PPO_SEEDS, and on the true reward itself (the ceiling,
@@ -15,15 +16,15 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,13p' "$0"; echo
-  echo "Environment (defaults): OUT=runs/downstream LOSSES='bt normbt' RM_SEEDS='1 2 3' PPO_SEEDS='1 2'"
+  sed -n '2,14p' "$0"; echo
+  echo "Environment (defaults): OUT=runs/downstream-offpolicy LOSSES='bt normbt' RM_SEEDS='1 2 3' PPO_SEEDS='1 2'"
   echo "  COMPARATOR=label_smoothing COMPARATOR_SEEDS=1 CEILING_SEEDS='1 2' LENGTHS=3-5 N_SFT=4096 SFT_EPOCHS=4"
   echo "  N_TRAIN=512 N_TEST=256 STEPS=144 ROLLOUT_BS=16 N_SAMPLES=4 ESTIMATOR=reinforce_baseline"
   echo "  ACTOR_LR=2e-4 KL=0.02 SMOKE=0 DRY_RUN=0"
   exit 0
 fi
 
-OUT=${OUT:-runs/downstream}
+OUT=${OUT:-runs/downstream-offpolicy}
 LOSSES=${LOSSES-bt normbt}
 RM_SEEDS=${RM_SEEDS-1 2 3}
 PPO_SEEDS=${PPO_SEEDS-1 2}
@@ -102,8 +103,8 @@ ppo() {  # ppo LABEL RM_SEED PPO_SEED VAR=VALUE...: one PPO run and its run.json
   local label=$1 rm_seed=$2 seed=$3; shift 3
   local name="ppo-$label${rm_seed:+-rm$rm_seed}-seed$seed"
   run "$name" "$OUT/$name/run.json" env "${ppo_env[@]}" "$@" SEED="$seed" OUT="$OUT/$name" bash recipes/ppo.sh
-  [[ "$dry" == 1 || -e "$OUT/$name/run.json" ]] || printf '{"label": "%s", "rm_seed": %s, "ppo_seed": %s}\n' \
-    "$label" "${rm_seed:-null}" "$seed" > "$OUT/$name/run.json"
+  [[ "$dry" == 1 || -e "$OUT/$name/run.json" ]] || python -m normbt_plugin.curves record "$OUT/$name" \
+    --label "$label" ${rm_seed:+--rm_seed "$rm_seed"} --ppo_seed "$seed"
   ppo_runs+=("$OUT/$name")
 }
 for seed in $CEILING_SEEDS; do ppo true "" "$seed" REWARD_URL=recipes/rewards/sort.py; done

@@ -47,9 +47,10 @@ STEPS=${STEPS:-144}                              # PPO steps
 ROLLOUT_BS=${ROLLOUT_BS:-16}                     # prompts per step
 N_SAMPLES=${N_SAMPLES:-4}                        # samples per prompt (the group baseline)
 ESTIMATOR=${ESTIMATOR:-reinforce_baseline}       # no critic: the reward is the only difference
-ACTOR_LR=${ACTOR_LR:-2e-4}                       # tuned on the standardised ceiling (docs/results.md)
+TUNE_LRS=${TUNE_LRS-1e-4 2e-4 5e-4}               # learning rates tried on the standardised ceiling
+ACTOR_LR=${ACTOR_LR:-2e-4}                       # the one chosen there (docs/results.md)
 KL=${KL:-0.005}
-UNTIL=${UNTIL:-all}                              # stop after: pairs, rms, bon or all
+UNTIL=${UNTIL:-all}                              # stop after: pairs, rms, bon, tune or all
 dry=${DRY_RUN:-0}
 export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DRY_RUN=$dry
 mkdir -p "$OUT"
@@ -144,6 +145,15 @@ ppo() {  # ppo LABEL RM_SEED PPO_SEED VAR=VALUE...: one PPO run and its run reco
     ${rm_seed:+--rm_seed "$rm_seed"} --ppo_seed "$seed"
   ppo_runs+=("$OUT/$name")
 }
+for lr in $TUNE_LRS; do  # the learning rate, tuned once on the standardised ceiling
+  ppo "tune-lr$lr" "" 1 REWARD_URL="$OUT/ppo-rewards/true.py" ACTOR_LR="$lr"
+done
+if [[ -n "$TUNE_LRS" ]]; then
+  tuned=("${ppo_runs[@]}") ppo_runs=()
+  run tune-curves "" normbt curves "${tuned[@]}" --tokenizer "$OUT/policy" --gold_fn normbt_plugin.tasks:gold_reward \
+    --exact_fn normbt_plugin.tasks:exact --baseline "tune-lr${TUNE_LRS%% *}" --window 4 --out "$OUT/tune-curves"
+fi
+[[ "$UNTIL" == tune ]] && { [[ "$dry" == 1 ]] || stage_table "$times" downstream-study; exit 0; }
 for seed in $CEILING_SEEDS; do ppo true "" "$seed" REWARD_URL="$OUT/ppo-rewards/true.py"; done
 for loss in $LOSSES; do
   for rm_seed in $PPO_RM_SEEDS; do

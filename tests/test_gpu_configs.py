@@ -7,6 +7,8 @@ Every variable of the config is kept except those listed below, each with the re
 
 from __future__ import annotations
 
+import json
+import re
 import shlex
 import subprocess
 
@@ -16,6 +18,7 @@ from conftest import RECIPE_ENV, REPO
 # multinode-llama3-8b is llama3-8b-8gpu plus the several-node variables that GPU_ONLY blanks here (run,
 # it would repeat llama3-8b-8gpu); tests/test_multinode.py and tests/test_ray_cluster.py run those paths.
 GPU_CONFIGS = ["llama3-8b-8gpu", "paper-gemma2b"]
+ONPOLICY = re.compile(r"^ONPOLICY=\$\{ONPOLICY:-1\}", re.M)  # configs whose RMs train on on-policy pairs
 
 # Only a GPU (or a real cluster) can honour these.
 GPU_ONLY = {
@@ -97,3 +100,32 @@ def test_gpu_config_rm_and_ppo_stages_run_on_chat_standins(config, chat_standins
     assert before.keys() == after.keys()
     moved = max((after[k].float() - before[k].float()).abs().max().item() for k in before)
     assert moved > 0, "the PPO step left the actor unchanged"
+
+    if not ONPOLICY.search((REPO / "recipes" / "configs" / f"{config}.env").read_text()):
+        return
+    # the on-policy stage (ONPOLICY=1): the SFT stand-in samples the prompts, the RM just trained
+    # stands in for GOLD_RM; the RM stage then trains on those pairs in OpenRLHF's chat form
+    pairs = tmp_path / "onpolicy" / "pairs.jsonl"
+    onpolicy = {
+        **GPU_ONLY,
+        **SIZES,
+        "POLICY": str(data["model"]),
+        "GOLD_RM": str(out / "model"),
+        "ONPOLICY_PROMPTS": str(data["prompts"]),
+        "ONPOLICY_N_PROMPTS": "8",
+        "OUT": str(pairs),
+        "ONPOLICY_DTYPE": "float32",
+    }  # fmt: skip  (bf16 scoring: the GPU nodes' dtype)
+    labelled = stage(config, "onpolicy-pairs.sh", onpolicy, tmp_path / "onpolicy.log")
+    assert labelled.returncode == 0, labelled.stdout[-3000:] + labelled.stderr[-3000:]
+    rows = [json.loads(line) for line in pairs.open()]
+    assert rows and all(
+        r["prompt"][0]["role"] == "user" and r["chosen"][0]["role"] == "assistant" for r in rows
+    )
+    assert all(r["chosen_gold"] > r["rejected_gold"] for r in rows)
+    onpolicy_rm = tmp_path / "rm-onpolicy"
+    trained = stage(config, "rm.sh", {**rm_vars, "DATASET": str(pairs), "PROMPT_KEY": "prompt",
+                                      "OUT": str(onpolicy_rm)}, tmp_path / "rm-onpolicy.log")  # fmt: skip
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    steps = [json.loads(line) for line in (onpolicy_rm / "metrics" / "train_rank0.jsonl").open()]
+    assert steps and (onpolicy_rm / "model" / "config.json").exists()

@@ -378,14 +378,52 @@ def test_evidence_study_commands_parse(parsers, tmp_path, capsys):
         assert labels.count(variant) == 3, (variant, labels)
 
 
-# ------------------------------------------------------------------ the downstream study
+# ------------------------------------------------------------------ the downstream studies
 
 
 def test_downstream_study_commands_parse(parsers, tmp_path, capsys):
-    """``recipes/downstream-study.sh``: every SFT, RM and PPO command parses with the pinned OpenRLHF,
-    the same PPO settings for every reward, the ceiling on the rule-based reward, every ``normbt`` flag."""
+    """``recipes/downstream-study.sh`` (on-policy): every SFT, RM and PPO command parses with the pinned
+    OpenRLHF and every ``normbt`` flag exists; the RMs start from the SFT policy, BT and NormBT train
+    on the same draw per seed, each seed its own draw, in both arms of the 2x2; PPO: the same settings
+    for every reward, each reward standardised on the SFT policy's samples (the ceiling's too). The
+    stages themselves run in the chain's fixture (tests here and in test_label_pairs, test_bon_study)."""
+    out = tmp_path / "study"
+    proc = subprocess.run(["bash", "recipes/downstream-study.sh"], cwd=REPO, capture_output=True, text=True,
+                          env={**ENV, "DRY_RUN": "1", "OUT": str(out)}, timeout=120, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    commands = [shlex.split(line) for line in proc.stdout.splitlines() if line.strip()]
+    names = {c[1] for c in commands if c[0] == "normbt"}
+    assert {"label-pairs", "eval-rm", "eval-policy", "bon-study", "standardize", "curves"} <= names, names
     seen: dict[str, list] = {"train_rm": [], "train_sft": [], "train_ppo_ray": []}
-    for name, args in recipe_commands("downstream-study.sh", parsers, capsys, OUT=str(tmp_path / "study")):
+    for name, args in recipe_commands("downstream-study.sh", parsers, capsys, OUT=str(out)):
+        seen[name].append(args)
+    rms = seen["train_rm"]
+    assert len(rms) == 2 * 8 * 2 and {getattr(a, "model.model_name_or_path") for a in rms} == {
+        f"{out}/policy"
+    }
+    data = {(getattr(a, "plugin.label"), getattr(a, "train.seed")): getattr(a, "data.dataset") for a in rms}
+    for arm in ("onpolicy", "perturb"):
+        draws = [data[(f"{arm}-bt", s)] for s in range(1, 9)]
+        assert draws == [data[(f"{arm}-normbt", s)] for s in range(1, 9)]  # paired by seed
+        assert len(set(draws)) == 8  # each seed its own draw
+    tune, ppo = seen["train_ppo_ray"][:3], seen["train_ppo_ray"][3:]
+    assert [getattr(a, "actor.adam.lr") for a in tune] == [1e-4, 2e-4, 5e-4]  # tuned on the ceiling first
+    assert len(ppo) == 1 + 2 * 4  # the ceiling, BT and NormBT on RM seeds 1-4
+    rewards = [getattr(a, "reward.remote_url") or getattr(a, "reward.model_name_or_path") for a in tune + ppo]
+    assert all("/ppo-rewards/" in r for r in rewards), rewards  # every reward standardised first
+    assert all(getattr(a, "reward.normalize_enable") for a in ppo if getattr(a, "reward.model_name_or_path"))
+    keys = ("actor.adam.lr", "algo.kl.init_coef", "algo.advantage.estimator", "rollout.batch_size",
+            "rollout.n_samples_per_prompt", "data.max_samples")  # fmt: skip
+    assert len({tuple(getattr(a, k) for k in keys) for a in ppo}) == 1  # the same for every reward
+
+
+def test_offpolicy_study_commands_parse(parsers, tmp_path, capsys):
+    """``recipes/downstream-offpolicy.sh`` (the superseded design, kept reproducible): every command
+    parses, the same PPO settings for every reward, the ceiling on the rule-based reward."""
+    seen: dict[str, list] = {"train_rm": [], "train_sft": [], "train_ppo_ray": []}
+    for name, args in recipe_commands(
+        "downstream-offpolicy.sh", parsers, capsys, OUT=str(tmp_path / "study")
+    ):
         seen[name].append(args)
     losses = [getattr(a, "model.loss_type") for a in seen["train_rm"]]
     assert losses.count("bt") == losses.count("normbt") == 3 and losses.count("label_smoothing") == 1
@@ -395,50 +433,28 @@ def test_downstream_study_commands_parse(parsers, tmp_path, capsys):
     assert len(ppo) == 2 + 2 * 6 + 1  # the ceiling, BT and NormBT 3 RM x 2 PPO seeds, the comparator
     keys = ("actor.adam.lr", "algo.kl.init_coef", "algo.advantage.estimator", "rollout.batch_size",
             "rollout.n_samples_per_prompt", "data.max_samples")  # fmt: skip
-    settings = {tuple(getattr(a, k) for k in keys) for a in ppo}
-    assert len(settings) == 1, settings  # tuned once, the same for every reward
+    assert len({tuple(getattr(a, k) for k in keys) for a in ppo}) == 1
 
 
-@pytest.mark.slow
-def test_downstream_study_smoke_run(chain, tmp_path):
-    """``SMOKE=1`` runs every stage a few steps, resuming past the stages the chain already did (its
-    SFT policy and reward models, linked in: a study that stopped goes on where it stopped): the
-    true reward reaches PPO through OpenRLHF's rule-based reward (the reward PPO logged for each
-    sample is the function's value for it), the curve pipeline reads the PPO runs, eval-policy
-    scores the policies with the true reward."""
-    from transformers import AutoTokenizer
-
-    from normbt_plugin.tasks import gold_reward
-
-    out = tmp_path / "study"
-    out.mkdir()
-    for name in ("policy", "rm-bt-seed1", "rm-normbt-seed1"):  # done: model/config.json and eval.json
-        (out / name).symlink_to(chain / name, target_is_directory=True)
-    proc = subprocess.run(
-        ["bash", "recipes/downstream-study.sh"], cwd=REPO, env={**ENV, "SMOKE": "1", "OUT": str(out)},
-        capture_output=True, text=True, timeout=1800, check=False,
-    )  # fmt: skip
-    (tmp_path / "study.out").write_text(proc.stdout + proc.stderr)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    tok = AutoTokenizer.from_pretrained(out / "policy")
-    rows = [json.loads(x) for x in (out / "ppo-true-seed1" / "rollouts" / "rollouts.jsonl").open()]
-    assert len(rows) == 3 * 4 * 4  # steps x prompts x samples
-    for r in rows:
-        assert r["reward"] == pytest.approx(
-            gold_reward(r["prompt"], tok.decode(r["response_ids"], skip_special_tokens=True)), abs=1e-6
-        )
-    assert any(r["reward"] > 0 for r in rows) and all(r["kl"] is not None for r in rows)
-    curves = json.loads((out / "curves" / "curves.json").read_text())
-    assert sorted({r["label"] for r in curves["runs"]}) == ["bt", "normbt", "true"]
+def test_gpu_config_rms_train_on_the_policys_own_samples(parsers, tmp_path):
+    """With ONPOLICY=1 (the Llama-3-8B configs), compare.sh first has the SFT model's samples of the
+    prompt set ranked by GOLD_RM (label-pairs), then trains every RM on those pairs, not DATASET."""
+    config = REPO / "recipes" / "configs" / "llama3-8b-8gpu.env"
+    commands = dry_run(config, tmp_path)
+    label = next(c for c in commands if c[:2] == ["normbt", "label-pairs"])
+    flag = {label[i]: label[i + 1] for i in range(2, len(label) - 1) if label[i].startswith("--")}
+    env = dict(line.split("=", 1) for line in _exports(config))
     assert (
-        set(curves["matched_kl"]["labels"]) == {"bt", "normbt"}
-        and "vs_baseline" in curves["matched_kl"]["labels"]["normbt"]
+        flag["--policy"] == env["POLICY"]
+        and flag["--gold"] == env["GOLD_RM"]
+        and "--apply_chat_template" in label
     )
-    assert (out / "curves" / "reward_vs_kl.png").stat().st_size > 10_000
-    pe = json.loads((out / "policy-eval" / "policy_eval.json").read_text())
-    assert pe["gold"] == "fn:normbt_plugin.tasks:gold_reward" and all(
-        "true_mean" in p for p in pe["policies"].values()
+    rms = [parsers["train_rm"].parse_args(openrlhf_args(c)[1]) for c in commands if openrlhf_args(c)
+           and openrlhf_args(c)[0] == "train_rm"]  # fmt: skip
+    assert rms and all(getattr(a, "data.dataset") == flag["--out"] for a in rms)
+    assert all(
+        getattr(a, "data.prompt_key") == "prompt" and getattr(a, "data.apply_chat_template") for a in rms
     )
-    assert "wall time by stage" in proc.stdout
-    for stage in ("sft", "rm-bt-seed1", "rm-normbt-seed1.eval"):  # resumed past them
-        assert f"downstream-study: {stage} (done before:" in proc.stdout, proc.stdout
+    assert commands.index(label) < min(i for i, c in enumerate(commands) if openrlhf_args(c))
+    off = dry_run(config, tmp_path, ONPOLICY="0")
+    assert not any(c[:2] == ["normbt", "label-pairs"] for c in off)
