@@ -124,8 +124,9 @@ def test_gpu_config_rm_and_ppo_stages_run_on_chat_standins(config, chat_standins
     )
     assert all(r["chosen_gold"] > r["rejected_gold"] for r in rows)
     onpolicy_rm = tmp_path / "rm-onpolicy"
-    trained = stage(config, "rm.sh", {**rm_vars, "DATASET": str(pairs), "PROMPT_KEY": "prompt",
-                                      "OUT": str(onpolicy_rm)}, tmp_path / "rm-onpolicy.log")  # fmt: skip
+    trained = stage(config, "rm.sh", {**rm_vars, "DATASET": str(pairs), "EVAL_DATASET": str(pairs),
+                                      "PROMPT_KEY": "prompt", "OUT": str(onpolicy_rm)},
+                    tmp_path / "rm-onpolicy.log")  # fmt: skip
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     steps = [json.loads(line) for line in (onpolicy_rm / "metrics" / "train_rank0.jsonl").open()]
     assert steps and (onpolicy_rm / "model" / "config.json").exists()
