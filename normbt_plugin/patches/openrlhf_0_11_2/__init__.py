@@ -23,6 +23,7 @@ PATCHES: dict[str, tuple[str, ...]] = {
     "cpu_ppo": ("ppo",),
     "vllm_cpu": ("ppo",),
     "value_head_norm": ("rm", "ppo"),
+    "lora_value_head": ("rm", "ppo"),
     "reward_norm": ("ppo",),
     "rollout_log": ("ppo",),
 }
