@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import stats
 
+from normbt_plugin.intervals import finite_mean_ci, finite_t_p
 from normbt_plugin.pairs import EvalInputError
 
 
@@ -182,22 +182,6 @@ def common_grid(curves: list[Curve], points: int = 6) -> np.ndarray:
     return np.linspace(low, max(high, low), points)
 
 
-def _interval(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) < 2 or values.std() == 0:
-        return (float(values.mean()), float(values.mean())) if len(values) else (float("nan"), float("nan"))
-    res = stats.bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=4000, random_state=seed)
-    return float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def _p(values: np.ndarray) -> float:
-    values = values[np.isfinite(values)]
-    if len(values) < 2 or values.std() == 0:
-        return float("nan")
-    return float(stats.ttest_1samp(values, 0.0).pvalue)
-
-
 def by_rm_seed(group: list[Curve], grid: np.ndarray) -> dict[int | None, np.ndarray]:
     """Per RM seed, its runs' true reward at ``grid`` averaged over PPO seeds (over the runs that
     reached each point; NaN where none did)."""
@@ -236,13 +220,13 @@ def matched_kl(curves: list[Curve], baseline: str, grid: np.ndarray | None = Non
             "rm_seeds": len(units),
             "n": np.isfinite(values).sum(axis=0).tolist(),
             "mean": _nanmean(values, axis=0).tolist(),
-            "ci": [_interval(values[:, j]) for j in range(len(grid))],
+            "ci": [finite_mean_ci(values[:, j]) for j in range(len(grid))],
             "peak_true": float(peaks[:, 0].mean()),
-            "peak_true_ci": _interval(peaks[:, 0]),
+            "peak_true_ci": finite_mean_ci(peaks[:, 0]),
             "peak_kl": float(peaks[:, 1].mean()),
-            "peak_kl_ci": _interval(peaks[:, 1]),
-            "rl_fit_a": float(fits[:, 0].mean()), "rl_fit_a_ci": _interval(fits[:, 0]),
-            "rl_fit_b": float(fits[:, 1].mean()), "rl_fit_b_ci": _interval(fits[:, 1]),
+            "peak_kl_ci": finite_mean_ci(peaks[:, 1]),
+            "rl_fit_a": float(fits[:, 0].mean()), "rl_fit_a_ci": finite_mean_ci(fits[:, 0]),
+            "rl_fit_b": float(fits[:, 1].mean()), "rl_fit_b_ci": finite_mean_ci(fits[:, 1]),
         }  # fmt: skip
         paired = [units[s] - base[s] for s in units if s in base and s is not None]
         if label != baseline and paired:
@@ -251,8 +235,8 @@ def matched_kl(curves: list[Curve], baseline: str, grid: np.ndarray | None = Non
                 "pairs": len(paired),
                 "n": np.isfinite(diff).sum(axis=0).tolist(),
                 "mean": _nanmean(diff, axis=0).tolist(),
-                "ci": [_interval(diff[:, j]) for j in range(len(grid))],
-                "p": [_p(diff[:, j]) for j in range(len(grid))],
+                "ci": [finite_mean_ci(diff[:, j]) for j in range(len(grid))],
+                "p": [finite_t_p(diff[:, j]) for j in range(len(grid))],
             }
         out["labels"][label] = entry
     return out

@@ -89,3 +89,22 @@ def seeds_needed(sd: float, effect: float, alpha: float = 0.05, power: float = 0
         return -1  # no effect to detect (or no spread measured)
     z = stats.norm.ppf(1 - alpha / sided) + stats.norm.ppf(power)
     return int(np.ceil((z * sd / effect) ** 2))
+
+
+def finite_mean_ci(values: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95% bootstrap interval (BCa) of the mean of the finite ``values`` (one per unit, e.g. RM
+    seed; NaN: a unit that has no value there); the mean twice when they do not vary."""
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) < 2 or values.std() == 0:
+        return (float(values.mean()), float(values.mean())) if len(values) else (float("nan"), float("nan"))
+    res = stats.bootstrap((values,), np.mean, confidence_level=0.95, n_resamples=4000, random_state=seed)
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def finite_t_p(values: np.ndarray) -> float:
+    """One-sample t-test p-value of mean 0 over the finite ``values`` (NaN with fewer than 2)."""
+    values = values[np.isfinite(values)]
+    if len(values) < 2 or values.std() == 0:
+        return float("nan")
+    return float(stats.ttest_1samp(values, 0.0).pvalue)
