@@ -114,3 +114,19 @@ def test_smollm2_is_served_by_the_vllm_cpu_engine(smollm2, tmp_path):
     )
     sample = generate_all([spec], log=tmp_path / "vllm.log")[0][0]["samples"][0]
     assert sample["text"] == "The capital of France is Paris." and not sample["truncated"], sample
+
+
+@pytest.mark.slow
+def test_the_cost_benchmark_runs_every_arm_on_smollm2(smollm2):
+    import sys
+
+    from conftest import REPO
+
+    proc = subprocess.run(
+        [sys.executable, "benchmarks/smollm2_cost.py", "--len", "8", "--pairs", "1", "--steps", "1",
+         "--model_dir", str(smollm2)], cwd=REPO, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line for line in proc.stdout.splitlines() if line.startswith(("| full", "| lora"))]
+    assert {row.split("|")[1].split()[0] for row in rows} == {"full", "lora"}, proc.stdout
+    assert all(float(row.split("|")[3]) > 0 for row in rows)
