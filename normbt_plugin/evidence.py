@@ -36,7 +36,9 @@ from pathlib import Path
 
 import numpy as np
 
-from normbt_plugin.models import get_model
+from normbt_plugin.models import MODELS, get_model
+
+MINILM = "all-minilm-l6-v2"
 
 _SWAPS: dict[type, type] = {
     ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
@@ -48,7 +50,7 @@ _SWAPS: dict[type, type] = {
 def prepare_minilm(out: str | Path, dropout: float = 0.0) -> Path:
     """The packaged MiniLM-L6 as a BERT OpenRLHF's RM stage accepts (``normbt models get
     all-minilm-l6-v2``: its docstring says what changes and why), dropout ``dropout``."""
-    return get_model("all-minilm-l6-v2", out, dropout=dropout)
+    return get_model(MINILM, out, dropout=dropout)
 
 
 def _mutation_sites(tree: ast.AST) -> list[ast.AST]:
@@ -230,9 +232,12 @@ def build_stdlib_pairs(
     return card
 
 
-def backbone_distances(model_dir: str | Path, rows: list[dict], max_len: int = 128) -> list[float]:
-    """||h_c - h_r|| at the final [SEP] of the pretrained encoder (the state a reward head reads),
-    texts built as OpenRLHF builds them with ``--data.input_template '[CLS]{}'``."""
+def backbone_distances(
+    model_dir: str | Path, rows: list[dict], max_len: int = 128, input_template: str | None = "[CLS]{}"
+) -> list[float]:
+    """||h_c - h_r|| at the last token of the pretrained backbone (the state a reward head reads:
+    MiniLM's final [SEP], a decoder's EOS), texts built as OpenRLHF builds them with
+    ``--data.input_template`` (MiniLM: '[CLS]{}')."""
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -247,7 +252,7 @@ def backbone_distances(model_dir: str | Path, rows: list[dict], max_len: int = 1
         for start in range(0, len(rows), 32):
             chunk = rows[start : start + 32]
             texts = [
-                reward_text(tokenizer, r["prompt"], r[k], input_template="[CLS]{}")
+                reward_text(tokenizer, r["prompt"], r[k], input_template=input_template)
                 for k in ("chosen", "rejected")
                 for r in chunk
             ]
@@ -261,7 +266,7 @@ def backbone_distances(model_dir: str | Path, rows: list[dict], max_len: int = 1
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="stdlib preference pairs and the MiniLM backbone")
+    parser = argparse.ArgumentParser(description="stdlib preference pairs and a packaged backbone")
     parser.add_argument("--out", required=True)
     parser.add_argument("--n_train", type=int, default=600)
     parser.add_argument("--n_test", type=int, default=300)
@@ -275,14 +280,19 @@ def main() -> None:
         "--dropout", type=float, default=0.0,
         help="MiniLM's dropout rates (BERT's own: 0.1; 0 keeps training-time distances meaningful)",
     )  # fmt: skip
+    parser.add_argument("--backbone", default=MINILM, choices=sorted(MODELS), help="normbt models list")
+    parser.add_argument("--max_len", type=int, default=128, help="tokens of the pretrained distances")
     args = parser.parse_args()
     card = build_stdlib_pairs(
         Path(args.out), n_train=args.n_train, n_test=args.n_test, seed=args.seed, max_chars=args.max_chars,
         coarse=args.coarse,
     )  # fmt: skip
-    model_dir = prepare_minilm(Path(args.out) / "minilm", args.dropout)
+    if args.backbone == MINILM:  # compare.sh's EVIDENCE=1 reads data/minilm
+        model_dir, template = prepare_minilm(Path(args.out) / "minilm", args.dropout), "[CLS]{}"
+    else:
+        model_dir, template = get_model(args.backbone, Path(args.out) / args.backbone), None
     test_rows = [json.loads(x) for x in (Path(args.out) / "test.jsonl").read_text().splitlines()]
-    distances = backbone_distances(model_dir, test_rows)
+    distances = backbone_distances(model_dir, test_rows, args.max_len, template)
     card["test_distance_quantiles_pretrained"] = {
         kind: {
             q: float(

@@ -368,6 +368,19 @@ def test_compare_variants_reach_the_rm_stage(parsers, tmp_path, capsys):
     assert not any(name == "train_ppo_ray" for name, _ in commands)  # PPO=0: the RM part only
 
 
+def test_smollm2_evidence_study_commands_parse(parsers, tmp_path, capsys):
+    """``recipes/smollm2-evidence-study.sh``: BT and NormBT at 5 seeds and the comparators at 3, all
+    LoRA RMs on SmolLM2 that the pinned OpenRLHF parses, each scored on the stdlib and HumanEval pairs."""
+    commands = recipe_commands("smollm2-evidence-study.sh", parsers, capsys, OUT=str(tmp_path / "study"))
+    rms = [args for name, args in commands if name == "train_rm"]
+    losses = [getattr(args, "model.loss_type") for args in rms]
+    assert losses.count("bt") == losses.count("normbt") == 5
+    assert losses.count("label_smoothing") == losses.count("bsr") == 3
+    assert all(
+        getattr(a, "ds.lora.rank") == 16 and "smollm2" in getattr(a, "model.model_name_or_path") for a in rms
+    )
+
+
 def test_evidence_study_commands_parse(parsers, tmp_path, capsys):
     """``recipes/evidence-study.sh``: every RM command parses with the pinned OpenRLHF, every
     ``normbt`` flag exists, and the variants are all there."""

