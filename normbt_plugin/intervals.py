@@ -32,6 +32,13 @@ def paired_difference(a: list[np.ndarray], b: list[np.ndarray], seed: int = 0) -
     permutation test p-value over pairs."""
     x, y = np.mean(a, axis=0), np.mean(b, axis=0)
     diff = x - y
+    if len(diff) < 2:  # one pair (e.g. a subset of one): a difference, no interval or test
+        return {
+            "diff": float(diff.mean()),
+            "low": float("nan"),
+            "high": float("nan"),
+            "p_permutation": float("nan"),
+        }
     low, high = bootstrap_ci([diff], seed=seed)
     test = stats.permutation_test(
         (x, y),

@@ -84,6 +84,8 @@ def test_paired_difference_finds_a_known_effect_and_not_a_null_one():
     assert d["diff"] == pytest.approx(0.15) and d["low"] > 0 and d["p_permutation"] < 0.01
     same = paired_difference([base], [base.copy()])
     assert same["diff"] == 0 and same["p_permutation"] > 0.5
+    one = paired_difference([np.ones(1)], [np.zeros(1)])  # a subset of one pair: no interval
+    assert one["diff"] == 1 and np.isnan(one["low"]) and np.isnan(one["p_permutation"])
 
 
 # ------------------------------------------------------------------ loading and bad input

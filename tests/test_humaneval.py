@@ -39,7 +39,8 @@ def test_every_fine_rejection_fails_its_tests_and_every_chosen_passes(built):
         assert row["prompt"] == f"humaneval.{problem.entry_point}:\n" and row["rejected"] != row["chosen"]
         assert passes(_program(problem, row["chosen"]), problem)
         assert not passes(_program(problem, row["rejected"]), problem), row
-        # one small edit: at most 2 changed lines, none of them in the docstring
+        # one small edit: at most 2 changed lines; no docstring (the task statement) in the response
+        assert '"""' not in row["chosen"]
         diff = [a != b for a, b in zip(row["chosen"].splitlines(), row["rejected"].splitlines(), strict=True)]
         assert 1 <= sum(diff) <= 2
     coarse = [r for r in rows if r["kind"] == "coarse"]
