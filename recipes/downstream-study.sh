@@ -19,12 +19,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,18p' "$0"; echo
-  echo "Environment (defaults):"
-  grep -E '^[A-Z_]+=\$\{' "$0" | sed -E 's/^([A-Z_]+)=\$\{[A-Z_]+:?-?([^}]*)\}(.*)/  \1=\2\3/'
-  exit 0
-fi
+# shellcheck source=recipes/stage-times.sh
+source recipes/stage-times.sh
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then recipe_help "$0" 2 18; exit 0; fi
 
 OUT=${OUT:-runs/downstream}
 LOSSES=${LOSSES-bt normbt}
@@ -54,21 +51,9 @@ UNTIL=${UNTIL:-all}                              # stop after: pairs, rms, bon, 
 dry=${DRY_RUN:-0}
 export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DRY_RUN=$dry
 mkdir -p "$OUT"
-# shellcheck source=recipes/stage-times.sh
-source recipes/stage-times.sh
 times="$OUT/stage_times.tsv"
 [[ "$dry" == 1 ]] || touch "$times"
-run() {  # run NAME DONE cmd...: quiet into $OUT/logs/NAME.log, its tail on failure, its wall time
-  # into $times; skipped when the file DONE exists (a rerun continues a study that stopped)
-  local name=$1 done=$2 start=$EPOCHREALTIME; shift 2
-  if [[ "$dry" == 1 && " $* " == *" bash recipes/"* ]]; then "$@"; return; fi  # the recipe prints it
-  if [[ "$dry" == 1 ]]; then printf '%q ' "$@"; echo; return; fi
-  if [[ -n "$done" && -e "$done" ]]; then echo "downstream-study: $name (done before)"; return; fi
-  echo "downstream-study: $name"
-  mkdir -p "$OUT/logs"
-  "$@" > "$OUT/logs/$name.log" 2>&1 || { echo "failed: see $OUT/logs/$name.log" >&2; tail -30 "$OUT/logs/$name.log" >&2; exit 1; }
-  stage_time "$times" "$name" "$start"
-}
+run() { stage_run downstream-study "$OUT/logs" "$times" "$@"; }  # run NAME DONE cmd...: see stage-times.sh
 
 # the task and the SFT policy
 tiny="$OUT/tiny"

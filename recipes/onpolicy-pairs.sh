@@ -7,12 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,6p' "$0"; echo
-  echo "Environment (defaults):"
-  grep -E '^[A-Z_]+=\$\{' "$0" | sed -E 's/^([A-Z_]+)=\$\{[A-Z_]+:?-?([^}]*)\}(.*)/  \1=\2\3/'
-  exit 0
-fi
+# shellcheck source=recipes/stage-times.sh
+source recipes/stage-times.sh
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then recipe_help "$0" 2 6; exit 0; fi
 
 POLICY=${POLICY:?set POLICY to the SFT policy that samples}
 GOLD_RM=${GOLD_RM:-}                              # the judge (a reward model), or GOLD_FN

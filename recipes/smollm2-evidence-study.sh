@@ -12,12 +12,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,10p' "$0"; echo
-  echo "Environment (defaults):"
-  grep -E '^[A-Z_]+=\$\{' "$0" | sed -E 's/^([A-Z_]+)=\$\{[A-Z_]+:?-?([^}]*)\}(.*)/  \1=\2\3/'
-  exit 0
-fi
+# shellcheck source=recipes/stage-times.sh
+source recipes/stage-times.sh
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then recipe_help "$0" 2 10; exit 0; fi
 
 OUT=${OUT:-runs/smollm2-evidence}
 MAIN=${MAIN-bt normbt}                          # losses at MAIN_SEEDS
@@ -39,20 +36,9 @@ PARAM_DTYPE=${PARAM_DTYPE:-fp32}                # bf16 only where the CPU has it
 dry=${DRY_RUN:-0}
 export PATH="$PWD/.venv/bin:$PATH" DRY_RUN=$dry
 mkdir -p "$OUT"
-# shellcheck source=recipes/stage-times.sh
-source recipes/stage-times.sh
 times="$OUT/stage_times.tsv"
 [[ "$dry" == 1 ]] || touch "$times"
-run() {  # run NAME DONE cmd...: quiet into $OUT/logs/NAME.log, skipped when DONE exists, timed
-  local name=$1 done=$2 start=$EPOCHREALTIME; shift 2
-  if [[ "$dry" == 1 && " $* " == *" bash recipes/"* ]]; then "$@"; return; fi  # the recipe prints it
-  if [[ "$dry" == 1 ]]; then printf '%q ' "$@"; echo; return; fi
-  if [[ -n "$done" && -e "$done" ]]; then echo "smollm2-evidence: $name (done before)"; return; fi
-  echo "smollm2-evidence: $name"
-  mkdir -p "$OUT/logs"
-  "$@" > "$OUT/logs/$name.log" 2>&1 || { echo "failed: see $OUT/logs/$name.log" >&2; tail -30 "$OUT/logs/$name.log" >&2; exit 1; }
-  stage_time "$times" "$name" "$start"
-}
+run() { stage_run smollm2-evidence "$OUT/logs" "$times" "$@"; }  # run NAME DONE cmd...: see stage-times.sh
 
 data="$OUT/data" model="$OUT/data/smollm2-135m-instruct"
 run data "$data/card.json" python -m normbt_plugin.evidence --out "$data" --n_train "$N_TRAIN" --n_test "$N_TEST" \

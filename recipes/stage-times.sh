@@ -1,5 +1,24 @@
-# Sourced by the chaining recipes: each stage's wall time into a TSV, and the table of them.
+# Sourced by the chaining recipes: each stage's wall time into a TSV, and the table of them; a
+# resumable stage runner; --help generated from a script's own assignments.
 #   start=$EPOCHREALTIME; ...; stage_time "$times" NAME "$start";   stage_table "$times" "$label"
+#   stage_run WHO LOGS TIMES NAME DONE cmd...;   recipe_help "$0" FIRST LAST
+recipe_help() {  # recipe_help SCRIPT FIRST LAST: its comment lines FIRST-LAST, then every VAR=${VAR:-default}
+  sed -n "$2,$3p" "$1"; echo
+  echo "Environment (defaults):"
+  grep -E '^[A-Z_]+=\$\{' "$1" | sed -E 's/^([A-Z_]+)=\$\{[A-Z_]+:?-?([^}]*)\}(.*)/  \1=\2\3/'
+}
+stage_run() {  # stage_run WHO LOGS TIMES NAME DONE cmd...: quiet into LOGS/NAME.log (its tail on
+  # failure), its wall time into TIMES; skipped when the file DONE exists (a rerun continues a study
+  # that stopped); DRY_RUN=1 prints the command instead (a recipe it calls prints its own)
+  local who=$1 logs=$2 times=$3 name=$4 done=$5 start=$EPOCHREALTIME; shift 5
+  if [[ "${DRY_RUN:-0}" == 1 && " $* " == *" bash recipes/"* ]]; then "$@"; return; fi
+  if [[ "${DRY_RUN:-0}" == 1 ]]; then printf '%q ' "$@"; echo; return; fi
+  if [[ -n "$done" && -e "$done" ]]; then echo "$who: $name (done before)"; return; fi
+  echo "$who: $name"
+  mkdir -p "$logs"
+  "$@" > "$logs/$name.log" 2>&1 || { echo "failed: see $logs/$name.log" >&2; tail -30 "$logs/$name.log" >&2; exit 1; }
+  stage_time "$times" "$name" "$start"
+}
 stage_time() {  # stage_time FILE NAME START: append NAME and the seconds since START
   printf '%s\t%s\n' "$2" "$(awk "BEGIN {print $EPOCHREALTIME - $3}")" >> "$1"
 }
