@@ -157,7 +157,8 @@ def build_stdlib_pairs(
     coarse: str = "shuffle",
 ) -> dict[str, object]:
     """Write ``train.jsonl`` and ``test.jsonl`` (prompt, chosen, rejected, kind, margin, module,
-    function).
+    function) and return the data card; ``main`` writes ``card.json`` last, the recipe's sign that
+    the stage finished.
 
     ``coarse``: ``shuffle`` (the body's statements reordered) or ``unrelated`` (another module's
     function from the same split)."""
@@ -228,7 +229,6 @@ def build_stdlib_pairs(
             {r["module"] for r in rows["train"]} & {r["module"] for r in rows["test"]}
         ),
     }
-    (out / "card.json").write_text(json.dumps(card, indent=1))
     return card
 
 
