@@ -27,7 +27,8 @@ MAX_CHARS=${MAX_CHARS:-360}                     # longest function kept
 HUMANEVAL_PROBLEMS=${HUMANEVAL_PROBLEMS:-164}
 MAX_LEN=${MAX_LEN:-192}                         # tokens per sequence
 LORA_RANK=${LORA_RANK:-16}                      # 0: full fine-tuning
-EPOCHS=${EPOCHS:-2}
+EPOCHS=${EPOCHS:-1}                             # 800 pairs x 1 epoch: ~14 min a run on 2 AVX2 cores
+TRAIN_EVAL_PAIRS=${TRAIN_EVAL_PAIRS:-64}        # the RM stage's own eval (a monitor): the first test pairs
 LR=${LR:-2e-4}
 BS=${BS:-16}
 MICRO_BS=${MICRO_BS:-4}
@@ -46,9 +47,12 @@ run data "$data/card.json" python -m normbt_plugin.evidence --out "$data" --n_tr
 run humaneval "$OUT/humaneval/card.json" python -m normbt_plugin.humaneval --out "$OUT/humaneval" \
   --problems "$HUMANEVAL_PROBLEMS"
 
+train_eval="$data/test-head$TRAIN_EVAL_PAIRS.jsonl"  # eval-rm scores all test pairs after training
+[[ "$dry" == 1 || -e "$train_eval" ]] || head -n "$TRAIN_EVAL_PAIRS" "$data/test.jsonl" > "$train_eval"
+
 lora=()
 (( LORA_RANK > 0 )) && lora=(--ds.lora.rank "$LORA_RANK" --ds.lora.alpha $((2 * LORA_RANK)))
-rm_env=(MODEL="$model" DATASET="$data/train.jsonl" EVAL_DATASET="$data/test.jsonl" NPROC="$NPROC" EPOCHS="$EPOCHS"
+rm_env=(MODEL="$model" DATASET="$data/train.jsonl" EVAL_DATASET="$train_eval" NPROC="$NPROC" EPOCHS="$EPOCHS"
         LR="$LR" BS="$BS" MICRO_BS="$MICRO_BS" MAX_LEN="$MAX_LEN" PROMPT_KEY=prompt PARAM_DTYPE="$PARAM_DTYPE")
 runs=()
 train() {  # train LOSS SEED: one RM, eval-rm on the stdlib test pairs (per kind) and HumanEval (per bug)
