@@ -131,7 +131,7 @@ def rewardbench2_ties(ids: list[str], num_correct: list[int], scores: list[np.nd
     As the released scorer (rewardbench 0.1.4 on PyPI, the code of the launch leaderboard's image)
     computes it: the tanh term averages over the prompts whose correct answers' scores spread
     (spread > 0); GitHub main since PR #244 averages over all, a zero spread giving tanh(+-inf) or 0.
-    They differ only where two correct answers of a tied prompt score exactly alike (README).
+    They differ only where two correct answers of a tied prompt score exactly alike (docs/evaluation.md).
 
     ``ids``: ``ref:<n>`` (one correct answer) or ``tied:<n>`` (several); ``scores[i]``: the
     ``num_correct[i]`` correct answers first, then the incorrect ones."""

@@ -329,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     ev.add_argument("--data", required=True, help="local .jsonl/.json/.parquet or a dataset name")
     ev.add_argument(
         "--format", choices=["auto", "pairs", "rewardbench", "rewardbench2", "rmbench", "candidates"],
-        default="auto", help="auto: by the columns (README, Evaluate and compare)",
+        default="auto", help="auto: by the columns (docs/evaluation.md)",
     )  # fmt: skip
     ev.add_argument("--split", default="train", help="dataset split (for dataset names)")
     ev.add_argument("--prompt_key", default="prompt")

@@ -25,7 +25,7 @@ from packaging.version import Version
 REPO_LOCK = Path(__file__).resolve().parents[1] / "requirements-cpu.lock"
 SELF = "normbt-plugin"
 # Without a GPU every CPU default trains in float32: on CPUs without native bf16 (AVX2 only) a
-# bf16 matmul is ~75x slower than float32 (README, Benchmark), vLLM's CPU engine runs float32
+# bf16 matmul is ~75x slower than float32 (docs/benchmarks.md), vLLM's CPU engine runs float32
 # anyway, and float32 leaves no bf16 ties between close rewards.
 CPU_PARAM_DTYPE = "fp32"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
@@ -36,7 +36,7 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 VLLM_CPU_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
 # What every stage's processes import. Where PYTHONDONTWRITEBYTECODE=1 is set and a venv was installed
 # without bytecode, each process compiles them from source: importing torch, deepspeed,
-# openrlhf.trainer.ray and vllm took 18 s instead of 7.8 s here (README, Two commands).
+# openrlhf.trainer.ray and vllm took 18 s instead of 7.8 s here (docs/install.md).
 HEAVY_PACKAGES = ("torch", "transformers", "deepspeed", "openrlhf", "vllm", "ray")
 COMPILED_ENOUGH = 0.9  # share of a package's modules with bytecode (a few of torch's never compile)
 

@@ -6,8 +6,10 @@
 #   DRY_RUN=1 bash recipes/downstream-study.sh    # print every command
 #   UNTIL=rms RM_SEEDS="1 3 5 7" bash ... & UNTIL=rms RM_SEEDS="2 4 6 8" bash ...; wait; bash ...
 #                                                 # both cores: the RMs in two halves, then the rest
+#   POLICY_BASE=smollm2-135m-instruct OUT=runs/downstream-smollm2 N_SFT=256 SFT_EPOCHS=1 SFT_LR=5e-5 \
+#     RM_LR=2e-4 RM_LORA_RANK=16 UNTIL=bon bash ...  # the best-of-N arm with a real policy (SmolLM2)
 # Stages (each skipped when its output exists: a rerun goes on where a stopped one ended):
-#   a tiny policy SFT'd on the task; `normbt label-pairs`: the policy's own samples on prompts of their
+#   the policy (a tiny Llama, or POLICY_BASE) SFT'd on the task; `normbt label-pairs`: the policy's own samples on prompts of their
 #   own, paired by the true reward (a pool to train on, a held-out set); per RM seed its own random
 #   subsample of the pool; RMs started from the SFT policy, BT and NormBT paired by seed, on the
 #   on-policy pairs and (the 2x2) on the task's perturbation pairs; eval-rm on the held-out on-policy
@@ -21,21 +23,24 @@ cd "$(dirname "$0")/.."
 
 # shellcheck source=recipes/stage-times.sh
 source recipes/stage-times.sh
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then recipe_help "$0" 2 18; exit 0; fi
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then recipe_help "$0"; exit 0; fi
 
 OUT=${OUT:-runs/downstream}
 LOSSES=${LOSSES-bt normbt}
 RM_SEEDS=${RM_SEEDS-1 2 3 4 5 6 7 8}            # each: its own pair subsample, order and head init
 ARMS=${ARMS-onpolicy perturb}                    # pair sources: the policy's own samples; perturbations
 LENGTHS=${LENGTHS:-3-5}                          # numbers per prompt
+POLICY_BASE=${POLICY_BASE:-}                     # the policy before SFT: empty, a tiny Llama; or a `normbt models` name
 N_SFT=${N_SFT:-4096}                             # SFT demonstrations
 SFT_EPOCHS=${SFT_EPOCHS:-4}
+SFT_LR=${SFT_LR:-3e-3}
 RM_PROMPTS=${RM_PROMPTS:-1024}                   # prompts the policy samples RM pairs on (as many held out)
 RM_SAMPLES=${RM_SAMPLES:-8}                      # samples per prompt label-pairs draws
 PAIRS_PER_PROMPT=${PAIRS_PER_PROMPT:-4}
 N_PAIRS=${N_PAIRS:-2048}                         # pairs per RM seed (a subsample of the pool)
 RM_EPOCHS=${RM_EPOCHS:-2}
 RM_LR=${RM_LR:-1e-3}
+RM_LORA_RANK=${RM_LORA_RANK:-0}                  # > 0: LoRA RMs (alpha twice the rank), the value head in full
 BON_SAMPLES=${BON_SAMPLES:-64}                   # best-of-N: K samples per held-out prompt
 BON_PROMPTS=${BON_PROMPTS:-128}
 PPO_RM_SEEDS=${PPO_RM_SEEDS-1 2 3 4}             # PPO (confirmatory) on these on-policy RMs; empty: none
@@ -60,10 +65,15 @@ tiny="$OUT/tiny"
 run tiny "$tiny/rm_test_prompts.jsonl" python -m normbt_plugin.tiny --out "$tiny" --n_train $((2 * N_PAIRS)) \
   --n_test 256 --heads 2 --lengths "$LENGTHS" --n_sft "$N_SFT" --n_prompts $((STEPS * ROLLOUT_BS)) \
   --n_rm_prompts "$RM_PROMPTS"
-run sft "$OUT/policy/config.json" python -m normbt_plugin.train_sft --model.model_name_or_path "$tiny/model" \
+base="$tiny/model"
+if [[ -n "$POLICY_BASE" ]]; then
+  base="$OUT/base"
+  run base "$base/normbt_model.json" normbt models get "$POLICY_BASE" --out "$base"
+fi
+run sft "$OUT/policy/config.json" python -m normbt_plugin.train_sft --model.model_name_or_path "$base" \
   --data.dataset "$tiny/sft.jsonl" --data.input_key prompt --data.output_key chosen --data.input_template '{}' \
   --data.max_len 64 --train.max_epochs "$SFT_EPOCHS" --train.micro_batch_size 16 --train.batch_size 32 \
-  --adam.lr 3e-3 --ds.zero_stage 2 --ds.attn_implementation sdpa --ckpt.output_dir "$OUT/policy" \
+  --adam.lr "$SFT_LR" --ds.zero_stage 2 --ds.attn_implementation sdpa --ckpt.output_dir "$OUT/policy" \
   --ckpt.path "$OUT/policy.ckpt"
 
 # on-policy pairs: the SFT policy's own samples, paired by the true reward
@@ -81,6 +91,8 @@ declare -A pool=([onpolicy]="$OUT/pairs/onpolicy.jsonl" [perturb]="$tiny/train.j
 # reward models: from the SFT policy, per arm and seed its own subsample, the losses paired by seed
 rm_env=(MODEL="$OUT/policy" EVAL_DATASET="$OUT/pairs/onpolicy-test-512.jsonl" NPROC=1 EPOCHS="$RM_EPOCHS" LR="$RM_LR"
         MAX_LEN=64 PROMPT_KEY=prompt PARAM_DTYPE=fp32 BS=32 MICRO_BS=32)
+lora=()
+(( RM_LORA_RANK > 0 )) && lora=(--ds.lora.rank "$RM_LORA_RANK" --ds.lora.alpha $((2 * RM_LORA_RANK)))
 rms=()
 for arm in $ARMS; do
   for seed in $RM_SEEDS; do
@@ -90,7 +102,7 @@ for arm in $ARMS; do
     for loss in $LOSSES; do
       name="$arm-$loss-seed$seed" rm="$OUT/rm-$arm-$loss-seed$seed"
       run "rm-$name" "$rm/model/config.json" env "${rm_env[@]}" DATASET="$data" LOSS="$loss" LABEL="$arm-$loss" \
-        SEED="$seed" OUT="$rm" bash recipes/rm.sh
+        SEED="$seed" OUT="$rm" bash recipes/rm.sh "${lora[@]}"
       run "eval-$name" "$rm/eval.json" normbt eval-rm --model "$rm/model" --data "$OUT/pairs/onpolicy-test.jsonl" \
         --max_len 64 --bins 5 --out "$rm/eval.json"
       rms+=("$rm")

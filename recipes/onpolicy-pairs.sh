@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 # shellcheck source=recipes/stage-times.sh
 source recipes/stage-times.sh
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then recipe_help "$0" 2 6; exit 0; fi
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then recipe_help "$0"; exit 0; fi
 
 POLICY=${POLICY:?set POLICY to the SFT policy that samples}
 GOLD_RM=${GOLD_RM:-}                              # the judge (a reward model), or GOLD_FN

@@ -1,9 +1,9 @@
 # Sourced by the chaining recipes: each stage's wall time into a TSV, and the table of them; a
 # resumable stage runner; --help generated from a script's own assignments.
 #   start=$EPOCHREALTIME; ...; stage_time "$times" NAME "$start";   stage_table "$times" "$label"
-#   stage_run WHO LOGS TIMES NAME DONE cmd...;   recipe_help "$0" FIRST LAST
-recipe_help() {  # recipe_help SCRIPT FIRST LAST: its comment lines FIRST-LAST, then every VAR=${VAR:-default}
-  sed -n "$2,$3p" "$1"; echo
+#   stage_run WHO LOGS TIMES NAME DONE cmd...;   recipe_help "$0"
+recipe_help() {  # recipe_help SCRIPT: its header comment (after the shebang), then every VAR=${VAR:-default}
+  awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$1"; echo
   echo "Environment (defaults):"
   grep -E '^[A-Z_]+=\$\{' "$1" | sed -E 's/^([A-Z_]+)=\$\{[A-Z_]+:?-?([^}]*)\}(.*)/  \1=\2\3/'
 }

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a CPU environment (if needed) and run the whole test suite: lint, then pytest through
-# the real OpenRLHF, DeepSpeed and launcher on tiny models. The README's Tests section gives its time.
+# the real OpenRLHF, DeepSpeed and launcher on tiny models. docs/tests.md gives its time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install-cpu.sh

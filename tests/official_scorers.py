@@ -3,7 +3,7 @@
 Kept as close to the originals as their inputs allow (same names, same numpy/pandas/datasets calls),
 so that a difference between normbt_plugin.benchmark_scores and these is a difference from the
 benchmark. The ``rewardbench`` package itself is not installed: rewardbench 0.1.4 needs
-transformers 4.51.0 (this lock: 5.15.0), tokenizers 0.21 and huggingface-hub 0.36 (README). Sources:
+transformers 4.51.0 (this lock: 5.15.0), tokenizers 0.21 and huggingface-hub 0.36 (docs/evaluation.md). Sources:
 
 - RewardBench v1: allenai/reward-bench ``scripts/run_rm.py`` (``results = [1 if chosen > rejected else
   0 ...]``, per-subset ``num_correct / num_total``), ``rewardbench/utils.py``
@@ -13,7 +13,7 @@ transformers 4.51.0 (this lock: 5.15.0), tokenizers 0.21 and huggingface-hub 0.3
   ``process_single_model``). ``released_rewardbench_utils`` reads ``reroll_and_score_dataset``,
   ``sample_stats`` and ``process_single_model`` from the released wheel itself (rewardbench 0.1.4, which
   scripts/install-cpu.sh downloads and hash-checks into .whl/ without installing it): the code the
-  leaderboard's scores were computed with (README). ``process_single_model_main`` is GitHub main's
+  leaderboard's scores were computed with (docs/evaluation.md). ``process_single_model_main`` is GitHub main's
   rewrite since PR #244 (``_compute_prompt_stats``), transcribed: it differs in the Ties margin term.
 - RM-Bench: THU-KEG/RM-Bench README ``compute_accuracy`` (all domains in one list).
 """

@@ -145,19 +145,19 @@ def test_the_loss_registry_is_read_through_its_public_functions():
     assert not private, private
 
 
-def test_the_readme_option_table_is_the_options_dataclass():
-    """The README's NormBT table lists every option at its default (the dataclass is the source)."""
+def test_the_losses_page_option_table_is_the_options_dataclass():
+    """docs/losses.md's NormBT table lists every option at its default (the dataclass is the source)."""
     import dataclasses
 
     from normbt_plugin.losses import NormBTOptions
 
-    rows = re.findall(r"^\| `--normbt\.(\w+)` \| ([^|]+) \|", (REPO / "README.md").read_text(), re.M)
+    rows = re.findall(r"^\| `--normbt\.(\w+)` \| ([^|]+) \|", (REPO / "docs" / "losses.md").read_text(), re.M)
     documented = {name: default.strip().strip("`").split()[0] for name, default in rows}
     for f in dataclasses.fields(NormBTOptions):
-        assert f.name in documented, f"README lacks --normbt.{f.name}"
+        assert f.name in documented, f"docs/losses.md lacks --normbt.{f.name}"
         text = documented.pop(f.name)
         value = {"true": True, "false": False}.get(text, text)
         if isinstance(f.default, float):
             value = float(value)
         assert value == f.default, (f.name, text, f.default)
-    assert not documented, f"README documents options that do not exist: {sorted(documented)}"
+    assert not documented, f"docs/losses.md documents options that do not exist: {sorted(documented)}"

@@ -202,11 +202,13 @@ def test_tiny_chain_reward_models_learn_on_two_ranks_and_are_reported(chain):
     assert "wall time by stage" in out
 
 
-def rm_scores(rm_dir: Path, rows: list[dict], fixed: bool) -> dict:
-    """The reward model scored directly by OpenRLHF's own model class, normalisation on (with or
-    without the reward_norm patch); also returns the mean/std it normalised with."""
+def rm_scores(rm_dir: Path, rows: list[dict], fixed: bool, normalize: bool = True) -> dict:
+    """The reward model scored directly by OpenRLHF's own model class (as PPO's reward actor loads
+    it), normalisation on (with or without the reward_norm patch) or off; also returns the mean/std
+    it would normalise with."""
     out = subprocess.run(
-        [sys.executable, "-c", SCORE_SCRIPT, str(rm_dir), json.dumps(rows), str(int(fixed))],
+        [sys.executable, "-c", SCORE_SCRIPT, str(rm_dir), json.dumps(rows), str(int(fixed)),
+         str(int(normalize))],
         env=ENV, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
@@ -218,7 +220,7 @@ import json, sys, torch
 from normbt_plugin.patches import apply_openrlhf_patches
 apply_openrlhf_patches(ppo=True, reward_norm=sys.argv[3] == "1")
 from openrlhf.models import get_llm_for_sequence_regression
-model = get_llm_for_sequence_regression(sys.argv[1], "reward", normalize_reward=True,
+model = get_llm_for_sequence_regression(sys.argv[1], "reward", normalize_reward=sys.argv[4] == "1",
     attn_implementation="sdpa", param_dtype="fp32").eval()
 rows = json.loads(sys.argv[2])
 with torch.no_grad():
@@ -349,8 +351,9 @@ def recipe_commands(script: str, parsers, capsys, **env: str) -> list[tuple[str,
             parsed.append((found[0], parsers[found[0]].parse_args(found[1])))
         elif cmd[0] == "normbt":
             capsys.readouterr()
+            sub = cmd[1:3] if cmd[1] == "models" else cmd[1:2]  # `normbt models get NAME`
             with pytest.raises(SystemExit):
-                normbt_main([cmd[1], "--help"])
+                normbt_main([*sub, "--help"])
             usage = capsys.readouterr().out
             assert all(f in usage for f in cmd if f.startswith("--")), cmd
     return parsed
@@ -428,6 +431,24 @@ def test_downstream_study_commands_parse(parsers, tmp_path, capsys):
     keys = ("actor.adam.lr", "algo.kl.init_coef", "algo.advantage.estimator", "rollout.batch_size",
             "rollout.n_samples_per_prompt", "data.max_samples")  # fmt: skip
     assert len({tuple(getattr(a, k) for k in keys) for a in ppo}) == 1  # the same for every reward
+
+
+def test_downstream_study_with_a_smollm2_policy_parses(parsers, tmp_path, capsys):
+    """The best-of-N arm with a real policy: SFT starts from SmolLM2 (``normbt models get``), the RMs
+    are LoRA RMs started from the SFT policy, and the study stops after best-of-N."""
+    out = tmp_path / "study"
+    env = {"OUT": str(out), "POLICY_BASE": "smollm2-135m-instruct", "SFT_LR": "5e-5", "RM_LORA_RANK": "16",
+           "RM_SEEDS": "1 2", "ARMS": "onpolicy", "UNTIL": "bon"}  # fmt: skip
+    commands = recipe_commands("downstream-study.sh", parsers, capsys, **env)
+    (sft,) = [a for name, a in commands if name == "train_sft"]
+    assert getattr(sft, "model.model_name_or_path") == f"{out}/base" and getattr(sft, "adam.lr") == 5e-5
+    rms = [a for name, a in commands if name == "train_rm"]
+    assert len(rms) == 4 and all(getattr(a, "ds.lora.rank") == 16 for a in rms)
+    assert {getattr(a, "model.model_name_or_path") for a in rms} == {f"{out}/policy"}
+    assert not [name for name, _ in commands if name == "train_ppo_ray"]
+    proc = subprocess.run(["bash", "recipes/downstream-study.sh"], cwd=REPO, capture_output=True, text=True,
+                          env={**ENV, "DRY_RUN": "1", **env}, timeout=120, check=False)  # fmt: skip
+    assert f"normbt models get smollm2-135m-instruct --out {out}/base" in proc.stdout
 
 
 def test_offpolicy_study_commands_parse(parsers, tmp_path, capsys):

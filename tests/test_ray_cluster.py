@@ -21,8 +21,9 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import BIN, RECIPE_ENV, REPO, free_port
+from conftest import BIN, RECIPE_ENV, REPO, free_port, train_rm
 from test_multinode import started, wait_for
+from test_ppo import rm_scores
 
 pytestmark = pytest.mark.slow
 
@@ -149,6 +150,17 @@ def models(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def lora_rm(models, tmp_path_factory) -> Path:
+    """A LoRA reward model (rank 4, ZeRO-2, NormBT) on the tiny pairs: what the RM stage saves for it
+    (merged, the value head trained in full) is what PPO's reward actors load."""
+    tiny = {"model": models / "model", "train": models / "train.jsonl", "test": models / "test.jsonl"}
+    run = train_rm(tiny, tmp_path_factory.mktemp("lora-rm"), "--ds.zero_stage", "2", "--ds.lora.rank", "4",
+                   "--ds.lora.alpha", "8")  # fmt: skip
+    assert run.returncode == 0, run.output[-3000:]
+    return run.out_dir
+
+
 def ppo_command(cluster: Cluster, models: Path, out: Path, *flags: str, **overrides: str):
     """``recipes/ppo.sh`` with the tiny CPU config, sent to the cluster with ``ray job submit``:
     two nodes x one pretend GPU, every model on both (colocated), one vLLM engine per node."""
@@ -194,13 +206,15 @@ def _load_policy(path: str):
     return AutoModelForCausalLM.from_pretrained(path).eval()
 
 
-def test_ppo_job_runs_on_both_nodes_and_syncs_the_remote_engine(cluster, models, tmp_path):
+def test_ppo_job_runs_on_both_nodes_and_syncs_the_remote_engine(cluster, models, lora_rm, tmp_path):
     out = tmp_path / "ppo"
     # vLLM's own log-probs come back with the samples (IS correction on): a stale engine shows
-    # 3 steps: the first update has lr 0 (OpenRLHF's warm-up), so step 3 is the first after a change
+    # 3 steps: the first update has lr 0 (OpenRLHF's warm-up), so step 3 is the first after a change.
+    # The reward model is a LoRA one, as saved by the RM stage
     code, log = run_ppo(
-        cluster, models, out, "--algo.advantage.is_correction_level", "token", MAX_SAMPLES="24", **NO_CRITIC
-    )
+        cluster, models, out, "--algo.advantage.is_correction_level", "token", MAX_SAMPLES="24",
+        RM=str(lora_rm), **NO_CRITIC,
+    )  # fmt: skip
     assert code == 0, log[-4000:]
     assert "normbt-plugin: 2 Ray nodes match the driver and load the patches" in log
     names = cluster.alive_nodes()
@@ -222,6 +236,11 @@ def test_ppo_job_runs_on_both_nodes_and_syncs_the_remote_engine(cluster, models,
     assert gap[3] < 2 * gap[1] + 1e-4 and gap[3] < 1e-2, gap
     assert moved > 10 * gap[3], (moved, gap)
     assert (out / "model" / "model.safetensors").exists()
+    # PPO loaded the LoRA RM whole: its rewards are the saved model's scores (trained head, not a
+    # random one; normalisation off here)
+    scored = rm_scores(lora_rm, rows, fixed=True, normalize=False)["scores"]
+    assert [r["reward"] for r in rows] == pytest.approx(scored, abs=1e-4)
+    assert len({round(x, 4) for x in scored}) > 1
 
 
 def alive_actors(cluster: Cluster) -> list:
