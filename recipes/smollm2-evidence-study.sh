@@ -9,6 +9,7 @@
 #   DRY_RUN=1 bash recipes/smollm2-evidence-study.sh   # print every command
 #   N_TRAIN=32 N_TEST=16 HUMANEVAL_PROBLEMS=4 MAIN_SEEDS=1 OTHERS= MAX_LEN=64 bash ...   # a smoke run
 # Cost on 2 AVX2 cores, float32: about 22 min a run with both evaluations (docs/results.md, SmolLM2).
+# These defaults trained a BT RM that stayed at chance (docs/results.md, SmolLM2, As run): revise first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
