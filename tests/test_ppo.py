@@ -373,15 +373,23 @@ def test_compare_variants_reach_the_rm_stage(parsers, tmp_path, capsys):
 
 def test_smollm2_evidence_study_commands_parse(parsers, tmp_path, capsys):
     """``recipes/smollm2-evidence-study.sh``: BT and NormBT at 5 seeds and the comparators at 3, all
-    LoRA RMs on SmolLM2 that the pinned OpenRLHF parses, each scored on the stdlib and HumanEval pairs."""
+    SmolLM2 RMs that the pinned OpenRLHF parses (the revised configuration: full fine-tuning, lr 5e-5,
+    2 epochs; LORA_RANK gives LoRA RMs), each scored on the stdlib and HumanEval pairs."""
     commands = recipe_commands("smollm2-evidence-study.sh", parsers, capsys, OUT=str(tmp_path / "study"))
     rms = [args for name, args in commands if name == "train_rm"]
     losses = [getattr(args, "model.loss_type") for args in rms]
     assert losses.count("bt") == losses.count("normbt") == 5
     assert losses.count("label_smoothing") == losses.count("bsr") == 3
-    assert all(
-        getattr(a, "ds.lora.rank") == 16 and "smollm2" in getattr(a, "model.model_name_or_path") for a in rms
-    )
+    assert all("smollm2" in getattr(a, "model.model_name_or_path") for a in rms)
+    setting = {
+        (getattr(a, "ds.lora.rank"), getattr(a, "adam.lr"), getattr(a, "train.max_epochs")) for a in rms
+    }
+    assert setting == {(0, 5e-5, 2)}
+    env = {"OUT": str(tmp_path / "lora"), "LORA_RANK": "16", "MAIN_SEEDS": "1", "OTHERS": ""}
+    lora = [
+        a for n, a in recipe_commands("smollm2-evidence-study.sh", parsers, capsys, **env) if n == "train_rm"
+    ]
+    assert {(getattr(a, "ds.lora.rank"), getattr(a, "ds.lora.alpha")) for a in lora} == {(16, 32)}
 
 
 def test_evidence_study_commands_parse(parsers, tmp_path, capsys):
