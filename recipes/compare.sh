@@ -5,25 +5,18 @@
 # plots (normbt compare).
 #   bash recipes/compare.sh                         # the tiny CPU default (recipes/configs/tiny-cpu.env)
 #   CONFIG=recipes/configs/<your>.env LOSSES="bt normbt" SEEDS="1 2 3" bash recipes/compare.sh
+# LOSSES entries: a loss name, or label=loss:--flag=value,--flag=value for a variant, e.g.
+#   'bt normbt noema=normbt:--normbt.use_ema=false clip0.1=bt:--max_norm=0.1'
+# The CONFIG sets defaults; the environment wins over it. recipes/rm.sh's variables (bare names) apply
+# to every RM, recipes/ppo.sh's (PPO_ where the RM stage has the same setting) to every PPO run.
+# ONPOLICY=1: the RMs train on the SFT policy's own samples ranked by GOLD_RM (recipes/onpolicy-pairs.sh,
+# its ONPOLICY_* variables) instead of DATASET. DRY_RUN=1 prints each stage's command instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,7p' "$0"; echo
-  echo "Environment (defaults): CONFIG=recipes/configs/tiny-cpu.env LOSSES='bt normbt' SEEDS=1"
-  echo "  LOSSES entries: a loss name, or label=loss:--flag=value,--flag=value for a variant,"
-  echo "  e.g. 'bt normbt noema=normbt:--normbt.use_ema=false clip0.1=bt:--max_norm=0.1'"
-  echo "  RUN_DIR=runs/compare BASELINE=bt SUBSET_KEY (group eval accuracy by a column),"
-  echo "  PPO=1 (chain each RM into recipes/ppo.sh; its variables apply), POLICY, PROMPTS"
-  echo "  ONPOLICY=1: the RMs train on the SFT policy's own samples ranked by GOLD_RM (recipes/onpolicy-pairs.sh;"
-  echo "  its ONPOLICY_* variables apply) instead of DATASET"
-  echo "  eval-policy: GOLD_RM (a reward model) or GOLD_FN (module:function, a true reward; tiny: the task's"
-  echo "  sort score; GOLD_FN= trains a tiny gold RM), EVAL_PROMPTS EVAL_PROMPT_KEY=input EVAL_PROMPT_SPLIT"
-  echo "  EVAL_N_PROMPTS=500 EVAL_SAMPLES=1 BON_SAMPLES=64 BON_PROMPTS=200 EVAL_MAX_NEW=\$MAX_NEW EVAL_SEED=0 EVAL_TP=1"
-  echo "  EVAL_DTYPE=float32 (RMs and the KL forward passes; bfloat16 on GPU nodes)"
-  echo "  plus every variable of recipes/rm.sh"
-  exit 0
-fi
+# shellcheck source=recipes/stage-times.sh
+source recipes/stage-times.sh
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then recipe_help "$0"; exit 0; fi
 
 CONFIG=${CONFIG:-recipes/configs/tiny-cpu.env}
 LOSSES=${LOSSES:-bt normbt}
@@ -31,16 +24,28 @@ SEEDS=${SEEDS:-1}
 RUN_DIR=${RUN_DIR:-runs/compare}
 BASELINE=${BASELINE:-bt}
 # shellcheck source=/dev/null
-source "$CONFIG"
-export NPROC ZERO MICRO_BS BS EPOCHS LR MAX_LEN ATTN PROMPT_KEY INPUT_TEMPLATE PARAM_DTYPE
-export MODEL DATASET EVAL_DATASET APPLY_CHAT_TEMPLATE PACKING CHOSEN_KEY REJECTED_KEY
+set -a; source "$CONFIG"; set +a   # every name it sets reaches the stages it runs
+PPO=${PPO:-0}                      # 1: chain each RM into recipes/ppo.sh
+ONPOLICY=${ONPOLICY:-0}
+SUBSET_KEY=${SUBSET_KEY:-}         # group eval-rm's accuracy by this column
+EVAL_FORMAT=${EVAL_FORMAT:-auto}
+EVAL_SPLIT=${EVAL_SPLIT:-}
+GOLD_RM=${GOLD_RM:-}               # the judge of eval-policy and ONPOLICY: a reward model
+GOLD_FN=${GOLD_FN:-}               # or a true reward, module:function (wins if both; tiny: GOLD_FN= trains a gold RM)
+EVAL_PROMPT_KEY=${EVAL_PROMPT_KEY:-input}
+EVAL_PROMPT_SPLIT=${EVAL_PROMPT_SPLIT:-}
+EVAL_N_PROMPTS=${EVAL_N_PROMPTS:-500}
+EVAL_SAMPLES=${EVAL_SAMPLES:-1}
+BON_SAMPLES=${BON_SAMPLES:-64}
+BON_PROMPTS=${BON_PROMPTS:-200}
+EVAL_MAX_NEW=${EVAL_MAX_NEW:-${MAX_NEW:-1024}}
+EVAL_SEED=${EVAL_SEED:-0}
+EVAL_TP=${EVAL_TP:-1}
+EVAL_DTYPE=${EVAL_DTYPE:-float32}  # RMs and the KL forward passes; bfloat16 on GPU nodes
 mkdir -p "$RUN_DIR"
 
-# DRY_RUN=1: print each stage's command (rm.sh, eval-rm, ppo.sh, compare) instead of running it
 dry=${DRY_RUN:-0}
 export DRY_RUN=$dry
-# shellcheck source=recipes/stage-times.sh
-source recipes/stage-times.sh
 times="$RUN_DIR/stage_times.tsv"            # each stage's wall time, as a table at the end
 [[ "$dry" == 1 ]] || : > "$times"
 # scripts/demo.sh passes the set-up's wall time: a fresh machine's first run pays it too
@@ -68,7 +73,7 @@ elif [[ "${TINY:-0}" == 1 ]]; then
   EVAL_PROMPTS="$RUN_DIR/tiny/eval_prompts.jsonl"
   # train_sft's default --data.input_template is 'User: {}\nAssistant: ', PPO's is none: '{}' keeps
   # the policy's prompts as PPO and eval-policy give them
-  if [[ "${PPO:-0}" == 1 ]]; then  # a policy that has seen the task, so its samples are not noise
+  if [[ "$PPO" == 1 ]]; then  # a policy that has seen the task, so its samples are not noise
     echo "compare.sh: SFT of the tiny policy on the chosen responses -> $RUN_DIR/policy"
     run "$RUN_DIR/policy.log" python -m normbt_plugin.train_sft --model.model_name_or_path "$MODEL" \
       --data.dataset "$DATASET" --data.input_key prompt --data.output_key chosen \
@@ -80,16 +85,16 @@ elif [[ "${TINY:-0}" == 1 ]]; then
   fi
 fi
 
-if [[ "${ONPOLICY:-0}" == 1 ]]; then  # on-policy RM data: the SFT policy's samples, ranked by the gold
+if [[ "$ONPOLICY" == 1 ]]; then  # on-policy RM data: the SFT policy's samples, ranked by the gold
   pairs="$RUN_DIR/onpolicy/pairs.jsonl"
   [[ "$dry" == 1 ]] || echo "compare.sh: on-policy pairs from ${POLICY:-$MODEL}, judged by ${GOLD_RM:-$GOLD_FN} -> $pairs"
   POLICY=${POLICY:-$MODEL} OUT=$pairs run "$RUN_DIR/onpolicy.log" bash recipes/onpolicy-pairs.sh
   export DATASET=$pairs PROMPT_KEY=prompt   # label-pairs writes prompt/chosen/rejected
 fi
 
-eval_flags=(--format "${EVAL_FORMAT:-auto}" --max_len "$MAX_LEN")
-[[ -n "${EVAL_SPLIT:-}" ]] && eval_flags+=(--split "$EVAL_SPLIT")
-[[ -n "${SUBSET_KEY:-}" ]] && eval_flags+=(--subset_key "$SUBSET_KEY")
+eval_flags=(--format "$EVAL_FORMAT" --max_len "$MAX_LEN")
+[[ -n "$EVAL_SPLIT" ]] && eval_flags+=(--split "$EVAL_SPLIT")
+[[ -n "$SUBSET_KEY" ]] && eval_flags+=(--subset_key "$SUBSET_KEY")
 [[ -n "${INPUT_TEMPLATE:-}" ]] && eval_flags+=(--input_template "$INPUT_TEMPLATE")
 [[ "${APPLY_CHAT_TEMPLATE:-0}" == 1 ]] && eval_flags+=(--apply_chat_template)
 
@@ -108,9 +113,9 @@ for seed in $SEEDS; do
     run "$out.eval.log" normbt eval-rm --model "$out/model" \
       --data "${EVAL_DATA:-${EVAL_DATASET:?set EVAL_DATA or EVAL_DATASET}}" "${eval_flags[@]}" --out "$out/eval.json"
     runs+=("$out")
-    if [[ "${PPO:-0}" == 1 ]]; then
+    if [[ "$PPO" == 1 ]]; then
       ppo_out="$RUN_DIR/ppo-$label-seed$seed"
-      RM="$out/model" OUT=$ppo_out SEED=$seed run "$ppo_out.log" bash recipes/ppo.sh
+      RM="$out/model" OUT=$ppo_out PPO_SEED=$seed run "$ppo_out.log" bash recipes/ppo.sh
       [[ "$dry" == 1 ]] || echo "compare.sh: PPO on $label seed $seed -> $ppo_out/model"
       ppo_runs+=("$ppo_out")
     fi
@@ -119,7 +124,7 @@ done
 
 compare_args=(--out "$RUN_DIR/report" --baseline "$BASELINE")
 if (( ${#ppo_runs[@]} )); then
-  if [[ "${TINY:-0}" == 1 && -z "${GOLD_RM:-}" && -z "${GOLD_FN:-}" ]]; then  # a judge trained apart
+  if [[ "${TINY:-0}" == 1 && -z "$GOLD_RM" && -z "$GOLD_FN" ]]; then  # a judge trained apart
     gold="$RUN_DIR/gold"
     [[ "$dry" == 1 ]] || echo "compare.sh: an independent gold RM (own tokenizer, init, data; seed $GOLD_SEED) -> $gold"
     run "$gold.data.log" python -m normbt_plugin.tiny --out "$gold/data" --seed "$GOLD_SEED" \
@@ -135,21 +140,21 @@ if (( ${#ppo_runs[@]} )); then
   policy_flags=(--policy "initial=$POLICY")
   for r in "${ppo_runs[@]}"; do policy_flags+=(--policy "${r##*/ppo-}=$r/model"); done
   for r in "${runs[@]}"; do policy_flags+=(--proxy "${r##*/rm-}=$r/model"); done
-  [[ -n "${EVAL_PROMPT_SPLIT:-}" ]] && policy_flags+=(--split "$EVAL_PROMPT_SPLIT")
+  [[ -n "$EVAL_PROMPT_SPLIT" ]] && policy_flags+=(--split "$EVAL_PROMPT_SPLIT")
   [[ "${APPLY_CHAT_TEMPLATE:-0}" == 1 ]] && policy_flags+=(--apply_chat_template)
   [[ -n "${INPUT_TEMPLATE:-}" ]] && policy_flags+=(--rm_input_template "$INPUT_TEMPLATE")
   [[ "$dry" == 1 ]] || echo "compare.sh: sampling and judging the policies (normbt eval-policy) -> $RUN_DIR/policy-eval"
-  if [[ -n "${GOLD_FN:-}" ]]; then
+  if [[ -n "$GOLD_FN" ]]; then
     policy_flags+=(--gold_fn "$GOLD_FN")
   else
     policy_flags+=(--gold "${GOLD_RM:?set GOLD_RM (a gold reward model) or GOLD_FN (a true reward) to judge the policies}")
   fi
   run "$RUN_DIR/policy-eval.log" normbt eval-policy "${policy_flags[@]}" \
-    --prompts "${EVAL_PROMPTS:?set EVAL_PROMPTS to held-out prompts}" --prompt_key "${EVAL_PROMPT_KEY:-input}" \
-    --n_prompts "${EVAL_N_PROMPTS:-500}" --samples "${EVAL_SAMPLES:-1}" --bon_samples "${BON_SAMPLES:-64}" \
-    --bon_prompts "${BON_PROMPTS:-200}" --max_new "${EVAL_MAX_NEW:-$MAX_NEW}" \
-    --max_len "${PPO_MAX_LEN:-2048}" --seed "${EVAL_SEED:-0}" --tensor_parallel_size "${EVAL_TP:-1}" \
-    --dtype "${EVAL_DTYPE:-float32}" \
+    --prompts "${EVAL_PROMPTS:?set EVAL_PROMPTS to held-out prompts}" --prompt_key "$EVAL_PROMPT_KEY" \
+    --n_prompts "$EVAL_N_PROMPTS" --samples "$EVAL_SAMPLES" --bon_samples "$BON_SAMPLES" \
+    --bon_prompts "$BON_PROMPTS" --max_new "$EVAL_MAX_NEW" \
+    --max_len "${PPO_MAX_LEN:-2048}" --seed "$EVAL_SEED" --tensor_parallel_size "$EVAL_TP" \
+    --dtype "$EVAL_DTYPE" \
     --out "$RUN_DIR/policy-eval"
   compare_args+=(--policy_eval "$RUN_DIR/policy-eval/policy_eval.json")
   if [[ "${TINY:-0}" == 1 ]]; then

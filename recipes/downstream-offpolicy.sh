@@ -15,14 +15,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,14p' "$0"; echo
-  echo "Environment (defaults): OUT=runs/downstream-offpolicy LOSSES='bt normbt' RM_SEEDS='1 2 3' PPO_SEEDS='1 2'"
-  echo "  COMPARATOR=label_smoothing COMPARATOR_SEEDS=1 CEILING_SEEDS='1 2' LENGTHS=3-5 N_SFT=4096 SFT_EPOCHS=4"
-  echo "  N_TRAIN=512 N_TEST=256 STEPS=144 ROLLOUT_BS=16 N_SAMPLES=4 ESTIMATOR=reinforce_baseline"
-  echo "  ACTOR_LR=2e-4 KL=0.02 SMOKE=0 DRY_RUN=0"
-  exit 0
-fi
+# shellcheck source=recipes/stage-times.sh
+source recipes/stage-times.sh
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then recipe_help "$0"; exit 0; fi
 
 OUT=${OUT:-runs/downstream-offpolicy}
 LOSSES=${LOSSES-bt normbt}
@@ -44,15 +39,14 @@ N_SAMPLES=${N_SAMPLES:-4}                    # samples per prompt (the group bas
 ESTIMATOR=${ESTIMATOR:-reinforce_baseline}   # no critic: the reward is the only difference between runs
 ACTOR_LR=${ACTOR_LR:-2e-4}
 KL=${KL:-0.02}
-if [[ "${SMOKE:-0}" == 1 ]]; then
+SMOKE=${SMOKE:-0}                            # 1: a few steps of everything
+if [[ "$SMOKE" == 1 ]]; then
   RM_SEEDS=1 PPO_SEEDS=1 COMPARATOR_SEEDS="" CEILING_SEEDS=1 N_SFT=1024 SFT_EPOCHS=4 N_TRAIN=128
   N_TEST=64 STEPS=3 ROLLOUT_BS=4
 fi
 dry=${DRY_RUN:-0}
 export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DRY_RUN=$dry
 mkdir -p "$OUT"
-# shellcheck source=recipes/stage-times.sh
-source recipes/stage-times.sh
 times="$OUT/stage_times.tsv"
 [[ "$dry" == 1 ]] || : > "$times"
 run() {  # run NAME DONE cmd...: quiet into $OUT/NAME.log, its tail on failure, its wall time into
@@ -94,15 +88,15 @@ run rm-report "" normbt compare $(for e in "${rms[@]}"; do echo "$OUT/rm-${e%%:*
 
 # PPO: the same settings for every reward; ROLLOUT_LOG=1 records what the curves are read from
 ppo_env=(POLICY="$OUT/policy" PROMPTS="$tiny/prompts.jsonl" GPUS_PER_NODE=1 VLLM_ENGINES=1 COLOCATE=1
-         PPO_PARAM_DTYPE=fp32 ATTN=sdpa SYNC_BACKEND=gloo VLLM_MEM=0.5 ROLLOUT_BS="$ROLLOUT_BS"
+         PPO_PARAM_DTYPE=fp32 PPO_ATTN=sdpa SYNC_BACKEND=gloo VLLM_MEM=0.5 ROLLOUT_BS="$ROLLOUT_BS"
          N_SAMPLES="$N_SAMPLES" MAX_NEW=24 PPO_MAX_LEN=64 TRAIN_BS=$((ROLLOUT_BS * N_SAMPLES))
-         MICRO_BS=16 ROLLOUT_MICRO_BS=16 EPISODES=1 MAX_SAMPLES=$((STEPS * ROLLOUT_BS))
+         PPO_MICRO_BS=16 ROLLOUT_MICRO_BS=16 EPISODES=1 MAX_SAMPLES=$((STEPS * ROLLOUT_BS))
          ACTOR_LR="$ACTOR_LR" KL="$KL" ESTIMATOR="$ESTIMATOR" ROLLOUT_LOG=1)
 ppo_runs=()
 ppo() {  # ppo LABEL RM_SEED PPO_SEED VAR=VALUE...: one PPO run and its run.json (RM_SEED "": none)
   local label=$1 rm_seed=$2 seed=$3; shift 3
   local name="ppo-$label${rm_seed:+-rm$rm_seed}-seed$seed"
-  run "$name" "$OUT/$name/run.json" env "${ppo_env[@]}" "$@" SEED="$seed" OUT="$OUT/$name" bash recipes/ppo.sh
+  run "$name" "$OUT/$name/run.json" env "${ppo_env[@]}" "$@" PPO_SEED="$seed" OUT="$OUT/$name" bash recipes/ppo.sh
   [[ "$dry" == 1 || -e "$OUT/$name/run.json" ]] || python -m normbt_plugin.curves record "$OUT/$name" \
     --label "$label" ${rm_seed:+--rm_seed "$rm_seed"} --ppo_seed "$seed"
   ppo_runs+=("$OUT/$name")

@@ -129,15 +129,15 @@ standardize=(normbt standardize --policy "$OUT/policy" --prompts "$tiny/prompts.
 run standardize-true "$OUT/ppo-rewards/true.py" "${standardize[@]}" --reward_fn recipes/rewards/sort.py \
   --out "$OUT/ppo-rewards/true.py"
 ppo_env=(POLICY="$OUT/policy" PROMPTS="$tiny/prompts.jsonl" GPUS_PER_NODE=1 VLLM_ENGINES=1 COLOCATE=1
-         PPO_PARAM_DTYPE=fp32 ATTN=sdpa SYNC_BACKEND=gloo VLLM_MEM=0.5 ROLLOUT_BS="$ROLLOUT_BS"
+         PPO_PARAM_DTYPE=fp32 PPO_ATTN=sdpa SYNC_BACKEND=gloo VLLM_MEM=0.5 ROLLOUT_BS="$ROLLOUT_BS"
          N_SAMPLES="$N_SAMPLES" MAX_NEW=24 PPO_MAX_LEN=64 TRAIN_BS=$((ROLLOUT_BS * N_SAMPLES))
-         MICRO_BS=16 ROLLOUT_MICRO_BS=16 EPISODES=1 MAX_SAMPLES=$((STEPS * ROLLOUT_BS))
+         PPO_MICRO_BS=16 ROLLOUT_MICRO_BS=16 EPISODES=1 MAX_SAMPLES=$((STEPS * ROLLOUT_BS))
          ACTOR_LR="$ACTOR_LR" KL="$KL" ESTIMATOR="$ESTIMATOR" ROLLOUT_LOG=1 NORMALIZE_REWARD=1)
 ppo_runs=()
 ppo() {  # ppo LABEL RM_SEED PPO_SEED VAR=VALUE...: one PPO run and its run record
   local label=$1 rm_seed=$2 seed=$3; shift 3
   local name="ppo-$label${rm_seed:+-rm$rm_seed}-seed$seed"
-  run "$name" "$OUT/$name/run.json" env "${ppo_env[@]}" "$@" SEED="$seed" OUT="$OUT/$name" bash recipes/ppo.sh
+  run "$name" "$OUT/$name/run.json" env "${ppo_env[@]}" "$@" PPO_SEED="$seed" OUT="$OUT/$name" bash recipes/ppo.sh
   [[ "$dry" == 1 ]] || python -m normbt_plugin.curves record "$OUT/$name" --label "$label" \
     ${rm_seed:+--rm_seed "$rm_seed"} --ppo_seed "$seed"
   ppo_runs+=("$OUT/$name")

@@ -4,24 +4,21 @@
 # coarse), same data and budget for all; one report (normbt compare) and the gradient diagnostic.
 #   bash recipes/evidence-study.sh            # 31 runs, about 2.2 min each: 70 min on 2 cores
 #   DRY_RUN=1 bash recipes/evidence-study.sh  # print every command
+# recipes/compare.sh's variables and recipes/configs/minilm-stdlib.env's apply (DROPOUT=0: MiniLM's).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,6p' "$0"; echo
-  echo "Environment (defaults): RUN_DIR=runs/evidence-study COARSE=unrelated DROPOUT=0 MAIN_SEEDS='1 2 3 4 5'"
-  echo "  OTHER_SEEDS='1 2 3' OTHERS='noema=normbt:--normbt.use_ema=false"
-  echo "  margin=margin:--model.margin_loss_enable ls=label_smoothing center bsr"
-  echo "  clip0.1=bt:--max_norm=0.1 ln=bt:--plugin.value_head_layernorm'; recipes/compare.sh's apply"
-  exit 0
-fi
+# shellcheck source=recipes/stage-times.sh
+source recipes/stage-times.sh
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then recipe_help "$0"; exit 0; fi
 
 RUN_DIR=${RUN_DIR:-runs/evidence-study}
 MAIN_SEEDS=${MAIN_SEEDS:-1 2 3 4 5}
 OTHER_SEEDS=${OTHER_SEEDS:-1 2 3}
 # margin: the data's margin column (coarse 1, fine 1/3: Llama 2's graded strength)
 OTHERS=${OTHERS:-noema=normbt:--normbt.use_ema=false margin=margin:--model.margin_loss_enable ls=label_smoothing center bsr clip0.1=bt:--max_norm=0.1 ln=bt:--plugin.value_head_layernorm}
-export CONFIG=recipes/configs/minilm-stdlib.env COARSE=${COARSE:-unrelated} RUN_DIR
+COARSE=${COARSE:-unrelated}              # coarse pairs: another module's function (shuffle: its own, reordered)
+export CONFIG=recipes/configs/minilm-stdlib.env COARSE RUN_DIR
 
 LOSSES="bt normbt" SEEDS="$MAIN_SEEDS" bash recipes/compare.sh
 LOSSES="$OTHERS" SEEDS="$OTHER_SEEDS" bash recipes/compare.sh

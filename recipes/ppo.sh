@@ -5,45 +5,38 @@
 #   POLICY=path/to/sft RM=runs/rm-normbt/model PROMPTS=org/prompts bash recipes/ppo.sh
 # Extra OpenRLHF flags go after the script: bash recipes/ppo.sh --algo.kl.init_coef 0.05
 # With RAY_DASHBOARD set (a running multi-node cluster), the job goes through `ray job submit`.
-# DRY_RUN=1 prints the command instead of running it.
+# DRY_RUN=1 prints the command instead of running it. Settings the RM stage (recipes/rm.sh) has too
+# carry PPO_ here (PPO_MICRO_BS, PPO_ZERO, ...): a config or a user sets each stage's apart.
+# All flags: python -m normbt_plugin.train_ppo --help
 set -euo pipefail
 
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,8p' "$0"; echo
-  echo "Environment (defaults): POLICY RM (or REWARD_URL=file.py) PROMPTS INPUT_KEY=input OUT=runs/ppo SEED=42"
-  echo "  NODES=1 GPUS_PER_NODE=8 VLLM_ENGINES=8 VLLM_TP=1 COLOCATE=0 ZERO=2 PPO_PARAM_DTYPE (bf16 on GPUs, fp32 without)"
-  echo "  ATTN=flash_attention_2 SYNC_BACKEND=nccl VLLM_MEM=0.5 ROLLOUT_BS=128 N_SAMPLES=1"
-  echo "  MAX_NEW=1024 PPO_MAX_LEN=2048 TRAIN_BS=128 MICRO_BS=4 ROLLOUT_MICRO_BS=8 EPISODES=1"
-  echo "  MAX_SAMPLES=100000 ACTOR_LR=5e-7 CRITIC_LR=9e-6 KL=0.01 ESTIMATOR=gae"
-  echo "  NORMALIZE_REWARD=1 APPLY_CHAT_TEMPLATE=0 RAY_DASHBOARD (http://head:8265) ROLLOUT_LOG=0"
-  echo "All flags: python -m normbt_plugin.train_ppo --help"
-  exit 0
-fi
+# shellcheck source=recipes/stage-times.sh
+source "$(dirname "$0")/stage-times.sh"
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then recipe_help "$0"; exit 0; fi
 
 POLICY=${POLICY:?set POLICY to the initial (SFT) policy: path or hub name}
-REWARD_URL=${REWARD_URL:-}              # instead of RM: OpenRLHF's rule-based reward, a .py file with
-                                        # reward_func(queries, prompts, labels) (recipes/rewards/sort.py)
+REWARD_URL=${REWARD_URL:-}              # instead of RM (a trained RM): a reward_func file (rewards/sort.py)
 [[ -n "$REWARD_URL" ]] || RM=${RM:?set RM to a trained reward model (recipes/rm.sh OUT/model), or REWARD_URL}
 PROMPTS=${PROMPTS:?set PROMPTS to a prompt dataset}
 INPUT_KEY=${INPUT_KEY:-input}
 OUT=${OUT:-runs/ppo}
-SEED=${SEED:-42}
+PPO_SEED=${PPO_SEED:-42}
 NODES=${NODES:-1}
 GPUS_PER_NODE=${GPUS_PER_NODE:-8}
 VLLM_ENGINES=${VLLM_ENGINES:-8}
 VLLM_TP=${VLLM_TP:-1}
 VLLM_MEM=${VLLM_MEM:-0.5}
 COLOCATE=${COLOCATE:-0}                 # 1: all models and engines share the GPUs (sleep between)
-ZERO=${ZERO:-2}
-PARAM_DTYPE=${PPO_PARAM_DTYPE:-}        # empty: the launcher's default (PPO_: the RM stage has its own)
-ATTN=${ATTN:-flash_attention_2}         # sdpa on CPU
+PPO_ZERO=${PPO_ZERO:-2}
+PPO_PARAM_DTYPE=${PPO_PARAM_DTYPE:-}    # empty: the launcher's default, bf16 on GPUs, fp32 without
+PPO_ATTN=${PPO_ATTN:-flash_attention_2} # sdpa on CPU
 SYNC_BACKEND=${SYNC_BACKEND:-nccl}      # gloo on CPU
 ROLLOUT_BS=${ROLLOUT_BS:-128}
 N_SAMPLES=${N_SAMPLES:-1}
 MAX_NEW=${MAX_NEW:-1024}
-MAX_LEN=${PPO_MAX_LEN:-2048}            # prompt + response (PPO_: never the RM stage's MAX_LEN)
+PPO_MAX_LEN=${PPO_MAX_LEN:-2048}        # prompt + response
 TRAIN_BS=${TRAIN_BS:-128}
-MICRO_BS=${MICRO_BS:-4}
+PPO_MICRO_BS=${PPO_MICRO_BS:-4}
 ROLLOUT_MICRO_BS=${ROLLOUT_MICRO_BS:-8}
 EPISODES=${EPISODES:-1}
 MAX_SAMPLES=${MAX_SAMPLES:-100000}
@@ -52,29 +45,31 @@ CRITIC_LR=${CRITIC_LR:-9e-6}
 KL=${KL:-0.01}
 ESTIMATOR=${ESTIMATOR:-gae}
 NORMALIZE_REWARD=${NORMALIZE_REWARD:-1}  # uses the RM's eval mean/std (reward_norm patch fixes loading)
-APPLY_CHAT_TEMPLATE=${APPLY_CHAT_TEMPLATE:-0}
+PPO_APPLY_CHAT_TEMPLATE=${PPO_APPLY_CHAT_TEMPLATE:-0}
+ROLLOUT_LOG=${ROLLOUT_LOG:-0}            # 1: every rollout's token ids, rewards and KL -> $OUT/rollouts
+RAY_DASHBOARD=${RAY_DASHBOARD:-}        # http://head:8265: a running cluster, the job via `ray job submit`
 
 args=(
   --actor.model_name_or_path "$POLICY"
   --data.prompt_dataset "$PROMPTS"
   --data.input_key "$INPUT_KEY"
   --data.max_samples "$MAX_SAMPLES"
-  --data.max_len "$MAX_LEN"
+  --data.max_len "$PPO_MAX_LEN"
   --rollout.max_new_tokens "$MAX_NEW"
   --rollout.batch_size "$ROLLOUT_BS"
   --rollout.micro_batch_size "$ROLLOUT_MICRO_BS"
   --rollout.n_samples_per_prompt "$N_SAMPLES"
   --train.batch_size "$TRAIN_BS"
-  --train.micro_batch_size "$MICRO_BS"
+  --train.micro_batch_size "$PPO_MICRO_BS"
   --train.num_episodes "$EPISODES"
   --train.max_epochs 1
-  --train.seed "$SEED"
+  --train.seed "$PPO_SEED"
   --actor.adam.lr "$ACTOR_LR"
   --critic.adam.lr "$CRITIC_LR"
   --algo.kl.init_coef "$KL"
   --algo.advantage.estimator "$ESTIMATOR"
-  --ds.zero_stage "$ZERO"
-  --ds.attn_implementation "$ATTN"
+  --ds.zero_stage "$PPO_ZERO"
+  --ds.attn_implementation "$PPO_ATTN"
   --vllm.num_engines "$VLLM_ENGINES"
   --vllm.tensor_parallel_size "$VLLM_TP"
   --vllm.gpu_memory_utilization "$VLLM_MEM"
@@ -92,17 +87,16 @@ fi
 for role in actor ref critic reward; do
   args+=(--"$role".num_nodes "$NODES" --"$role".num_gpus_per_node "$GPUS_PER_NODE")
 done
-[[ -n "$PARAM_DTYPE" ]] && args+=(--ds.param_dtype "$PARAM_DTYPE")
+[[ -n "$PPO_PARAM_DTYPE" ]] && args+=(--ds.param_dtype "$PPO_PARAM_DTYPE")
 [[ "$COLOCATE" == 1 ]] && args+=(--train.colocate_all)
 [[ "$COLOCATE" == 1 && "$SYNC_BACKEND" != gloo ]] && args+=(--vllm.enable_sleep --ds.enable_sleep)
 [[ "$SYNC_BACKEND" == gloo ]] && args+=(--vllm.enforce_eager)
 [[ "$NORMALIZE_REWARD" == 1 ]] && args+=(--reward.normalize_enable)
-[[ "$APPLY_CHAT_TEMPLATE" == 1 ]] && args+=(--data.apply_chat_template)
-# ROLLOUT_LOG=1: every rollout's token ids, rewards and KL -> $OUT/rollouts/rollouts.jsonl (curves, checks)
-[[ "${ROLLOUT_LOG:-0}" == 1 ]] && args+=(--plugin.rollout_log "$OUT/rollouts")
+[[ "$PPO_APPLY_CHAT_TEMPLATE" == 1 ]] && args+=(--data.apply_chat_template)
+[[ "$ROLLOUT_LOG" == 1 ]] && args+=(--plugin.rollout_log "$OUT/rollouts")
 
 cmd=(python -m normbt_plugin.train_ppo "${args[@]}" "$@")
-if [[ -n "${RAY_DASHBOARD:-}" ]]; then     # a running cluster: head + workers via `ray start`
+if [[ -n "$RAY_DASHBOARD" ]]; then     # a running cluster: head + workers via `ray start`
   # The driver runs on the head, in this directory, with this venv's python; actors run anywhere,
   # in Ray's own working directories, so local paths are made absolute (a filesystem every node
   # sees at the same path: the outputs are written by whichever node holds rank 0). The launcher
@@ -121,7 +115,7 @@ if [[ "${DRY_RUN:-0}" == 1 ]]; then
   printf '%q ' "${cmd[@]}"; echo
   exit 0
 fi
-if [[ -n "${RAY_DASHBOARD:-}" ]]; then   # a head that does not answer: said in seconds
+if [[ -n "$RAY_DASHBOARD" ]]; then   # a head that does not answer: said in seconds
   python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1].rstrip("/") + "/api/version", timeout=5)' \
     "$RAY_DASHBOARD" 2>/dev/null || {
     echo "ppo.sh: no Ray dashboard answers at RAY_DASHBOARD=$RAY_DASHBOARD: start the head with" \
@@ -131,6 +125,6 @@ if [[ -n "${RAY_DASHBOARD:-}" ]]; then   # a head that does not answer: said in 
   }
 fi
 mkdir -p "$OUT"
-[[ "${ROLLOUT_LOG:-0}" == 1 ]] && rm -rf "$OUT/rollouts"
+[[ "$ROLLOUT_LOG" == 1 ]] && rm -rf "$OUT/rollouts"
 echo "ppo.sh: policy=$POLICY reward=${REWARD_URL:-$RM} nodes=$NODES gpus/node=$GPUS_PER_NODE engines=$VLLM_ENGINES -> $OUT"
 "${cmd[@]}"

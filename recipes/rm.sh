@@ -6,17 +6,13 @@
 # Several nodes: HOSTFILE=hostfile (DeepSpeed's "host slots=N" lines), started from one node over ssh;
 # or without ssh, the same command on every node with NODE_RANK=0,1,... and MASTER_ADDR (node 0).
 # After a crash: the same command(s) with --ckpt.load_enable. DRY_RUN=1 prints the command.
+# These names are the RM stage's; recipes/ppo.sh's settings of the same kind carry PPO_.
+# All flags: python -m normbt_plugin.train_rm --help
 set -euo pipefail
 
-if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then
-  sed -n '2,8p' "$0"; echo
-  echo "Environment (defaults): LOSS=normbt MODEL DATASET EVAL_DATASET OUT NPROC=1 ZERO=2"
-  echo "  MICRO_BS=4 BS=16 EPOCHS=1 LR=9e-6 MAX_LEN=512 ATTN=sdpa PROMPT_KEY=prompt SEED=42"
-  echo "  PARAM_DTYPE (default: bf16 on GPUs, fp32 without) INPUT_TEMPLATE LABEL=\$LOSS CHOSEN_KEY=chosen REJECTED_KEY=rejected"
-  echo "  APPLY_CHAT_TEMPLATE=0 PACKING=0 HOSTFILE (several nodes) NODE_RANK MASTER_ADDR MASTER_PORT=29500 DRY_RUN=0"
-  echo "All flags: python -m normbt_plugin.train_rm --help"
-  exit 0
-fi
+# shellcheck source=recipes/stage-times.sh
+source "$(dirname "$0")/stage-times.sh"
+if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then recipe_help "$0"; exit 0; fi
 
 LOSS=${LOSS:-normbt}                    # any registered loss: normbt bt margin label_smoothing center ...
 MODEL=${MODEL:?set MODEL to an SFT model path or hub name}
@@ -33,13 +29,17 @@ MAX_LEN=${MAX_LEN:-512}
 ATTN=${ATTN:-sdpa}                      # flash_attention_2 on GPU nodes with flash-attn
 PROMPT_KEY=${PROMPT_KEY-prompt}         # set but empty: chosen/rejected are whole conversations
 SEED=${SEED:-42}
-PARAM_DTYPE=${PARAM_DTYPE:-}                 # empty: the launcher's default, bf16 on GPUs, fp32 without
+PARAM_DTYPE=${PARAM_DTYPE:-}            # empty: the launcher's default, bf16 on GPUs, fp32 without
 INPUT_TEMPLATE=${INPUT_TEMPLATE:-}      # e.g. '[CLS]{}' for BERT-style encoders
 LABEL=${LABEL:-$LOSS}                   # the run's name in reports
 CHOSEN_KEY=${CHOSEN_KEY:-chosen}
 REJECTED_KEY=${REJECTED_KEY:-rejected}
 APPLY_CHAT_TEMPLATE=${APPLY_CHAT_TEMPLATE:-0}  # 1: message-list data through the tokenizer's template
 PACKING=${PACKING:-0}                   # 1: --ds.packing_samples (flash-attn on GPU nodes)
+HOSTFILE=${HOSTFILE:-}                  # several nodes: DeepSpeed's "host slots=N" file
+NODE_RANK=${NODE_RANK:-}                # without ssh: this node's rank, and MASTER_ADDR (node 0)
+MASTER_ADDR=${MASTER_ADDR:-}
+MASTER_PORT=${MASTER_PORT:-29500}
 
 args=(
   --model.model_name_or_path "$MODEL"
@@ -68,11 +68,11 @@ args=(
 [[ "$APPLY_CHAT_TEMPLATE" == 1 ]] && args+=(--data.apply_chat_template)
 [[ "$PACKING" == 1 ]] && args+=(--ds.packing_samples)
 
-if [[ -n "${HOSTFILE:-}" && -n "${NODE_RANK:-}" ]]; then   # one launcher per node, no ssh
+if [[ -n "$HOSTFILE" && -n "$NODE_RANK" ]]; then   # one launcher per node, no ssh
   cmd=(deepspeed --hostfile "$HOSTFILE" --no_ssh --node_rank "$NODE_RANK"
-       --master_addr "${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}" --master_port "${MASTER_PORT:-29500}"
+       --master_addr "${MASTER_ADDR:?set MASTER_ADDR to the address of node 0}" --master_port "$MASTER_PORT"
        --module normbt_plugin.train_rm "${args[@]}" "$@")
-elif [[ -n "${HOSTFILE:-}" ]]; then
+elif [[ -n "$HOSTFILE" ]]; then
   cmd=(deepspeed --hostfile "$HOSTFILE" --module normbt_plugin.train_rm "${args[@]}" "$@")
 elif (( NPROC > 1 )); then
   cmd=(deepspeed --num_gpus "$NPROC" --module normbt_plugin.train_rm "${args[@]}" "$@")

@@ -4,8 +4,17 @@
 #   stage_run WHO LOGS TIMES NAME DONE cmd...;   recipe_help "$0"
 recipe_help() {  # recipe_help SCRIPT: its header comment (after the shebang), then every VAR=${VAR:-default}
   awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$1"; echo
-  echo "Environment (defaults):"
-  grep -E '^[A-Z_]+=\$\{' "$1" | sed -E 's/^([A-Z_]+)=\$\{[A-Z_]+:?-?([^}]*)\}(.*)/  \1=\2\3/'
+  echo "Environment (defaults; the environment wins):"
+  awk 'match($0, /^[A-Z_][A-Z0-9_]*=\$\{[A-Z_][A-Z0-9_]*(:-|-|:\?)/) {
+    name = substr($0, 1, index($0, "=") - 1); rest = substr($0, RLENGTH + 1)
+    required = substr($0, RLENGTH, 1) == "?"
+    depth = 1  # the value runs to the brace that closes ${
+    for (i = 1; i <= length(rest) && depth; i++) { c = substr(rest, i, 1); depth += (c == "{") - (c == "}") }
+    value = substr(rest, 1, i - 2); note = substr(rest, i); sub(/^[ \t]*#?[ \t]*/, "", note)
+    if (required) printf "  %-28s %s\n", name " (required)", value
+    else if (note == "") printf "  %s\n", name "=" value
+    else printf "  %-28s %s\n", name "=" value, note
+  }' "$1"
 }
 stage_run() {  # stage_run WHO LOGS TIMES NAME DONE cmd...: quiet into LOGS/NAME.log (its tail on
   # failure), its wall time into TIMES; skipped when the file DONE exists (a rerun continues a study

@@ -29,9 +29,9 @@ GPU_ONLY = {
     "GPUS_PER_NODE": "1",  # one pretend GPU for Ray's accounting
     "VLLM_ENGINES": "1",
     "PPO_PARAM_DTYPE": "fp32",  # vLLM's CPU engine runs float32 (its bf16 path needs AMX)
+    "PPO_ATTN": "sdpa",  # PPO on CPU: no flash-attn kernels (the RM stage keeps flash_attention_2: stand-in)
     "SYNC_BACKEND": "gloo",  # NCCL is CUDA-only
 }
-PPO_ATTN = "sdpa"  # PPO on CPU: no flash-attn kernels (the RM stage keeps flash_attention_2 via the stand-in)
 # Sizes scaled to the stand-ins (same flags, smaller numbers): 64 pairs, a 512-position model.
 SIZES = {
     "BS": "8",
@@ -39,6 +39,7 @@ SIZES = {
     "TRAIN_BS": "4",
     "ROLLOUT_MICRO_BS": "2",
     "MICRO_BS": "2",
+    "PPO_MICRO_BS": "2",
     "MAX_SAMPLES": "4",
     "MAX_NEW": "16",
     "PPO_MAX_LEN": "128",
@@ -87,7 +88,7 @@ def test_gpu_config_rm_and_ppo_stages_run_on_chat_standins(config, chat_standins
     assert (out / "model" / "config.json").exists() and (out / "metrics" / "train_rank0.jsonl").exists()
 
     ppo_out = tmp_path / "ppo"
-    ppo = stage(config, "ppo.sh", {**GPU_ONLY, **SIZES, "ATTN": PPO_ATTN, "POLICY": str(data["model"]),
+    ppo = stage(config, "ppo.sh", {**GPU_ONLY, **SIZES, "POLICY": str(data["model"]),
                                    "RM": str(out / "model"), "PROMPTS": str(data["prompts"]),
                                    "OUT": str(ppo_out)}, tmp_path / "ppo.log",
                 "--actor.lr_warmup_ratio", "0")  # fmt: skip
