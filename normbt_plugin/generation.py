@@ -22,15 +22,19 @@ import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from normbt_plugin.options import SamplingOptions
 
 
-@dataclass
+@dataclass(kw_only=True)
 class GenerationSpec:
     model: str
     prompts: list[str]
     out: str
     samples: int | list[int] = 1  # per prompt when a list
-    max_new: int = 64
+    max_new: int
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0
@@ -41,6 +45,19 @@ class GenerationSpec:
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.8
     extra: dict = field(default_factory=dict)  # recorded, not used (e.g. the policy's name)
+
+
+def sampling_spec(
+    opts: SamplingOptions, model: str, prompts: list[str], out: str | Path, samples: int | list[int],
+    **extra: Any,
+) -> GenerationSpec:  # fmt: skip
+    """The generation job of a command's sampling options (``normbt_plugin.options``)."""
+    return GenerationSpec(
+        model=model, prompts=prompts, out=str(out), samples=samples, max_new=opts.max_new,
+        temperature=opts.temperature, seed=opts.seed, max_prompt_len=opts.max_len - opts.max_new,
+        apply_chat_template=opts.apply_chat_template, input_template=opts.input_template,
+        tensor_parallel_size=opts.tensor_parallel_size, extra=extra,
+    )  # fmt: skip
 
 
 def format_prompt(tokenizer, prompt: str, apply_chat_template: bool, input_template: str | None) -> str:

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from normbt_plugin.generation import GenerationSpec, generate_all
+from normbt_plugin.generation import generate_all, sampling_spec
+from normbt_plugin.options import LabelPairsOptions
 from normbt_plugin.pairs import EvalInputError
 
 
@@ -122,10 +123,7 @@ def pairs_of(
 
 
 def _gold_scores(
-    rows: list[dict],
-    gold: str | None,
-    gold_fn: Callable[[str, str], float] | None,
-    scorer_kwargs: dict,
+    rows: list[dict], gold: str | None, gold_fn: Callable[[str, str], float] | None, opts: LabelPairsOptions
 ) -> np.ndarray:
     from tqdm import tqdm
 
@@ -134,91 +132,63 @@ def _gold_scores(
         return np.array([[float(gold_fn(r["prompt"], s["text"])) for s in r["samples"]] for r in rows])
     from normbt_plugin.scoring import RewardScorer
 
-    scorer = RewardScorer(gold, **scorer_kwargs)
+    scorer = RewardScorer.for_samples(gold, opts)
     texts = [scorer.format(r["prompt"], s["text"]) for r in rows for s in r["samples"]]
     scores, _ = scorer.score(texts, progress="gold")
     return scores.reshape(len(rows), -1)
 
 
-def label_pairs(
-    policy: str,
-    prompts: list[str],
-    out: str | Path,
-    *,
-    gold: str | None = None,
-    gold_fn: Callable[[str, str], float] | None = None,
-    gold_fn_name: str | None = None,
-    samples: int = 8,
-    pairs_per_prompt: int = 4,
-    min_gap: float = 0.0,
-    max_new: int = 256,
-    temperature: float = 1.0,
-    seed: int = 0,
-    apply_chat_template: bool = False,
-    input_template: str | None = None,
-    rm_input_template: str | None = None,
-    max_len: int = 2048,
-    batch_size: int = 16,
-    dtype: str = "float32",
-    tensor_parallel_size: int = 1,
-) -> LabelSummary:
-    """Sample, judge, pair; writes ``out`` and its summary and returns the summary. Inputs are
+def label_pairs(opts: LabelPairsOptions) -> LabelSummary:
+    """Sample, judge, pair; writes ``--out`` and its summary and returns the summary. Inputs are
     checked before anything is sampled; the samples are cached (``<out>.samples.jsonl``, reused
     when made by the same policy and settings), the gold's scores too (``<out>.gold.json``)."""
-    from normbt_plugin.policy_eval import check_policy
+    from normbt_plugin.curves import load_function
+    from normbt_plugin.policy_eval import check_policy, load_prompts
     from normbt_plugin.scoring import check_reward_model
 
-    if (gold is None) == (gold_fn is None):
+    policy, gold, samples, out = opts.policy, opts.gold, opts.samples, Path(opts.out)
+    if (gold is None) == (opts.gold_fn is None):
         raise EvalInputError("name one gold: --gold (a reward model) or --gold_fn (module:function)")
+    gold_fn = load_function(opts.gold_fn) if opts.gold_fn else None  # fails before sampling
     if samples < 2:
         raise EvalInputError(f"--samples must be at least 2 to make a pair, got {samples}")
-    if pairs_per_prompt < 1:
-        raise EvalInputError(f"--pairs_per_prompt must be at least 1, got {pairs_per_prompt}")
-    if not prompts:
-        raise EvalInputError("no prompts to sample")
+    if opts.pairs_per_prompt < 1:
+        raise EvalInputError(f"--pairs_per_prompt must be at least 1, got {opts.pairs_per_prompt}")
+    prompts = load_prompts(opts.prompts, opts.prompt_key, opts.split, opts.n_prompts)
     check_policy("--policy", policy)
     if gold is not None:
         check_reward_model(gold)
-    out = Path(out)
-    spec = GenerationSpec(
-        model=policy, prompts=prompts, out=str(out.with_suffix(".samples.jsonl")), samples=samples,
-        max_new=max_new, temperature=temperature, seed=seed, max_prompt_len=max_len - max_new,
-        apply_chat_template=apply_chat_template, input_template=input_template,
-        tensor_parallel_size=tensor_parallel_size,
-    )  # fmt: skip
+    spec = sampling_spec(opts, policy, prompts, out.with_suffix(".samples.jsonl"), samples)
     print(f"label-pairs: sampling {policy} ({len(prompts)} prompts x {samples})", flush=True)
     rows = generate_all([spec], log=out.with_suffix(".vllm.log"))[0]
-    gold_name = gold or f"fn:{gold_fn_name}"
+    gold_name = gold or f"fn:{opts.gold_fn}"
     cache = out.with_suffix(".gold.json")
     key = {"gold": gold_name, "samples": dataclasses.asdict(spec)}
     cached = json.loads(cache.read_text()) if cache.exists() else {}
     if cached.get("key") == key:
         scores = np.array(cached["scores"])
     else:
-        scorer_kwargs = dict(
-            batch_size=batch_size, max_len=max_len, apply_chat_template=apply_chat_template,
-            input_template=rm_input_template, dtype=dtype,
-        )  # fmt: skip
-        scores = _gold_scores(rows, gold, gold_fn, scorer_kwargs)
+        scores = _gold_scores(rows, gold, gold_fn, opts)
         if not np.isfinite(scores).all():
             raise FloatingPointError(f"the gold {gold_name} gave a non-finite reward")
         cache.write_text(json.dumps({"key": key, "scores": scores.tolist()}))
-    rng = random.Random(seed)
+    rng = random.Random(opts.seed)
     pairs, empty = [], 0
     for row, golds in zip(rows, scores, strict=True):
         found = pairs_of(row["prompt"], [s["text"] for s in row["samples"]], golds.tolist(),
-                         pairs_per_prompt, min_gap, rng)  # fmt: skip
+                         opts.pairs_per_prompt, opts.min_gap, rng)  # fmt: skip
         pairs += found
         empty += not found
     if not pairs:
         raise EvalInputError(
             f"no pairs: on every prompt the {samples} samples tie under the gold (within --min_gap "
-            f"{min_gap}) or are identical; sample more (--samples) or at a higher --temperature"
+            f"{opts.min_gap}) or are identical; sample more (--samples) or at a higher --temperature"
         )
-    write_pairs(pairs, out, chat=apply_chat_template)
+    write_pairs(pairs, out, chat=opts.apply_chat_template)
     summary = LabelSummary(
         policy=policy, gold=gold_name, prompts=len(prompts), samples=samples,
-        pairs_per_prompt=pairs_per_prompt, min_gap=min_gap, pairs=len(pairs), prompts_without_pair=empty,
+        pairs_per_prompt=opts.pairs_per_prompt, min_gap=opts.min_gap, pairs=len(pairs),
+        prompts_without_pair=empty,
         gold_mean=float(scores.mean()), gold_std=float(scores.std()),
     )  # fmt: skip
     summary_path(out).write_text(json.dumps(dataclasses.asdict(summary), indent=1))

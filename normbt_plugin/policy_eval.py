@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from normbt_plugin.generation import GenerationSpec, generate_all
+from normbt_plugin.generation import generate_all, sampling_spec
+from normbt_plugin.options import EvalPolicyOptions
 from normbt_plugin.pairs import EvalInputError, load_rows
 from normbt_plugin.scoring import RewardScorer, check_reward_model
 
@@ -204,41 +205,22 @@ def _true_scores(gold_fn: Callable[[str, str], float], rows: list[dict]) -> np.n
     return np.array([[float(gold_fn(r["prompt"], s["text"])) for s in r["samples"]] for r in rows])
 
 
-def evaluate_policies(
-    policies: dict[str, str],
-    gold: str | None,
-    prompts: list[str],
-    out_dir: str | Path,
-    *,
-    gold_fn: Callable[[str, str], float] | None = None,
-    gold_fn_name: str | None = None,
-    proxies: dict[str, str] | None = None,
-    reference: str | None = None,
-    samples: int = 1,
-    bon_samples: int = 0,
-    bon_prompts: int | None = None,
-    max_new: int = 64,
-    temperature: float = 1.0,
-    seed: int = 0,
-    tie_tol: float = 0.0,
-    apply_chat_template: bool = False,
-    input_template: str | None = None,
-    rm_input_template: str | None = None,
-    max_len: int = 2048,
-    batch_size: int = 16,
-    dtype: str = "float32",
-    tensor_parallel_size: int = 1,
-) -> dict[str, Any]:
-    """Generate, score and compare; the result is what ``normbt compare`` reads. ``gold_fn(prompt,
-    response)`` is the task's true reward where one exists: beside the gold RM (``true_*`` fields,
-    best-of-N judged by it too), or alone as the gold (``gold=None``)."""
-    out = Path(out_dir)
+def evaluate_policies(opts: EvalPolicyOptions) -> dict[str, Any]:
+    """Generate, score and compare; writes and returns what ``normbt compare`` reads. ``--gold_fn``
+    (prompt, response) is the task's true reward where one exists: beside the gold RM (``true_*``
+    fields, best-of-N judged by it too), or alone as the gold."""
+    from normbt_plugin.curves import load_function
+
+    out, gold, samples, bon_samples = Path(opts.out), opts.gold, opts.samples, opts.bon_samples
+    policies = parse_named(opts.policy, "policy")
+    proxies = parse_named(opts.proxy or [], "proxy")
+    prompts = load_prompts(opts.prompts, opts.prompt_key, opts.split, opts.n_prompts)
+    gold_fn = load_function(opts.gold_fn) if opts.gold_fn else None
     if gold is None and gold_fn is None:
         raise EvalInputError("name a judge: --gold (a reward model) and/or --gold_fn (module:function)")
-    reference = reference or next(iter(policies))
+    reference = opts.reference or next(iter(policies))
     if reference not in policies:
         raise EvalInputError(f"--reference {reference!r} is not one of the policies {sorted(policies)}")
-    proxies = proxies or {}
     # fail before any generation on a path that is not what it should be
     for path in [*([gold] if gold else []), *proxies.values()]:
         check_reward_model(path)
@@ -246,12 +228,9 @@ def evaluate_policies(
         check_policy(name, path)
 
     def scorer(path: str) -> RewardScorer:  # loaded after generation: vLLM has the GPU until then
-        return RewardScorer(
-            path, batch_size=batch_size, max_len=max_len, apply_chat_template=apply_chat_template,
-            input_template=rm_input_template, dtype=dtype,
-        )  # fmt: skip
+        return RewardScorer.for_samples(path, opts)
 
-    n_bon = min(bon_prompts or len(prompts), len(prompts)) if bon_samples else 0
+    n_bon = min(opts.bon_prompts or len(prompts), len(prompts)) if bon_samples else 0
     if bon_samples and bon_samples < samples:
         raise EvalInputError(f"--bon_samples ({bon_samples}) must be at least --samples ({samples})")
     specs = []
@@ -263,12 +242,8 @@ def evaluate_policies(
             + (f"; best-of-N: {n_bon} x {bon_samples})" if name == reference and n_bon else ")"),
             flush=True,
         )
-        specs.append(GenerationSpec(
-            model=policies[name], prompts=prompts, out=str(out / "generations" / f"{name}.jsonl"),
-            samples=counts, max_new=max_new, temperature=temperature, seed=seed,
-            max_prompt_len=max_len - max_new, apply_chat_template=apply_chat_template,
-            input_template=input_template, tensor_parallel_size=tensor_parallel_size, extra={"name": name},
-        ))  # fmt: skip
+        path = out / "generations" / f"{name}.jsonl"
+        specs.append(sampling_spec(opts, policies[name], prompts, path, counts, name=name))
     generations = dict(zip(policies, generate_all(specs, log=out / "generations" / "vllm.log"), strict=True))
     bon_rows = None
     if n_bon:
@@ -276,9 +251,9 @@ def evaluate_policies(
         generations[reference] = [{**r, "samples": r["samples"][:samples]} for r in generations[reference]]
 
     result: dict[str, Any] = {
-        "reference": reference, "gold": gold or f"fn:{gold_fn_name}", "gold_fn": gold_fn_name,
-        "prompts": len(prompts), "samples": samples,
-        "max_new": max_new, "temperature": temperature, "seed": seed, "tie_tol": tie_tol, "policies": {},
+        "reference": reference, "gold": gold or f"fn:{opts.gold_fn}", "gold_fn": opts.gold_fn,
+        "prompts": len(prompts), "samples": samples, "max_new": opts.max_new, "temperature": opts.temperature,
+        "seed": opts.seed, "tie_tol": opts.tie_tol, "policies": {},
     }  # fmt: skip
     texts = {n: [[s["text"] for s in r["samples"]] for r in rows] for n, rows in generations.items()}
     # one model in memory at a time, each loaded once: the gold, the proxies, the policies
@@ -300,7 +275,7 @@ def evaluate_policies(
         zip(
             generations,
             sequence_logprobs(
-                policies[reference], list(generations.values()), temperature, batch_size, dtype
+                policies[reference], list(generations.values()), opts.temperature, opts.batch_size, opts.dtype
             ),
             strict=True,
         )
@@ -309,7 +284,7 @@ def evaluate_policies(
         logp = (
             logp_ref[name]
             if name == reference
-            else sequence_logprobs(policies[name], [rows], temperature, batch_size, dtype)[0]
+            else sequence_logprobs(policies[name], [rows], opts.temperature, opts.batch_size, opts.dtype)[0]
         )
         engine = np.array([[s["engine_logprob"] for s in r["samples"]] for r in rows])
         lengths = np.array([[len(s["ids"]) for s in r["samples"]] for r in rows], dtype=np.float64)
@@ -322,7 +297,7 @@ def evaluate_policies(
             "length": float(lengths.mean()),
             "truncated": float(truncated.mean()),
             # vLLM's own log-probs vs transformers' (temperature 1 only): the sampler is the model
-            "engine_logprob_gap": float(np.abs(engine - logp).max()) if temperature == 1.0 else None,
+            "engine_logprob_gap": float(np.abs(engine - logp).max()) if opts.temperature == 1.0 else None,
             "per_prompt": {
                 "gold": gold_scores[name].mean(axis=1).tolist(),
                 "kl": kl.tolist(),
@@ -339,7 +314,7 @@ def evaluate_policies(
         wins = {}
         for b in names:
             if a != b:
-                per_prompt = win_rate(gold_scores[a], gold_scores[b], texts[a], texts[b], tie_tol)
+                per_prompt = win_rate(gold_scores[a], gold_scores[b], texts[a], texts[b], opts.tie_tol)
                 wins[b] = {"win_rate": float(per_prompt.mean()), "per_prompt": per_prompt.tolist()}
         result["policies"][a]["wins"] = wins
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from normbt_plugin.pairs import EvalInputError
+
+if TYPE_CHECKING:
+    from normbt_plugin.options import SamplingOptions
 
 
 class RewardScorer:
@@ -70,6 +73,14 @@ class RewardScorer:
             from normbt_plugin.patches import normed_head
 
             self.normed_head = normed_head(self.model)
+
+    @classmethod
+    def for_samples(cls, model_path: str, opts: SamplingOptions) -> RewardScorer:
+        """A reward model scoring a policy's samples with a sampling command's options."""
+        return cls(
+            model_path, batch_size=opts.batch_size, max_len=opts.max_len, dtype=opts.dtype,
+            apply_chat_template=opts.apply_chat_template, input_template=opts.rm_input_template,
+        )  # fmt: skip
 
     def format(self, prompt: str, response: str) -> str:
         """The text OpenRLHF's reward-model stage scores (its template or chat template, EOS)."""

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from normbt_plugin.generation import GenerationSpec, format_prompt, generate_all
-from normbt_plugin.pairs import EvalInputError
+from normbt_plugin.generation import format_prompt, generate_all, sampling_spec
+from normbt_plugin.options import StandardizeOptions
+from normbt_plugin.pairs import EvalInputError, load_rows
 
 
 @dataclass
@@ -72,60 +73,44 @@ def reward_func(queries, prompts, labels):
 '''
 
 
-def standardize(
-    policy: str,
-    prompts: list[str],
-    out: str | Path | None,
-    *,
-    rm: str | None = None,
-    reward_fn: str | None = None,
-    labels: list[str] | None = None,
-    samples_file: str | Path | None = None,
-    samples: int = 4,
-    max_new: int = 256,
-    temperature: float = 1.0,
-    seed: int = 0,
-    apply_chat_template: bool = False,
-    input_template: str | None = None,
-    rm_input_template: str | None = None,
-    max_len: int = 2048,
-    batch_size: int = 16,
-    dtype: str = "float32",
-    tensor_parallel_size: int = 1,
-) -> Standardization:
-    from normbt_plugin.policy_eval import check_policy
+def standardize(opts: StandardizeOptions) -> Standardization:
+    """Sample the policy, score the samples with the reward, and write the reward back on one scale:
+    an RM's config gets their mean/std, a reward file a wrapper (``--out``)."""
+    from normbt_plugin.policy_eval import check_policy, load_prompts
     from normbt_plugin.scoring import RewardScorer, check_reward_model
 
+    policy, rm, reward_fn, out, samples = opts.policy, opts.rm, opts.reward_fn, opts.out, opts.samples
     if (rm is None) == (reward_fn is None):
         raise EvalInputError("name one reward: --rm (a reward model) or --reward_fn (a reward file)")
     if reward_fn is not None and out is None:
         raise EvalInputError("--reward_fn needs --out: the standardised reward file to write")
+    prompts = load_prompts(opts.prompts, opts.prompt_key, opts.split, opts.n_prompts)
+    labels = None
+    if opts.label_key:
+        rows = load_rows(opts.prompts, opts.split)[: len(prompts)]
+        if opts.label_key not in rows[0]:
+            raise EvalInputError(f"{opts.prompts} has no {opts.label_key!r} column: pass --label_key")
+        labels = [str(r[opts.label_key]) for r in rows]
     check_policy("--policy", policy)
     fn = _load_reward_fn(reward_fn) if reward_fn else None
     if rm is not None:
         check_reward_model(rm)
     target = Path(out) if out else Path(rm)
-    cache = Path(samples_file) if samples_file else target.parent / f"{target.name}.samples.jsonl"
-    spec = GenerationSpec(
-        model=policy, prompts=prompts, out=str(cache), samples=samples, max_new=max_new,
-        temperature=temperature, seed=seed, max_prompt_len=max_len - max_new,
-        apply_chat_template=apply_chat_template, input_template=input_template,
-        tensor_parallel_size=tensor_parallel_size,
-    )  # fmt: skip
+    cache = Path(opts.samples_file) if opts.samples_file else target.parent / f"{target.name}.samples.jsonl"
+    spec = sampling_spec(opts, policy, prompts, cache, samples)
     print(f"standardize: sampling {policy} ({len(prompts)} prompts x {samples})", flush=True)
     rows = generate_all([spec], log=cache.with_suffix(".vllm.log"))[0]
     if fn is not None:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(policy)
-        texts = [format_prompt(tok, r["prompt"], apply_chat_template, input_template) for r in rows]
+        texts = [format_prompt(tok, r["prompt"], opts.apply_chat_template, opts.input_template) for r in rows]
         queries = [t + s["text"] for t, r in zip(texts, rows, strict=True) for s in r["samples"]]
         asked = [t for t, r in zip(texts, rows, strict=True) for _ in r["samples"]]
         given = [lab for lab, r in zip(labels or [""] * len(rows), rows, strict=True) for _ in r["samples"]]
         scores = np.asarray(fn(queries, asked, given)["rewards"], dtype=np.float64)
     else:
-        scorer = RewardScorer(rm, batch_size=batch_size, max_len=max_len, input_template=rm_input_template,
-                              apply_chat_template=apply_chat_template, dtype=dtype)  # fmt: skip
+        scorer = RewardScorer.for_samples(rm, opts)
         scores, _ = scorer.score([scorer.format(r["prompt"], s["text"]) for r in rows for s in r["samples"]],
                                  progress="reward")  # fmt: skip
     if not np.isfinite(scores).all():

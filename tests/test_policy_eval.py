@@ -127,7 +127,9 @@ def test_policies_of_one_architecture_share_an_engine(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.json").write_text(json.dumps(cfg))
         specs.append(
-            GenerationSpec(model=str(tmp_path / name), prompts=["p"], out=str(tmp_path / f"{name}.jsonl"))
+            GenerationSpec(
+                model=str(tmp_path / name), prompts=["p"], out=str(tmp_path / f"{name}.jsonl"), max_new=16
+            )
         )
     groups = engine_groups(specs, swap=True)
     assert [[s.model for s in g] for g in groups] == [[specs[0].model, specs[1].model], [specs[2].model]]

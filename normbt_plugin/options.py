@@ -1,0 +1,241 @@
+"""Each ``normbt`` command's options, declared once: a dataclass whose fields carry the default and
+the help (as the losses' ``option()`` and TRL's config classes do). ``cli.py`` builds each parser
+from its class (``add_options``) and hands the function the filled-in object (``from_args``);
+Python callers build the same object by name. Standard library only: ``normbt --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from dataclasses import MISSING, dataclass, field
+from typing import Any
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def option(default: Any = MISSING, help: str = "", **argparse_kwargs: Any) -> Any:
+    """A command option: no default = required. ``argparse_kwargs`` go to ``add_argument``
+    (``action="append"``, ``choices``, ``metavar``, ``nargs``), plus ``positional=True`` and
+    ``exclusive=GROUP`` (a required one-of group)."""
+    return field(default=default, metadata={"help": help, "argparse": argparse_kwargs})
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One argument per field of ``cls``: the type from its annotation, a bool as a switch."""
+    hints = typing.get_type_hints(cls)
+    groups: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        kwargs = dict(f.metadata["argparse"])
+        positional, exclusive = kwargs.pop("positional", False), kwargs.pop("exclusive", None)
+        target = parser
+        if exclusive:
+            if exclusive not in groups:
+                groups[exclusive] = parser.add_mutually_exclusive_group(required=True)
+            target = groups[exclusive]
+        shown = not any(f.default is nothing for nothing in (MISSING, None, False))
+        kwargs["help"] = " ".join(
+            filter(None, [f.metadata["help"], f"(default: {f.default})" if shown else ""])
+        )
+        kind = hints[f.name]
+        if isinstance(kind, types.UnionType):  # X | None
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if kind is bool:
+            kwargs["action"] = "store_true"
+        elif typing.get_origin(kind) is list:
+            kwargs["type"] = typing.get_args(kind)[0]
+        else:
+            kwargs["type"] = kind
+        if positional:
+            parser.add_argument(f.name, **kwargs)
+            continue
+        if f.default is MISSING and not exclusive:
+            kwargs["required"] = True
+        else:
+            kwargs["default"] = None if f.default is MISSING else f.default
+        target.add_argument(f"--{f.name}", **kwargs)
+
+
+def from_args(cls: type, args: argparse.Namespace) -> Any:
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+# ---------------------------------------------------------------- reward models on pairs
+
+
+@dataclass(kw_only=True)
+class EvalRmOptions:
+    """score a reward model on preference data"""
+
+    model: str = option(help="OpenRLHF RM checkpoint or HF seq-cls RM")
+    data: str = option(help="local .jsonl/.json/.parquet or a dataset name")
+    format: str = option(
+        "auto", "auto: by the columns (docs/evaluation.md)",
+        choices=["auto", "pairs", "rewardbench", "rewardbench2", "rmbench", "candidates"],
+    )  # fmt: skip
+    split: str = option("train", "dataset split (for dataset names)")
+    prompt_key: str = option("prompt")
+    chosen_key: str = option("chosen")
+    rejected_key: str = option("rejected")
+    subset_key: str | None = option(None, "group accuracy by this column")
+    loader: str = option("auto", choices=["auto", "openrlhf", "hf"])
+    batch_size: int = option(16)
+    max_len: int = option(1024)
+    dtype: str = option("float32", choices=DTYPES)
+    apply_chat_template: bool = option(False)
+    input_template: str | None = option(None, "as train_rm's --data.input_template, e.g. '[CLS]{}'")
+    bins: int = option(5, "distance quantile bins (0: off)")
+    out: str | None = option(None, "write the full result (per-pair scores included) as JSON")
+
+
+@dataclass(kw_only=True)
+class DiagnoseOptions:
+    """per-pair gradient norm vs distance, BT and NormBT"""
+
+    model: str = option()
+    data: str = option()
+    out: str = option()
+    pairs: int = option(128)
+    mu: float | None = option(None, "NormBT's mu (default: mean distance)")
+    input_template: str | None = option(None)
+    max_len: int = option(512)
+
+
+# ---------------------------------------------------------------- sampling policies
+
+
+@dataclass(kw_only=True)
+class SamplingOptions:
+    """What every command that samples a policy with vLLM and scores the samples shares."""
+
+    prompts: str = option(help="prompts: .jsonl/.json/.parquet or a dataset name")
+    prompt_key: str = option("input")
+    split: str = option("train", "dataset split (for dataset names)")
+    n_prompts: int | None = option(None, "use the first N prompts")
+    samples: int = option(1, "responses per prompt")
+    max_new: int = option(256, "new tokens per response at most")
+    temperature: float = option(1.0)
+    seed: int = option(0, "sampling seed")
+    apply_chat_template: bool = option(False)
+    input_template: str | None = option(None, "prompt template of the policy")
+    rm_input_template: str | None = option(None, "prompt template of the reward models")
+    max_len: int = option(2048, "prompt + response tokens")
+    tensor_parallel_size: int = option(1, "GPUs per vLLM engine")
+    batch_size: int = option(16, "texts per reward-model forward")
+    dtype: str = option("float32", "reward models' (and the KL passes') dtype", choices=DTYPES)
+
+
+@dataclass(kw_only=True)
+class EvalPolicyOptions(SamplingOptions):
+    """sample policies with vLLM, score them with a gold RM"""
+
+    policy: list[str] = option(
+        help="a policy NAME=PATH (repeat); the first is the reference unless --reference",
+        action="append", metavar="NAME=PATH",
+    )  # fmt: skip
+    gold: str | None = option(None, "the gold reward model (OpenRLHF or HF seq-cls)")
+    gold_fn: str | None = option(
+        None,
+        "the task's true reward, module:function or file.py:function taking (prompt, response): "
+        "beside --gold, or alone as the gold (e.g. normbt_plugin.tasks:gold_reward)",
+    )
+    proxy: list[str] | None = option(None, "a proxy RM for best-of-N", action="append", metavar="NAME=PATH")
+    reference: str | None = option(None, "policy name for win rates and KL")
+    bon_samples: int = option(0, "best-of-N: K samples (0: off)")
+    bon_prompts: int | None = option(None, "best-of-N on the first N prompts")
+    tie_tol: float = option(0.0, "gold rewards this close tie")
+    out: str = option(help="folder: policy_eval.json, generations/")
+
+
+@dataclass(kw_only=True)
+class LabelPairsOptions(SamplingOptions):
+    """on-policy pairs: a policy's samples ranked by a gold"""
+
+    policy: str = option(help="the policy that samples (an SFT model folder or name)")
+    samples: int = option(8, "K responses per prompt")
+    gold: str | None = option(None, "the gold reward model (OpenRLHF or HF seq-cls)", exclusive="judge")
+    gold_fn: str | None = option(
+        None, "a true reward f(prompt, response): module:fn or file.py:fn", exclusive="judge"
+    )
+    pairs_per_prompt: int = option(4, "at most this many pairs a prompt")
+    min_gap: float = option(0.0, "gold rewards this close tie (dropped)")
+    out: str = option(help="pairs .jsonl (with .summary.json, cached samples beside)")
+
+
+@dataclass(kw_only=True)
+class StandardizeOptions(SamplingOptions):
+    """a reward on one scale for PPO: mean 0, std 1 on the policy's samples"""
+
+    policy: str = option(help="the policy PPO starts from (an SFT model folder or name)")
+    label_key: str | None = option(None, "--reward_fn's labels column (OpenRLHF's --data.label_key)")
+    n_prompts: int | None = option(256, "use the first N prompts")
+    samples: int = option(4, "responses per prompt")
+    rm: str | None = option(
+        None, "a reward model: its config gets mean/std (--reward.normalize_enable)", exclusive="reward"
+    )
+    reward_fn: str | None = option(
+        None, "a rule-based reward file (--reward.remote_url): wrapped at --out", exclusive="reward"
+    )
+    out: str | None = option(None, "the standardised RM folder (default: in place) or reward file")
+    samples_file: str | None = option(None, "where the samples are cached (share it between RMs)")
+
+
+# ---------------------------------------------------------------- reports
+
+
+@dataclass(kw_only=True)
+class CompareOptions:
+    """runs (losses x seeds) into a Markdown report with plots"""
+
+    runs: list[str] = option(
+        help="run folders (metrics/, tensorboard/, eval.json)", positional=True, nargs="+"
+    )
+    out: str = option(help="report folder (report.md, PNGs, summary.json)")
+    baseline: str = option("bt", "loss the others are compared with")
+    eval_name: str = option("eval.json", "eval-rm result file in each run")
+    policy_eval: str | None = option(None, "normbt eval-policy's policy_eval.json: downstream section")
+    note: str | None = option(None, "one line at the top of the downstream section (what the run can show)")
+
+
+@dataclass(kw_only=True)
+class CurvesOptions:
+    """true and proxy reward vs KL along PPO runs, at matched KL"""
+
+    runs: list[str] = option(
+        help="PPO run folders (rollouts/rollouts.jsonl, run.json)", positional=True, nargs="+"
+    )
+    tokenizer: str = option(help="the policy's tokenizer (decodes the rollouts)")
+    gold_fn: str = option(help="true reward: module:function or file.py:function")
+    exact_fn: str | None = option(None, "success indicator (same form), e.g. normbt_plugin.tasks:exact")
+    baseline: str = option("bt", "label the others are compared with")
+    window: int = option(4, "PPO steps per curve point")
+    grid: int = option(6, "matched-KL points (0 .. smallest max KL)")
+    out: str = option()
+
+
+@dataclass(kw_only=True)
+class BonStudyOptions:
+    """best-of-N with proxy RMs, losses paired by seed (on-policy study)"""
+
+    policy_eval: str = option(
+        help="eval-policy's policy_eval.json (with --bon_samples and --proxy)", positional=True
+    )
+    runs: list[str] = option(
+        help="RM folders rm-<arm>-<loss>-seed<k> (their eval.json)", positional=True, nargs="+"
+    )
+    baseline: str = option("bt", "loss the others are compared with")
+    n: int = option(16, "the primary metric's N")
+    margin: float = option(0.03, "equivalence margin of the decision rule")
+    pairs: str | None = option(None, "the held-out pairs eval-rm scored (label-pairs output)")
+    out: str = option()
+
+
+@dataclass(kw_only=True)
+class ModelsGetOptions:
+    """build a packaged model's folder (reused when already built)"""
+
+    name: str = option(help="a name from `normbt models list`", positional=True)
+    out: str = option(help="the folder to write")
+    dropout: float | None = option(None, "dropout to set (MiniLM: 0 unless given)")
