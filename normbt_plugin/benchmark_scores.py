@@ -105,7 +105,7 @@ def rmbench_matrix(chosen: np.ndarray, rejected: np.ndarray, ties: str = "wrong"
     }
 
 
-def best_of_n(scores: list[np.ndarray]) -> np.ndarray:
+def chosen_on_top(scores: list[np.ndarray]) -> np.ndarray:
     """RewardBench 2's per-prompt result: ``scores[i][0]`` is the chosen response's, the rest the
     rejected ones'; 1/k when it ties k-ways for the top score, 0 when it is not at the top."""
     out = np.empty(len(scores))

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from normbt_plugin.benchmark_scores import (
-    best_of_n,
+    chosen_on_top,
     pair_accuracy,
     prompt_stats,
     rewardbench2_score,
@@ -109,7 +109,7 @@ def evaluate_candidates(scorer: RewardScorer, pairs: Pairs, n_bins: int = 5, pro
     groups = [score[a:b] for a, b in zip(starts, starts[1:], strict=False)]
     n_chosen = [len(c) for c in pairs.chosen]
     ties = np.array([pairs.is_ties(i) for i in range(len(pairs))], dtype=bool)
-    correct = best_of_n(groups)
+    correct = chosen_on_top(groups)
     for i in np.flatnonzero(ties):  # the Ties accuracy term: every correct answer above every incorrect
         correct[i] = float(prompt_stats(groups[i][: n_chosen[i]], groups[i][n_chosen[i] :])[0])
     h = torch.from_numpy(hidden)

@@ -1,8 +1,8 @@
 """The files a reward-model run writes under ``--plugin.metrics_dir``: one writer and one reader each.
 
     meta.json            RunMeta: which loss, options, seed and data made the run
-    train_rank<r>.jsonl  one StepRecord per optimizer step and rank (metrics, the loss state)
-    eval.jsonl           one EvalRecord per evaluation (accuracy, accuracy by distance bin)
+    train_rank<r>.jsonl  a line per optimizer step and rank: step, rank, the step metrics, loss_state
+    eval.jsonl           a line per evaluation: step, acc, distance_bins (accuracy by distance bin)
 
 The trainer (the ``registered_loss`` patch) writes them through ``RunRecorder``; ``normbt compare``
 and the tests read them back with the functions here. Standard library only.

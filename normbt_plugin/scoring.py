@@ -201,6 +201,3 @@ def _require_value_head(model_path: str, prefix: str) -> None:
             f"{model_path} is not a reward model: it has no value head '{prefix}.weight' (a causal "
             "LM or a base model?). Train one with normbt_plugin.train_rm."
         )
-
-
-# ----------------------------------------------------------------------------- metrics

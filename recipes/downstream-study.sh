@@ -6,12 +6,13 @@
 #   DRY_RUN=1 bash recipes/downstream-study.sh    # print every command
 #   UNTIL=rms RM_SEEDS="1 3 5 7" bash ... & UNTIL=rms RM_SEEDS="2 4 6 8" bash ...; wait; bash ...
 #                                                 # both cores: the RMs in two halves, then the rest
-#   POLICY_BASE=smollm2-135m-instruct OUT=runs/downstream-smollm2 N_SFT=256 SFT_EPOCHS=1 SFT_LR=5e-5 \
+#   POLICY_BASE=smollm2-135m-instruct OUT=runs/downstream-smollm2 N_SFT=128 SFT_EPOCHS=1 SFT_LR=1e-4 \
 #     RM_LR=2e-4 RM_LORA_RANK=16 UNTIL=bon bash ...  # the best-of-N arm with a real policy (SmolLM2)
 # Stages (each skipped when its output exists: a rerun goes on where a stopped one ended):
-#   the policy (a tiny Llama, or POLICY_BASE) SFT'd on the task; `normbt label-pairs`: the policy's own samples on prompts of their
-#   own, paired by the true reward (a pool to train on, a held-out set); per RM seed its own random
-#   subsample of the pool; RMs started from the SFT policy, BT and NormBT paired by seed, on the
+#   the policy (a tiny Llama, or POLICY_BASE) SFT'd on the task; `normbt label-pairs`: the policy's
+#   own samples on prompts of their own, paired by the true reward (a pool to train on, a held-out
+#   set); per RM seed its own random subsample of the pool; RMs started from the SFT policy, BT and
+#   NormBT paired by seed, on the
 #   on-policy pairs and (the 2x2) on the task's perturbation pairs; eval-rm on the held-out on-policy
 #   pairs (accuracy by distance bin); best-of-N from the SFT policy on held-out prompts, every RM a
 #   proxy (`normbt eval-policy`), analysed by `normbt bon-study` (the primary result). Then PPO as a

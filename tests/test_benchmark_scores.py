@@ -26,7 +26,7 @@ from normbt_plugin.benchmark_scores import (
     REWARDBENCH2_SUBSETS,
     REWARDBENCH_COUNTS,
     REWARDBENCH_SECTIONS,
-    best_of_n,
+    chosen_on_top,
     rewardbench2_ties,
 )
 from normbt_plugin.evaluation import evaluate_pairs, format_report
@@ -70,7 +70,7 @@ def n_way(rows: list[dict], fmt: str = "rewardbench2") -> tuple[Pairs, TableScor
 
 def test_rewardbench2_best_of_4_splits_ties_at_the_top():
     scores = [[3, 1, 2, 0], [3, 3, 1, 0], [3, 3, 3, 3], [2, 3, 1, 0], [2, 2, 3, 0]]
-    assert best_of_n([np.array(s, float) for s in scores]).tolist() == [1.0, 0.5, 0.25, 0.0, 0.0]
+    assert chosen_on_top([np.array(s, float) for s in scores]).tolist() == [1.0, 0.5, 0.25, 0.0, 0.0]
     rows = [{"id": str(i), "subset": "Math", "num_correct": 1, "scores": s} for i, s in enumerate(scores)]
     pairs, scorer = n_way(rows)
     result = evaluate_pairs(scorer, pairs, n_bins=0, progress=False)
