@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from normbt_plugin.compare import downstream_section
 from normbt_plugin.pairs import EvalInputError
 from normbt_plugin.policy_eval import (
     best_of_n,
@@ -22,6 +21,7 @@ from normbt_plugin.policy_eval import (
     sequence_logprobs,
     win_rate,
 )
+from normbt_plugin.policy_report import downstream_section
 
 BIN = Path(sys.executable).parent
 
@@ -266,7 +266,7 @@ def test_downstream_section_finds_a_known_effect(tmp_path):
 def test_downstream_marks_policies_at_kls_more_than_2x_apart(tmp_path):
     import matplotlib
 
-    from normbt_plugin.compare import kl_note
+    from normbt_plugin.policy_report import kl_note
 
     matplotlib.use("Agg")
     assert kl_note(4.6, 18.3) == "not comparable: KL 4.60 vs 18.30 (> 2x)" and kl_note(4.0, 7.9) == ""
