@@ -151,11 +151,12 @@ def cmd_diagnose(o: options.DiagnoseOptions) -> int:
 
 
 def cmd_compare(o: options.CompareOptions) -> int:
-    from normbt_plugin.compare import build_report
+    from normbt_plugin.compare import build_report, parse_pools
 
     report = build_report(
-        o.runs, o.out, baseline=o.baseline, eval_name=o.eval_name, policy_eval=o.policy_eval, note=o.note
-    )
+        o.runs, o.out, baseline=o.baseline, eval_name=o.eval_name, policy_eval=o.policy_eval, note=o.note,
+        pools=parse_pools(o.pool),
+    )  # fmt: skip
     print(report.read_text())
     print(f"wrote {report} and its plots")
     return 0

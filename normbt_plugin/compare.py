@@ -74,12 +74,31 @@ def _group(runs: list[Run]) -> dict[str, list[Run]]:
     return dict(groups)
 
 
-def _subset_masks(run: Run) -> dict[str, np.ndarray]:
+def _subset_masks(run: Run, pools: dict[str, list[str]] | None = None) -> dict[str, np.ndarray]:
+    """A mask per subset, then one per pool (a union of subsets, e.g. every fine-pair bug kind)."""
     subsets = run.eval["per_pair"].get("subset") or []
     if not subsets:
+        if pools:
+            raise EvalInputError("--pool needs subsets: run eval-rm with --subset_key")
         return {}
     arr = np.asarray(subsets)
-    return {s: arr == s for s in sorted(set(subsets))}
+    masks = {s: arr == s for s in sorted(set(subsets))}
+    for name, members in (pools or {}).items():
+        if not set(members) & set(subsets):
+            raise EvalInputError(f"--pool {name}: none of {members} is a subset here ({sorted(masks)})")
+        masks[name] = np.isin(arr, members)
+    return masks
+
+
+def parse_pools(entries: list[str] | None) -> dict[str, list[str]]:
+    """``NAME=A,B,...`` entries (``--pool``) as {NAME: [A, B, ...]}."""
+    pools = {}
+    for entry in entries or []:
+        name, sep, members = entry.partition("=")
+        if not sep or not name or not members:
+            raise EvalInputError(f"--pool takes NAME=SUBSET,SUBSET,..., got {entry!r}")
+        pools[name] = members.split(",")
+    return pools
 
 
 def build_report(
@@ -89,6 +108,7 @@ def build_report(
     eval_name: str = "eval.json",
     policy_eval: str | None = None,
     note: str | None = None,
+    pools: dict[str, list[str]] | None = None,
 ) -> Path:
     """The Markdown report (``report.md``), its plots and ``summary.json`` of RM runs (and, with
     ``policy_eval``, of the policies PPO made from them): one section function each."""
@@ -114,7 +134,7 @@ def build_report(
     lines += _accuracy_section(groups, base, summary)
     figures: list[tuple[str, Any]] = []
     for section_lines, section_figures in (
-        _subset_section(runs, groups, base, summary, plt),
+        _subset_section(runs, groups, base, summary, plt, pools),
         (_rewardbench_section(groups), []),
         _distance_section(runs, groups, base, summary, plt),
         ([], [("training_curves.png", _training_figure(groups, plt))]),
@@ -184,12 +204,13 @@ def _accuracy_section(groups: dict[str, list[Run]], base: str, summary: dict[str
 
 
 def _subset_section(
-    runs: list[Run], groups: dict[str, list[Run]], base: str, summary: dict[str, Any], plt: Any
-) -> tuple[list[str], list[tuple[str, Any]]]:
+    runs: list[Run], groups: dict[str, list[Run]], base: str, summary: dict[str, Any], plt: Any,
+    pools: dict[str, list[str]] | None = None,
+) -> tuple[list[str], list[tuple[str, Any]]]:  # fmt: skip
     """Accuracy per subset (RewardBench sections come from per-subset accuracies), a bar chart."""
     losses = list(groups)
     lines: list[str] = []
-    masks = _subset_masks(runs[0])
+    masks = _subset_masks(runs[0], pools)
     figures = []
     if masks:
         lines += [
@@ -345,7 +366,8 @@ def _versus_table(
         cells = []
         for s, m in masks.items():
             acc = interval([r.correct[m] for r in rs])
-            entry: dict[str, Any] = {"accuracy": acc["mean"], "low": acc["low"], "high": acc["high"]}
+            entry: dict[str, Any] = {"accuracy": acc["mean"], "low": acc["low"], "high": acc["high"],
+                                     "per_seed": [float(r.correct[m].mean()) for r in rs]}  # fmt: skip
             text = ci_text(acc, 3)
             if loss != base:
                 d = paired_difference([r.correct[m] for r in rs], [r.correct[m] for r in groups[base]])

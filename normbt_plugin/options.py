@@ -197,6 +197,12 @@ class CompareOptions:
     eval_name: str = option("eval.json", "eval-rm result file in each run")
     policy_eval: str | None = option(None, "normbt eval-policy's policy_eval.json: downstream section")
     note: str | None = option(None, "one line at the top of the downstream section (what the run can show)")
+    pool: list[str] | None = option(
+        None,
+        "a pooled subset NAME=SUBSET,SUBSET,... beside the subsets (repeat)",
+        action="append",
+        metavar="NAME=A,B",
+    )
 
 
 @dataclass(kw_only=True)

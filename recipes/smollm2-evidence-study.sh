@@ -71,8 +71,9 @@ for seed in $MAIN_SEEDS; do for loss in $MAIN; do train "$loss" "$seed"; done; d
 for seed in $OTHER_SEEDS; do for loss in $OTHERS; do train "$loss" "$seed"; done; done
 
 run report "" normbt compare "${runs[@]}" --out "$OUT/report" --baseline bt
+# the pre-registered primary: every fine-pair bug kind pooled ("fine"), NormBT minus BT, seeds averaged
 run report-humaneval "" normbt compare "${runs[@]}" --eval_name eval-humaneval.json --out "$OUT/report-humaneval" \
-  --baseline bt
+  --baseline bt --pool fine=comparison,constant,negation,off_by_one,operator,swapped_args
 for loss in bt normbt; do  # the paper's diagnostic: per-pair gradient norm vs distance
   rm="$OUT/rm-$loss-seed${MAIN_SEEDS%% *}"
   [[ -d "$rm" || "$dry" == 1 ]] || continue

@@ -16,7 +16,7 @@ from normbt_plugin.benchmark_scores import (
     rewardbench_sections,
     rmbench_matrix,
 )
-from normbt_plugin.compare import build_report
+from normbt_plugin.compare import build_report, parse_pools
 from normbt_plugin.evaluation import accuracy
 from normbt_plugin.intervals import bootstrap_ci, paired_difference
 from normbt_plugin.pairs import EvalInputError, load_pairs
@@ -214,6 +214,30 @@ def test_compare_pairs_subsets_and_baseline_distance_bins(tmp_path):
     assert bins["bin 0"]["vs_baseline"]["diff"] == pytest.approx(0.5)
     assert bins["bin 3"]["vs_baseline"]["diff"] == 0
     assert "p=" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_compare_pools_subsets_the_way_a_primary_metric_needs(tmp_path):
+    """``--pool fine=a,b``: the pooled accuracy and its paired difference are those of the union
+    (here the other loss gains all of kind a and none of b: +0.5 over a's and b's pairs together),
+    with each seed's accuracy for a rule that asks for the sign in every seed."""
+    n = 120
+    subset = ["a"] * 40 + ["b"] * 40 + ["coarse"] * 40
+    base = np.array([0.0, 1.0] * 20 + [0.0, 1.0] * 20 + [1.0] * 40)
+    other = np.array([1.0] * 40 + [0.0, 1.0] * 20 + [1.0] * 40)
+    distance = np.linspace(0.1, 10, n)
+    runs = [_fake_run(tmp_path / f"bt{s}", "bt", s, base, distance, subset) for s in (1, 2)]
+    runs += [_fake_run(tmp_path / f"nb{s}", "normbt", s, other, distance, subset) for s in (1, 2)]
+    build_report(runs, str(tmp_path / "report"), pools=parse_pools(["fine=a,b"]))
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    fine = summary["normbt"]["per_subset"]["fine"]
+    assert fine["accuracy"] == pytest.approx(0.75) and fine["per_seed"] == [0.75, 0.75]
+    assert fine["vs_baseline"]["diff"] == pytest.approx(0.25) and fine["vs_baseline"]["low"] > 0.1
+    assert summary["bt"]["per_subset"]["fine"]["accuracy"] == pytest.approx(0.5)
+    assert "| fine | 80 |" in (tmp_path / "report" / "report.md").read_text()
+    with pytest.raises(EvalInputError, match="none of"):
+        build_report(runs, str(tmp_path / "r2"), pools=parse_pools(["fine=x,y"]))
+    with pytest.raises(EvalInputError, match="NAME=SUBSET"):
+        parse_pools(["fine"])
 
 
 def test_compare_refuses_runs_on_different_pairs(tmp_path):
