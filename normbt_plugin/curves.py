@@ -26,7 +26,6 @@ d = sqrt(KL), R the true reward gained since the first window.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import importlib
 import importlib.util
 import json
@@ -40,6 +39,7 @@ import numpy as np
 
 from normbt_plugin.intervals import finite_mean_ci, finite_t_p
 from normbt_plugin.pairs import EvalInputError
+from normbt_plugin.records import ROLLOUTS, RunRecord, read_rollouts
 
 
 def load_function(spec: str) -> Callable[[str, str], float]:
@@ -65,23 +65,6 @@ def load_function(spec: str) -> Callable[[str, str], float]:
 
 
 # ------------------------------------------------------------------ one run's curve
-
-
-@dataclass
-class RunRecord:
-    """``run.json`` in a PPO run folder: which reward it optimised (written by the study recipes)."""
-
-    label: str
-    rm_seed: int | None = None  # None: no RM (the true reward, the ceiling)
-    ppo_seed: int | None = None
-
-    def write(self, folder: str | Path) -> None:
-        (Path(folder) / "run.json").write_text(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def read(cls, folder: str | Path) -> RunRecord:
-        path = Path(folder) / "run.json"
-        return cls(**json.loads(path.read_text())) if path.exists() else cls(label=Path(folder).name)
 
 
 @dataclass
@@ -142,26 +125,26 @@ def curve_from_rollouts(
     exact_fn: Callable[[str, str], float] | None = None,
     window: int = 4,
 ) -> Curve:
-    rollouts = run_dir / "rollouts" / "rollouts.jsonl"
-    if not rollouts.exists():
-        raise EvalInputError(f"{run_dir}: no rollouts/rollouts.jsonl (run recipes/ppo.sh with ROLLOUT_LOG=1)")
+    rollouts = run_dir / "rollouts"
+    if not (rollouts / ROLLOUTS).exists():
+        raise EvalInputError(f"{run_dir}: no rollouts/{ROLLOUTS} (run recipes/ppo.sh with ROLLOUT_LOG=1)")
     meta = RunRecord.read(run_dir)
-    rows = [json.loads(line) for line in rollouts.read_text().splitlines()]
-    if not rows or rows[0].get("kl") is None or rows[0].get("prompt") is None:
+    rows = read_rollouts(rollouts)
+    if not rows or rows[0].kl is None or rows[0].prompt is None:
         raise EvalInputError(
-            f"{rollouts}: rows without prompt or KL (PPO needs a reference model: KL coef > 0)"
+            f"{rollouts / ROLLOUTS}: rows without prompt or KL (PPO needs a reference model: KL coef > 0)"
         )
-    responses = [decode(r["response_ids"]) for r in rows]
+    responses = [decode(r.response_ids) for r in rows]
     columns = {
-        "kl": np.array([r["kl"] for r in rows]),
-        "proxy": np.array([r["reward"] for r in rows]),
-        "true": np.array([gold_fn(r["prompt"], y) for r, y in zip(rows, responses, strict=True)]),
+        "kl": np.array([r.kl for r in rows]),
+        "proxy": np.array([r.reward for r in rows]),
+        "true": np.array([gold_fn(r.prompt, y) for r, y in zip(rows, responses, strict=True)]),
         "exact": np.array(
-            [exact_fn(r["prompt"], y) if exact_fn else np.nan for r, y in zip(rows, responses, strict=True)]
+            [exact_fn(r.prompt, y) if exact_fn else np.nan for r, y in zip(rows, responses, strict=True)]
         ),
-        "length": np.array([len(r["response_ids"]) for r in rows], dtype=np.float64),
+        "length": np.array([len(r.response_ids) for r in rows], dtype=np.float64),
     }
-    means = window_means(np.array([r["step"] for r in rows]), columns, window)
+    means = window_means(np.array([r.step for r in rows]), columns, window)
     return Curve(
         label=meta.label, rm_seed=meta.rm_seed, ppo_seed=meta.ppo_seed,
         kl=means["kl"], true=means["true"], proxy=means["proxy"], exact=means["exact"],

@@ -1,11 +1,22 @@
-"""The files a reward-model run writes under ``--plugin.metrics_dir``: one writer and one reader each.
+"""The files a training run writes for a later stage to read: one owner each, one writer, one reader.
+
+A reward-model run, under ``--plugin.metrics_dir``:
 
     meta.json            RunMeta: which loss, options, seed and data made the run
     train_rank<r>.jsonl  a line per optimizer step and rank: step, rank, the step metrics, loss_state
     eval.jsonl           a line per evaluation: step, acc, distance_bins (accuracy by distance bin)
 
 The trainer (the ``registered_loss`` patch) writes them through ``RunRecorder``; ``normbt compare``
-and the tests read them back with the functions here. Standard library only.
+and the tests read them back with the functions here.
+
+A PPO run, in its output folder:
+
+    rollouts/rollouts.jsonl  one Rollout per sample PPO trained on (the ``rollout_log`` patch writes,
+                             ``normbt curves`` reads: ``read_rollouts``)
+    run.json                 RunRecord: which reward the run optimised (the study recipes write it
+                             with ``python -m normbt_plugin.curves record``; ``normbt curves`` reads it)
+
+Standard library only.
 """
 
 from __future__ import annotations
@@ -101,3 +112,55 @@ class RunRecorder:
         if self.folder is not None and self.rank == 0:
             acc = sum(b["acc"] * b["n"] for b in bins if b["n"]) / sum(b["n"] for b in bins)
             self._append(EVAL, {"step": step, "acc": acc, "distance_bins": bins})
+
+
+# ------------------------------------------------------------------ a PPO run
+
+ROLLOUTS = "rollouts.jsonl"
+
+
+@dataclass
+class Rollout:
+    """One sample PPO trained on, as its experience maker returned it."""
+
+    step: int
+    prompt: str | None
+    sequence: list[int]  # prompt and response token ids
+    attention_mask: list[int]
+    response_ids: list[int]
+    response_start: int | None  # where the response starts in ``sequence`` (None: empty response)
+    reward: float  # what PPO was given for it
+    kl: float | None  # sum over response tokens of log pi - log pi_ref (None without a reference)
+    logprobs: list[float] | None  # the actor's, per response token
+    vllm_logprob_gap: float | None  # largest |engine - actor| log-prob of a response token
+
+
+def append_rollouts(folder: str | Path, rows: list[Rollout]) -> None:
+    path = Path(folder) / ROLLOUTS
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.writelines(json.dumps(dataclasses.asdict(r)) + "\n" for r in rows)
+
+
+def read_rollouts(folder: str | Path) -> list[Rollout]:
+    """The rollouts under ``folder`` ([] if none)."""
+    path = Path(folder) / ROLLOUTS
+    return [Rollout(**json.loads(line)) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+@dataclass
+class RunRecord:
+    """``run.json`` in a PPO run folder: which reward it optimised."""
+
+    label: str
+    rm_seed: int | None = None  # None: no RM (the true reward, the ceiling)
+    ppo_seed: int | None = None
+
+    def write(self, folder: str | Path) -> None:
+        (Path(folder) / "run.json").write_text(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def read(cls, folder: str | Path) -> RunRecord:
+        """The record, or one named after the folder when there is none."""
+        path = Path(folder) / "run.json"
+        return cls(**json.loads(path.read_text())) if path.exists() else cls(label=Path(folder).name)

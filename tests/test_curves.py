@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from normbt_plugin.curves import Curve, RunRecord, common_grid, load_function, matched_kl, window_means
+from normbt_plugin.curves import Curve, common_grid, load_function, matched_kl, window_means
 from normbt_plugin.pairs import EvalInputError
+from normbt_plugin.records import RunRecord
 
 
 def curve(label, rm_seed, kl, true, ppo_seed=1):

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import functools
 import importlib
-import json
 import os
-from pathlib import Path
 
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
+from normbt_plugin.records import Rollout, append_rollouts
 
 ENV = "NORMBT_PLUGIN_ROLLOUT_LOG"
 
@@ -32,28 +31,26 @@ def needed() -> bool:
 
 
 def write_rollouts(experiences, step: int) -> None:
-    path = Path(os.environ[ENV]) / "rollouts.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        for exp in experiences:
-            for i in range(len(exp.sequences)):
-                # action_mask[j] marks sequences[j + 1]; response_length counts its ones
-                actions = exp.action_mask[i].bool()
-                length = int(actions.sum())
-                diff = exp.info.get("logprobs_diff")  # per-token mean of log pi - log pi_ref
-                row = {
-                    "step": step,
-                    "prompt": exp.prompts[i] if exp.prompts else None,
-                    "sequence": exp.sequences[i].tolist(),
-                    "attention_mask": exp.attention_mask[i].tolist(),
-                    "response_ids": exp.sequences[i][1:][actions].tolist(),
-                    "response_start": int(actions.nonzero()[0, 0]) + 1 if length else None,  # in sequence
-                    "reward": float(exp.info["reward"][i]),
-                    "kl": float(diff[i]) * length if diff is not None else None,
-                    "logprobs": _actor_logprobs(exp, i, actions),
-                    "vllm_logprob_gap": _gap(exp, i, actions),
-                }
-                f.write(json.dumps(row) + "\n")
+    rows = []
+    for exp in experiences:
+        for i in range(len(exp.sequences)):
+            # action_mask[j] marks sequences[j + 1]; response_length counts its ones
+            actions = exp.action_mask[i].bool()
+            length = int(actions.sum())
+            diff = exp.info.get("logprobs_diff")  # per-token mean of log pi - log pi_ref
+            rows.append(Rollout(
+                step=step,
+                prompt=exp.prompts[i] if exp.prompts else None,
+                sequence=exp.sequences[i].tolist(),
+                attention_mask=exp.attention_mask[i].tolist(),
+                response_ids=exp.sequences[i][1:][actions].tolist(),
+                response_start=int(actions.nonzero()[0, 0]) + 1 if length else None,
+                reward=float(exp.info["reward"][i]),
+                kl=float(diff[i]) * length if diff is not None else None,
+                logprobs=_actor_logprobs(exp, i, actions),
+                vllm_logprob_gap=_gap(exp, i, actions),
+            ))  # fmt: skip
+    append_rollouts(os.environ[ENV], rows)
 
 
 def _actor_logprobs(exp, i: int, actions) -> list[float] | None:
