@@ -8,6 +8,8 @@
 #   bash recipes/smollm2-evidence-study.sh             # resumable: a stage is skipped when its output exists
 #   DRY_RUN=1 bash recipes/smollm2-evidence-study.sh   # print every command
 #   N_TRAIN=32 N_TEST=16 HUMANEVAL_PROBLEMS=4 MAIN_SEEDS=1 OTHERS= MAX_LEN=64 bash ...   # a smoke run
+# Runs finished in earlier sessions are kept as records (metrics, both evaluations; no model) in
+# results/smollm2-evidence/: cp -r results/smollm2-evidence/. runs/smollm2-evidence/ and they are skipped.
 # Defaults: full fine-tuning, lr 5e-5, 800 pairs x 2 epochs (the revised configuration; the first,
 # LoRA x 1 epoch, stayed at chance). About 46 min a run with both evaluations on 2 AVX2 cores, float32
 # (docs/results.md, SmolLM2).
@@ -59,13 +61,17 @@ rm_env=(MODEL="$model" DATASET="$data/train.jsonl" EVAL_DATASET="$train_eval" NP
 runs=()
 train() {  # train LOSS SEED: one RM, eval-rm on the stdlib test pairs (per kind) and HumanEval (per bug)
   local loss=$1 seed=$2 rm="$OUT/rm-$1-seed$2"
+  runs+=("$rm")
+  # a run evaluated before (here, or its records restored from results/smollm2-evidence): nothing to redo
+  if [[ "$dry" != 1 && -e "$rm/eval.json" && -e "$rm/eval-humaneval.json" ]]; then
+    echo "smollm2-evidence: rm-$loss-seed$seed (evaluated before)"; return
+  fi
   run "rm-$loss-seed$seed" "$rm/model/config.json" env "${rm_env[@]}" LOSS="$loss" SEED="$seed" OUT="$rm" \
     bash recipes/rm.sh "${lora[@]}"
   run "eval-$loss-seed$seed" "$rm/eval.json" normbt eval-rm --model "$rm/model" --data "$data/test.jsonl" \
     --subset_key kind --max_len "$MAX_LEN" --out "$rm/eval.json"
   run "humaneval-$loss-seed$seed" "$rm/eval-humaneval.json" normbt eval-rm --model "$rm/model" \
     --data "$OUT/humaneval/test.jsonl" --subset_key bug --max_len "$MAX_LEN" --out "$rm/eval-humaneval.json"
-  runs+=("$rm")
 }
 for seed in $MAIN_SEEDS; do for loss in $MAIN; do train "$loss" "$seed"; done; done
 for seed in $OTHER_SEEDS; do for loss in $OTHERS; do train "$loss" "$seed"; done; done
@@ -76,7 +82,7 @@ run report-humaneval "" normbt compare "${runs[@]}" --eval_name eval-humaneval.j
   --baseline bt --pool fine=comparison,constant,negation,off_by_one,operator,swapped_args
 for loss in bt normbt; do  # the paper's diagnostic: per-pair gradient norm vs distance
   rm="$OUT/rm-$loss-seed${MAIN_SEEDS%% *}"
-  [[ -d "$rm" || "$dry" == 1 ]] || continue
+  [[ -d "$rm/model" || "$dry" == 1 ]] || continue  # restored records have no model
   run "diagnose-$loss" "$OUT/diagnose-$loss/gradients.json" normbt diagnose --model "$rm/model" \
     --data "$OUT/humaneval/test.jsonl" --pairs 128 --max_len "$MAX_LEN" --out "$OUT/diagnose-$loss"
 done
