@@ -276,7 +276,7 @@ def one_swap_bugs(chosen: str, k: int) -> list[str]:
 def test_eval_rm_best_of_n_on_a_tiny_trained_rm(trained_pair, tiny, tmp_path):
     """Candidate sets (one correct answer, three one-swap bugs: fine; or three unrelated-word answers:
     coarse) and a RewardBench 2 file (Math + Ties) scored by a real trained RM through the CLI."""
-    from normbt_plugin.benchmark_scores import best_of_n, rewardbench2_ties
+    from normbt_plugin.benchmark_scores import chosen_on_top, rewardbench2_ties
 
     rows = [json.loads(line) for line in open(tiny["test"])][:48]
     sets = []
@@ -303,8 +303,8 @@ def test_eval_rm_best_of_n_on_a_tiny_trained_rm(trained_pair, tiny, tmp_path):
     assert result["format"] == "candidates" and result["pairs"] == len(sets)
     scores = [np.asarray(s) for s in result["per_pair"]["scores"]]
     assert [len(s) for s in scores] == [4] * len(sets)
-    assert result["per_pair"]["correct"] == best_of_n(scores).tolist()
-    assert result["accuracy"] == pytest.approx(np.mean(best_of_n(scores)))
+    assert result["per_pair"]["correct"] == chosen_on_top(scores).tolist()
+    assert result["accuracy"] == pytest.approx(np.mean(chosen_on_top(scores)))
     per = result["per_subset"]
     print(f"best-of-4 accuracy: fine {per['fine']:.3f}, coarse {per['coarse']:.3f} (chance 0.25)")
     assert per["coarse"] > 0.6 and per["coarse"] > per["fine"]  # trained: coarse sets learnt first
