@@ -36,9 +36,9 @@ def main() -> None:
     from tqdm import tqdm
     from transformers import AutoModelForSequenceClassification, AutoTokenizer, pipeline
 
-    from normbt_plugin.pairs import load_pairs
-    from normbt_plugin.scoring import RewardScorer
-    from normbt_plugin.tiny import build_tiny_setup
+    from normbt_plugin.common.tiny import build_tiny_setup
+    from normbt_plugin.rm_evaluation.pairs import load_pairs
+    from normbt_plugin.rm_evaluation.scoring import RewardScorer
 
     tmp = Path(tempfile.mkdtemp())
     paths = build_tiny_setup(tmp, n_train=64, n_test=args.pairs)

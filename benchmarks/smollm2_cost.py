@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--model_dir", default=None, help="SmolLM2 folder (default: built in a temp dir)")
     args = parser.parse_args()
 
-    from normbt_plugin.models import get_model
+    from normbt_plugin.common.models import get_model
 
     folder = args.model_dir or get_model("smollm2-135m-instruct", Path(tempfile.mkdtemp()) / "smollm2")
     dtypes = ["fp32", "bf16"] if native_bf16() else ["fp32"]

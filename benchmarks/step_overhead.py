@@ -38,7 +38,7 @@ def build(args):
     import torch
     from transformers import LlamaConfig, LlamaModel, LlamaPreTrainedModel
 
-    from normbt_plugin.launch import single_process_env
+    from normbt_plugin.launchers.launch import single_process_env
     from normbt_plugin.patches import apply_openrlhf_patches
 
     single_process_env()
@@ -48,7 +48,7 @@ def build(args):
 
     from normbt_plugin.losses import build_loss
     from normbt_plugin.patches import patch_module
-    from normbt_plugin.records import RunMeta, RunRecorder
+    from normbt_plugin.runs.rm import RunMeta, RunRecorder
 
     plugin = patch_module("registered_loss")
 

@@ -50,7 +50,8 @@ def _usable(module: str) -> str:
 def cmd_doctor(lock: Path | None = None) -> int:
     import torch
 
-    from normbt_plugin import __version__, environment
+    from normbt_plugin import __version__
+    from normbt_plugin.common import environment
     from normbt_plugin.patches import (
         SUPPORTED_OPENRLHF,
         UnsupportedOpenRLHFError,
@@ -104,7 +105,7 @@ def cmd_doctor(lock: Path | None = None) -> int:
         if not missing
         else f"warning: none for {', '.join(missing)}: every process compiles them from source "
         f"(18 s instead of 7.8 s an import here); fix: bash scripts/install-cpu.sh, or "
-        f"{sys.executable} -m normbt_plugin.environment --bytecode"
+        f"{sys.executable} -m normbt_plugin.common.environment --bytecode"
     )
     rows += [
         ("bytecode", bytecode),
@@ -140,7 +141,7 @@ def cmd_losses() -> int:
 
 
 def cmd_diagnose(o: options.DiagnoseOptions) -> int:
-    from normbt_plugin.diagnostics import diagnose as run
+    from normbt_plugin.rm_evaluation.diagnostics import diagnose as run
 
     summary = run(
         o.model, o.data, o.out, pairs=o.pairs, mu=o.mu, input_template=o.input_template, max_len=o.max_len
@@ -151,11 +152,15 @@ def cmd_diagnose(o: options.DiagnoseOptions) -> int:
 
 
 def cmd_compare(o: options.CompareOptions) -> int:
-    from normbt_plugin.compare import build_report, parse_pools
+    from normbt_plugin.policy_studies.report import downstream_section
+    from normbt_plugin.rm_evaluation.report import Section, build_report, parse_pools
+
+    def downstream(base: str) -> Section:  # the policies PPO made, against the report's baseline
+        return downstream_section(o.policy_eval, base, o.note)
 
     report = build_report(
-        o.runs, o.out, baseline=o.baseline, eval_name=o.eval_name, policy_eval=o.policy_eval, note=o.note,
-        pools=parse_pools(o.pool),
+        o.runs, o.out, baseline=o.baseline, eval_name=o.eval_name, pools=parse_pools(o.pool),
+        downstream=downstream if o.policy_eval else None,
     )  # fmt: skip
     print(report.read_text())
     print(f"wrote {report} and its plots")
@@ -163,7 +168,7 @@ def cmd_compare(o: options.CompareOptions) -> int:
 
 
 def cmd_curves(o: options.CurvesOptions) -> int:
-    from normbt_plugin.curves import run_curves
+    from normbt_plugin.policy_studies.curves import run_curves
 
     report = run_curves(
         o.runs,
@@ -180,9 +185,9 @@ def cmd_curves(o: options.CurvesOptions) -> int:
 
 
 def cmd_eval_rm(o: options.EvalRmOptions) -> int:
-    from normbt_plugin.evaluation import evaluate_pairs, format_report
-    from normbt_plugin.pairs import load_pairs
-    from normbt_plugin.scoring import RewardScorer
+    from normbt_plugin.rm_evaluation.eval_rm import evaluate_pairs, format_report
+    from normbt_plugin.rm_evaluation.pairs import load_pairs
+    from normbt_plugin.rm_evaluation.scoring import RewardScorer
 
     pairs = load_pairs(
         o.data, o.format, prompt_key=o.prompt_key, chosen_key=o.chosen_key, rejected_key=o.rejected_key,
@@ -193,17 +198,15 @@ def cmd_eval_rm(o: options.EvalRmOptions) -> int:
         apply_chat_template=o.apply_chat_template, input_template=o.input_template, dtype=o.dtype,
     )  # fmt: skip
     result = evaluate_pairs(scorer, pairs, n_bins=o.bins)
-    result.update(model=o.model, data=o.data)
+    result.model, result.data = o.model, o.data
     print(format_report(result))
     if o.out:
-        Path(o.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(o.out).write_text(json.dumps(result, indent=1))
-        print(f"wrote {o.out}")
+        print(f"wrote {result.write(o.out)}")
     return 0
 
 
 def cmd_eval_policy(o: options.EvalPolicyOptions) -> int:
-    from normbt_plugin.policy_eval import evaluate_policies, format_policy_report
+    from normbt_plugin.policy_studies.eval_policy import evaluate_policies, format_policy_report
 
     print(format_policy_report(evaluate_policies(o)))
     print(f"wrote {Path(o.out) / 'policy_eval.json'}")
@@ -211,7 +214,7 @@ def cmd_eval_policy(o: options.EvalPolicyOptions) -> int:
 
 
 def cmd_label_pairs(o: options.LabelPairsOptions) -> int:
-    from normbt_plugin.label_pairs import label_pairs
+    from normbt_plugin.policy_studies.label_pairs import label_pairs
 
     summary = label_pairs(o)
     print(json.dumps(dataclasses.asdict(summary), indent=1))
@@ -220,7 +223,7 @@ def cmd_label_pairs(o: options.LabelPairsOptions) -> int:
 
 
 def cmd_standardize(o: options.StandardizeOptions) -> int:
-    from normbt_plugin.standardize import standardize
+    from normbt_plugin.policy_studies.standardize import standardize
 
     result = standardize(o)
     print(json.dumps(dataclasses.asdict(result), indent=1))
@@ -229,7 +232,7 @@ def cmd_standardize(o: options.StandardizeOptions) -> int:
 
 
 def cmd_bon_study(o: options.BonStudyOptions) -> int:
-    from normbt_plugin.bon_study import bon_study
+    from normbt_plugin.policy_studies.bon_study import bon_study
 
     bon_study(o.policy_eval, o.runs, o.out, baseline=o.baseline, n=o.n, margin=o.margin, pairs=o.pairs)
     print((Path(o.out) / "report.md").read_text())
@@ -237,7 +240,7 @@ def cmd_bon_study(o: options.BonStudyOptions) -> int:
 
 
 def cmd_models_get(o: options.ModelsGetOptions) -> int:
-    from normbt_plugin.models import ModelUnavailableError, get_model
+    from normbt_plugin.common.models import ModelUnavailableError, get_model
 
     try:
         print(get_model(o.name, o.out, dropout=o.dropout))
@@ -282,17 +285,18 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(cmd_losses())
     if args.command == "models":
         if args.verb == "list":
-            from normbt_plugin.models import list_models
+            from normbt_plugin.common.models import list_models
 
             print(list_models())
             sys.exit(0)
         sys.exit(cmd_models_get(options.from_args(options.ModelsGetOptions, args)))
-    from normbt_plugin.pairs import EvalInputError
+    from normbt_plugin.rm_evaluation.pairs import EvalInputError
+    from normbt_plugin.runs.files import RunFileError
 
     cls, run = COMMANDS[args.command]
     try:
         sys.exit(run(options.from_args(cls, args)))
-    except EvalInputError as exc:  # bad input: what to do, no traceback
+    except (EvalInputError, RunFileError) as exc:  # bad input: what to do, no traceback
         print(f"normbt {args.command}: {exc}", file=sys.stderr)
         sys.exit(2)
 

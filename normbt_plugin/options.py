@@ -139,7 +139,7 @@ class EvalPolicyOptions(SamplingOptions):
     gold_fn: str | None = option(
         None,
         "the task's true reward, module:function or file.py:function taking (prompt, response): "
-        "beside --gold, or alone as the gold (e.g. normbt_plugin.tasks:gold_reward)",
+        "beside --gold, or alone as the gold (e.g. normbt_plugin.common.tasks:gold_reward)",
     )
     proxy: list[str] | None = option(None, "a proxy RM for best-of-N", action="append", metavar="NAME=PATH")
     reference: str | None = option(None, "policy name for win rates and KL")
@@ -214,7 +214,9 @@ class CurvesOptions:
     )
     tokenizer: str = option(help="the policy's tokenizer (decodes the rollouts)")
     gold_fn: str = option(help="true reward: module:function or file.py:function")
-    exact_fn: str | None = option(None, "success indicator (same form), e.g. normbt_plugin.tasks:exact")
+    exact_fn: str | None = option(
+        None, "success indicator (same form), e.g. normbt_plugin.common.tasks:exact"
+    )
     baseline: str = option("bt", "label the others are compared with")
     window: int = option(4, "PPO steps per curve point")
     grid: int = option(6, "matched-KL points (0 .. smallest max KL)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from normbt_plugin.stats import distance_bins
+from normbt_plugin.stats import DistanceBin, distance_bins
 
 STATE_METRICS = ("normbt_mu",)  # states, not per-batch values: the latest, equal on all ranks
 
@@ -44,9 +44,7 @@ def reduce_metrics(local: dict[str, list[float]]) -> dict[str, float]:
     return out
 
 
-def gather_distance_bins(
-    pairs: list[tuple[torch.Tensor, torch.Tensor]], n_bins: int
-) -> list[dict[str, float]]:
+def gather_distance_bins(pairs: list[tuple[torch.Tensor, torch.Tensor]], n_bins: int) -> list[DistanceBin]:
     """Accuracy by distance quantile bin over every rank's ``(distance, correct)`` batches."""
     if n_bins <= 0:
         return []
@@ -63,14 +61,11 @@ def gather_distance_bins(
     return distance_bins(distances.double().numpy(), correct.double().numpy(), n_bins)
 
 
-def format_bins(bins: list[dict[str, float]]) -> list[str]:
+def format_bins(bins: list[DistanceBin]) -> list[str]:
     """The eval log's table of accuracy by distance bin."""
     lines = [
         "normbt-plugin: eval accuracy by representation-distance quantile bin",
         f"  {'bin':>3}  {'distance range':>21}  {'pairs':>6}  {'acc':>6}",
     ]
-    lines += [
-        f"  {i:>3}  {b['lo']:>10.4g}-{b['hi']:<10.4g}  {int(b['n']):>6}  {b['acc']:>6.3f}"
-        for i, b in enumerate(bins)
-    ]
+    lines += [f"  {i:>3}  {b.lo:>10.4g}-{b.hi:<10.4g}  {b.n:>6}  {b.acc:>6.3f}" for i, b in enumerate(bins)]
     return lines

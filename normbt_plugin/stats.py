@@ -9,6 +9,7 @@ run trained with: BT and NormBT runs are then binned on one scale and can be com
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -47,7 +48,17 @@ def quantile_bins(values: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarr
     return edges, index
 
 
-def distance_bins(distance: np.ndarray, correct: np.ndarray, n_bins: int) -> list[dict[str, float]]:
+@dataclass(frozen=True)
+class DistanceBin:
+    """Accuracy of the pairs whose representation distance lies in ``[lo, hi]``."""
+
+    lo: float
+    hi: float
+    n: int
+    acc: float  # NaN for an empty bin
+
+
+def distance_bins(distance: np.ndarray, correct: np.ndarray, n_bins: int) -> list[DistanceBin]:
     """Accuracy per quantile bin of the representation distance (closest first)."""
     if n_bins <= 0 or len(distance) == 0:
         return []
@@ -55,11 +66,11 @@ def distance_bins(distance: np.ndarray, correct: np.ndarray, n_bins: int) -> lis
     edges, index = quantile_bins(distance, n_bins)
     correct = np.asarray(correct, dtype=float)
     return [
-        {
-            "lo": float(edges[i]),
-            "hi": float(edges[i + 1]),
-            "n": int((index == i).sum()),
-            "acc": float(correct[index == i].mean()) if (index == i).any() else math.nan,
-        }
+        DistanceBin(
+            lo=float(edges[i]),
+            hi=float(edges[i + 1]),
+            n=int((index == i).sum()),
+            acc=float(correct[index == i].mean()) if (index == i).any() else math.nan,
+        )
         for i in range(n_bins)
     ]

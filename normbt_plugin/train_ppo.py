@@ -6,7 +6,7 @@ Runs the stock CLI (its parser, its ``train()``). Before Ray starts it checks wh
 otherwise fail minutes later inside an actor: model paths, the policy's and the reward models'
 tokenizers, and the GPUs the layout asks for against those there are; on a cluster
 (``RAY_ADDRESS``) also that the head answers and every node matches the driver
-(``normbt_plugin.cluster``). While training, a watch ends the job when one of its actors dies.
+(``normbt_plugin.launchers.cluster``). While training, a watch ends the job when one of its actors dies.
 The patches reach Ray's workers and vLLM's engine processes through ``normbt_plugin/autopatch``
 (see its docstring).
 On a machine without a GPU, Ray is told of one pretend GPU for its resource accounting; all
@@ -22,23 +22,13 @@ import socket
 import sys
 import traceback
 
-from normbt_plugin.cluster import AUTOPATCH_DIR, ActorWatch, NodeMismatchError, check_nodes
-from normbt_plugin.launch import run_openrlhf_cli
-
-PATCH_ENV = "NORMBT_PLUGIN_PATCHES"
+from normbt_plugin.launchers.cluster import ActorWatch, NodeMismatchError, check_nodes, patched_environment
+from normbt_plugin.launchers.launch import run_openrlhf_cli
 
 
 class PreflightError(SystemExit):
     def __init__(self, message: str) -> None:
         super().__init__(f"normbt-plugin: {message}")
-
-
-def patched_environment() -> dict[str, str]:
-    """The variables that make every Python process of the job apply the patches."""
-    path = os.environ.get("PYTHONPATH", "")
-    parts = [p for p in path.split(os.pathsep) if p and p != AUTOPATCH_DIR]
-    options = {k: v for k, v in os.environ.items() if k.startswith("NORMBT_PLUGIN_")}  # e.g. ROLLOUT_LOG
-    return {**options, PATCH_ENV: "ppo", "PYTHONPATH": os.pathsep.join([AUTOPATCH_DIR, *parts])}
 
 
 def _get(args: argparse.Namespace, key: str, default=None):
@@ -98,7 +88,7 @@ def job_env() -> dict[str, str]:
         "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1",
     }
     if not torch.cuda.is_available():  # vLLM's CPU engine: a small KV cache, the worker in-process
-        from normbt_plugin.environment import VLLM_CPU_ENV
+        from normbt_plugin.common.environment import VLLM_CPU_ENV
 
         env.update({k: os.environ.get(k, v) for k, v in VLLM_CPU_ENV.items()})
     return env

@@ -10,7 +10,7 @@ patches for the installed OpenRLHF in this process; every DeepSpeed rank runs th
 
 from __future__ import annotations
 
-from normbt_plugin.launch import run_openrlhf_cli, single_process_env
+from normbt_plugin.launchers.launch import run_openrlhf_cli, single_process_env
 
 
 def main() -> None:

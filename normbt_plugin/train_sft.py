@@ -8,7 +8,7 @@ Used by the tiny chain to give the policy a short SFT on the task before PPO.
 
 from __future__ import annotations
 
-from normbt_plugin.launch import run_openrlhf_cli, single_process_env
+from normbt_plugin.launchers.launch import run_openrlhf_cli, single_process_env
 
 
 def main() -> None:

@@ -60,13 +60,13 @@ run() {  # run "$log" cmd...: quiet into a log, its tail on failure, its wall ti
 
 if [[ "${EVIDENCE:-0}" == 1 ]]; then
   echo "compare.sh: stdlib preference pairs and MiniLM-L6 -> $RUN_DIR/data"
-  run "$RUN_DIR.data.log" python -m normbt_plugin.evidence --out "$RUN_DIR/data" \
+  run "$RUN_DIR.data.log" python -m normbt_plugin.rm_evaluation.evidence --out "$RUN_DIR/data" \
     --n_train "$N_TRAIN" --n_test "$N_TEST" --coarse "${COARSE:-shuffle}" --dropout "${DROPOUT:-0}"
   export MODEL="$RUN_DIR/data/minilm" DATASET="$RUN_DIR/data/train.jsonl"
   export EVAL_DATASET="$RUN_DIR/data/test.jsonl"
 elif [[ "${TINY:-0}" == 1 ]]; then
   echo "compare.sh: building the tiny model, tokenizer and data offline -> $RUN_DIR/tiny"
-  run "$RUN_DIR/tiny.log" python -m normbt_plugin.tiny --out "$RUN_DIR/tiny" --n_train "$N_TRAIN" \
+  run "$RUN_DIR/tiny.log" python -m normbt_plugin.common.tiny --out "$RUN_DIR/tiny" --n_train "$N_TRAIN" \
     --n_test "$N_TEST" --heads "${TINY_HEADS:-4}"
   export MODEL="$RUN_DIR/tiny/model" DATASET="$RUN_DIR/tiny/train.jsonl"
   export EVAL_DATASET="$RUN_DIR/tiny/test.jsonl" PROMPTS="$RUN_DIR/tiny/prompts.jsonl"
@@ -127,7 +127,7 @@ if (( ${#ppo_runs[@]} )); then
   if [[ "${TINY:-0}" == 1 && -z "$GOLD_RM" && -z "$GOLD_FN" ]]; then  # a judge trained apart
     gold="$RUN_DIR/gold"
     [[ "$dry" == 1 ]] || echo "compare.sh: an independent gold RM (own tokenizer, init, data; seed $GOLD_SEED) -> $gold"
-    run "$gold.data.log" python -m normbt_plugin.tiny --out "$gold/data" --seed "$GOLD_SEED" \
+    run "$gold.data.log" python -m normbt_plugin.common.tiny --out "$gold/data" --seed "$GOLD_SEED" \
       --n_train "$GOLD_N_TRAIN" --n_test "$N_TEST" --heads 4
     MODEL="$gold/data/model" DATASET="$gold/data/train.jsonl" EVAL_DATASET="$gold/data/test.jsonl" \
       LOSS=bt LABEL=gold SEED=$GOLD_SEED EPOCHS=$GOLD_EPOCHS BS=32 MICRO_BS=8 OUT=$gold \

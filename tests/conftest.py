@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from normbt_plugin import records
+from normbt_plugin.runs import rm as rm_run
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -71,7 +71,7 @@ def openrlhf_patched():
 @pytest.fixture(scope="session")
 def tiny(tmp_path_factory):
     """Tiny Llama + BPE tokenizer + sorted-list preference pairs, built offline once."""
-    from normbt_plugin.tiny import build_tiny_setup
+    from normbt_plugin.common.tiny import build_tiny_setup
 
     return build_tiny_setup(tmp_path_factory.mktemp("tiny"), n_train=256, n_test=96)
 
@@ -90,12 +90,12 @@ class Run:
     out_dir: Path
 
     def records(self, rank: int = 0) -> list[dict]:
-        assert (self.metrics_dir / records.train_file(rank)).exists(), self.output[-3000:]
-        return records.read_steps(self.metrics_dir, rank)
+        assert (self.metrics_dir / rm_run.train_file(rank)).exists(), self.output[-3000:]
+        return rm_run.read_steps(self.metrics_dir, rank)
 
-    def eval_bins(self) -> list[dict]:
-        assert (self.metrics_dir / records.EVAL).exists(), self.output[-3000:]
-        return records.read_evals(self.metrics_dir)
+    def evals(self) -> list[rm_run.EvalRecord]:
+        assert (self.metrics_dir / rm_run.EVAL).exists(), self.output[-3000:]
+        return rm_run.read_evals(self.metrics_dir)
 
 
 def train_rm(

@@ -1,7 +1,7 @@
 """The benchmarks' own scoring code, transcribed for the parity tests (tests/test_benchmark_scores.py).
 
 Kept as close to the originals as their inputs allow (same names, same numpy/pandas/datasets calls),
-so that a difference between normbt_plugin.benchmark_scores and these is a difference from the
+so that a difference between normbt_plugin.rm_evaluation.benchmark_scores and these is a difference from the
 benchmark. The ``rewardbench`` package itself is not installed: rewardbench 0.1.4 needs
 transformers 4.51.0 (this lock: 5.15.0), tokenizers 0.21 and huggingface-hub 0.36 (docs/evaluation.md). Sources:
 

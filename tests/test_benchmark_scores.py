@@ -22,15 +22,15 @@ from official_scorers import (
     rmbench_compute_accuracy,
 )
 
-from normbt_plugin.benchmark_scores import (
+from normbt_plugin.rm_evaluation.benchmark_scores import (
     REWARDBENCH2_SUBSETS,
     REWARDBENCH_COUNTS,
     REWARDBENCH_SECTIONS,
     chosen_on_top,
     rewardbench2_ties,
 )
-from normbt_plugin.evaluation import evaluate_pairs, format_report
-from normbt_plugin.pairs import EvalInputError, Pairs, load_pairs
+from normbt_plugin.rm_evaluation.eval_rm import evaluate_pairs, format_report
+from normbt_plugin.rm_evaluation.pairs import EvalInputError, Pairs, load_pairs
 
 TOL = 1e-9
 
@@ -74,11 +74,11 @@ def test_rewardbench2_best_of_4_splits_ties_at_the_top():
     rows = [{"id": str(i), "subset": "Math", "num_correct": 1, "scores": s} for i, s in enumerate(scores)]
     pairs, scorer = n_way(rows)
     result = evaluate_pairs(scorer, pairs, n_bins=0, progress=False)
-    assert result["accuracy"] == pytest.approx(1.75 / 5) and result["ties"] == 2  # prompts tied at the top
-    assert result["rewardbench2"]["subsets"] == {"Math": pytest.approx(0.35)}
-    assert "Factuality" in result["rewardbench2"]["missing_subsets"]
+    assert result.accuracy == pytest.approx(1.75 / 5) and result.ties == 2  # prompts tied at the top
+    assert result.rewardbench2["subsets"] == {"Math": pytest.approx(0.35)}
+    assert "Factuality" in result.rewardbench2["missing_subsets"]
     # pairwise (chosen vs each rejected, ties 1/2): 1, (0.5+1+1)/3, 0.5, 2/3, 0.5/3*... by hand
-    assert result["per_pair"]["pairwise"] == pytest.approx([1.0, 2.5 / 3, 0.5, 2 / 3, 1.5 / 3])
+    assert result.per_pair.pairwise == pytest.approx([1.0, 2.5 / 3, 0.5, 2 / 3, 1.5 / 3])
 
 
 def test_rewardbench2_ties_subset_by_hand():
@@ -97,8 +97,8 @@ def test_rewardbench2_ties_subset_by_hand():
     assert t["score"] == pytest.approx(0.3 + 0.15 + 0.1 + 0.01 * math.tanh(-3) / 2)
     pairs, scorer = n_way([{**r, "subset": "Ties"} for r in rows])
     result = evaluate_pairs(scorer, pairs, n_bins=0, progress=False)
-    assert result["rewardbench2"]["subsets"]["Ties"] == pytest.approx(t["score"], abs=TOL)
-    assert result["per_pair"]["correct"] == [1.0, 1.0, 0.0, 1.0]  # per prompt: the accuracy term
+    assert result.rewardbench2["subsets"]["Ties"] == pytest.approx(t["score"], abs=TOL)
+    assert result.per_pair.correct == [1.0, 1.0, 0.0, 1.0]  # per prompt: the accuracy term
 
 
 # ------------------------------------------------------------------ parity with the official code
@@ -127,11 +127,11 @@ def test_rewardbench2_equals_the_official_scorer(seed):
     official = rewardbench_v2(layout, [r["scores"] for r in rows])
     pairs, scorer = n_way(rows)
     result = evaluate_pairs(scorer, pairs, n_bins=0, progress=False)
-    ours = result["rewardbench2"]["subsets"]
+    ours = result.rewardbench2["subsets"]
     assert sorted(ours) == sorted(official)
     for subset, value in official.items():
         assert ours[subset] == pytest.approx(value, abs=TOL), subset
-    assert result["rewardbench2"]["score"] == pytest.approx(np.mean(list(official.values())), abs=TOL)
+    assert result.rewardbench2["score"] == pytest.approx(np.mean(list(official.values())), abs=TOL)
 
 
 def tied_prompts(rng: np.random.Generator, prompts: int = 40) -> list[dict]:
@@ -192,16 +192,16 @@ def test_rewardbench_v1_equals_the_official_scorer(seed):
                   [f"r{i}" for i in range(len(subsets))], subsets)  # fmt: skip
     table = {**{f"c{i}": v for i, v in enumerate(chosen)}, **{f"r{i}": v for i, v in enumerate(rejected)}}
     result = evaluate_pairs(TableScorer(table), pairs, n_bins=0, progress=False)
-    rb = result["rewardbench"]
+    rb = result.rewardbench
     for section, value in sections.items():
         assert rb["sections"][section] == pytest.approx(value, abs=TOL), section
     assert rb["overall"] == pytest.approx(overall, abs=TOL)
     # where ties exist the conventions differ: both reported, the headline is RewardBench's
     ties = int((chosen == rejected).sum())
-    assert result["ties"] == ties > 0
-    half = result["rewardbench_ties_half"]
+    assert result.ties == ties > 0
+    half = result.rewardbench_ties_half
     assert half["overall"] > rb["overall"]
-    for subset, acc in result["per_subset"].items():  # per subset: ties as 1/2 = official + ties/2n
+    for subset, acc in result.per_subset.items():  # per subset: ties as 1/2 = official + ties/2n
         mask = np.array(subsets) == subset
         assert acc == pytest.approx(metrics[subset] + 0.5 * (chosen[mask] == rejected[mask]).mean(), abs=TOL)
     assert "a tie is wrong" in format_report(result)
@@ -235,11 +235,11 @@ def test_rmbench_equals_the_official_scorer_domains_pooled(seed):
 
     pooled = official(np.ones(n, bool))
     for level in ("hard", "normal", "easy"):
-        assert result["rmbench"][level] == pytest.approx(pooled[f"{level}_acc"], abs=TOL)
+        assert result.rmbench[level] == pytest.approx(pooled[f"{level}_acc"], abs=TOL)
         for d in domains:
             per = official(np.array(subsets) == d)
-            assert result["rmbench_by_domain"][d][level] == pytest.approx(per[f"{level}_acc"], abs=TOL)
-    assert result["rmbench_ties_half"]["normal"] > result["rmbench"]["normal"]  # the ties, as 1/2
+            assert result.rmbench_by_domain[d][level] == pytest.approx(per[f"{level}_acc"], abs=TOL)
+    assert result.rmbench_ties_half["normal"] > result.rmbench["normal"]  # the ties, as 1/2
 
 
 # ------------------------------------------------------------------ bad input

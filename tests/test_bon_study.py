@@ -3,33 +3,39 @@ best-of-N data with known answers; label-pairs' pairing rule."""
 
 from __future__ import annotations
 
-import json
 import random
 
 import numpy as np
 import pytest
 
-from normbt_plugin.bon_study import bon_study, decide, gao_fit, within_prompt_spread
-from normbt_plugin.intervals import nested_bootstrap, seeds_needed
-from normbt_plugin.label_pairs import LabelledPair, pairs_of, read_pairs, subsample, write_pairs
-from normbt_plugin.pairs import EvalInputError
-from normbt_plugin.policy_eval import best_of_n, bon_kl
+from normbt_plugin.common.intervals import nested_bootstrap, seeds_needed
+from normbt_plugin.policy_studies.bon_study import bon_study, decide, gao_fit, within_prompt_spread
+from normbt_plugin.policy_studies.eval_policy import best_of_n, bon_kl
+from normbt_plugin.policy_studies.label_pairs import (
+    LabelledPair,
+    pairs_of,
+    read_pairs,
+    subsample,
+    write_pairs,
+)
+from normbt_plugin.rm_evaluation.pairs import EvalInputError
+from normbt_plugin.runs.policy_eval import BestOfN, Curve, PolicyEval
 
 NS = [1, 2, 4, 8, 16]
 
 
 def policy_eval(tmp_path, proxies: dict[str, np.ndarray], gold: np.ndarray):
-    """An eval-policy result as ``evaluate_policies`` writes its best-of-N part."""
+    """An eval-policy result as ``evaluate_policies`` writes its best-of-N part (no policies)."""
     curves = {"oracle (gold)": best_of_n(gold, gold, NS)}
     curves.update({name: best_of_n(s, gold, NS) for name, s in proxies.items()})
-    result = {"best_of_n": {
-        "n": NS, "kl": [bon_kl(n) for n in NS], "prompts": gold.shape[0], "samples": gold.shape[1],
-        "curves": {k: {"mean": v.mean(axis=0).tolist(), "per_prompt": v.tolist()} for k, v in curves.items()},
-        "gold_scores": gold.tolist(), "proxy_scores": {k: v.tolist() for k, v in proxies.items()},
-    }}  # fmt: skip
-    path = tmp_path / "policy_eval.json"
-    path.write_text(json.dumps(result))
-    return path
+    result = PolicyEval(reference="initial", gold="fn:gold", gold_fn="gold", prompts=gold.shape[0], samples=1,
+                        max_new=8, temperature=1.0, seed=0, tie_tol=0.0, policies={})  # fmt: skip
+    result.best_of_n = BestOfN(
+        n=NS, kl=[bon_kl(n) for n in NS], prompts=gold.shape[0], samples=gold.shape[1],
+        curves={k: Curve(v.mean(axis=0).tolist(), v.tolist()) for k, v in curves.items()},
+        gold_scores=gold.tolist(), proxy_scores={k: v.tolist() for k, v in proxies.items()},
+    )  # fmt: skip
+    return result.write(tmp_path)
 
 
 def test_a_better_ranker_helps_an_identical_one_makes_no_difference_and_the_2x2_sees_it(tmp_path):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from normbt_plugin.curves import Curve, common_grid, load_function, matched_kl, window_means
-from normbt_plugin.pairs import EvalInputError
-from normbt_plugin.records import RunRecord
+from normbt_plugin.policy_studies.curves import Curve, common_grid, load_function, matched_kl, window_means
+from normbt_plugin.rm_evaluation.pairs import EvalInputError
+from normbt_plugin.runs.ppo import RunRecord
 
 
 def curve(label, rm_seed, kl, true, ppo_seed=1):
@@ -78,7 +78,7 @@ def test_window_means_and_bad_input():
     with pytest.raises(EvalInputError, match="baseline 'bt' is not among"):
         matched_kl([curve("normbt", 1, [0, 1], [0, 1])], "bt")
     with pytest.raises(EvalInputError, match="module:function"):
-        load_function("normbt_plugin.tasks")
+        load_function("normbt_plugin.common.tasks")
     with pytest.raises(EvalInputError, match="has no function"):
-        load_function("normbt_plugin.tasks:nope")
-    assert load_function("normbt_plugin.tasks:gold_reward")("sort: 2 1 ->", " 1 2") == 1.0
+        load_function("normbt_plugin.common.tasks:nope")
+    assert load_function("normbt_plugin.common.tasks:gold_reward")("sort: 2 1 ->", " 1 2") == 1.0

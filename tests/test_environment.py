@@ -11,7 +11,7 @@ import sys
 import pytest
 from conftest import BIN, REPO
 
-from normbt_plugin import environment
+from normbt_plugin.common import environment
 
 LOCK = REPO / "requirements-cpu.lock"
 
@@ -160,6 +160,6 @@ def test_cpu_parsers_take_fp32_and_default_to_it(openrlhf_patched):
 
 
 def test_python_m_environment_check_passes_here():
-    proc = subprocess.run([sys.executable, "-m", "normbt_plugin.environment", "--check", str(LOCK)],
+    proc = subprocess.run([sys.executable, "-m", "normbt_plugin.common.environment", "--check", str(LOCK)],
                           capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
     assert proc.returncode == 0 and "every distribution as in" in proc.stdout, proc.stdout

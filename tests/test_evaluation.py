@@ -10,17 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from normbt_plugin.benchmark_scores import (
+from normbt_plugin.common.intervals import bootstrap_ci, paired_difference
+from normbt_plugin.rm_evaluation.benchmark_scores import (
     REWARDBENCH_COUNTS,
     REWARDBENCH_SECTIONS,
     rewardbench_sections,
     rmbench_matrix,
 )
-from normbt_plugin.compare import build_report, parse_pools
-from normbt_plugin.evaluation import accuracy
-from normbt_plugin.intervals import bootstrap_ci, paired_difference
-from normbt_plugin.pairs import EvalInputError, load_pairs
-from normbt_plugin.scoring import RewardScorer
+from normbt_plugin.rm_evaluation.eval_rm import accuracy
+from normbt_plugin.rm_evaluation.pairs import EvalInputError, load_pairs
+from normbt_plugin.rm_evaluation.report import build_report, parse_pools
+from normbt_plugin.rm_evaluation.scoring import RewardScorer
+from normbt_plugin.runs.rm_eval import PairScores, RmEval
 from normbt_plugin.stats import distance_bins
 
 BIN = Path(sys.executable).parent
@@ -60,7 +61,7 @@ def test_accuracy_ties_and_distance_bins():
     distance = np.arange(10, dtype=float)
     correct = (distance >= 5).astype(float)
     bins = distance_bins(distance, correct, 2)
-    assert [b["n"] for b in bins] == [5, 5] and [b["acc"] for b in bins] == [0.0, 1.0]
+    assert [b.n for b in bins] == [5, 5] and [b.acc for b in bins] == [0.0, 1.0]
     assert distance_bins(distance, correct, 0) == []
 
 
@@ -150,13 +151,12 @@ def test_eval_rm_rewardbench_format_end_to_end(trained_pair, tiny, tmp_path):
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(out.read_text())
-    per = result["per_subset"]
+    result = RmEval.read(out)
+    per = result.per_subset
     reasoning = (per["math-prm"] * 984 + per["hep-python"] * 164) / (984 + 164)
-    assert result["rewardbench"]["sections"]["Reasoning"] == pytest.approx(reasoning)
+    assert result.rewardbench["sections"]["Reasoning"] == pytest.approx(reasoning)
     assert "Reasoning" in proc.stdout and "distance quantile bin" in proc.stdout
-    correct = np.asarray(result["per_pair"]["correct"])
-    assert result["accuracy"] == pytest.approx(correct.mean())
+    assert result.accuracy == pytest.approx(result.correct.mean())
 
 
 @pytest.mark.slow
@@ -184,12 +184,11 @@ def _fake_run(
     """A run folder as train_rm and eval-rm leave it, with chosen per-pair results."""
     (folder / "metrics").mkdir(parents=True)
     (folder / "metrics" / "meta.json").write_text(json.dumps({"loss": loss, "seed": seed}))
-    result = {
-        "per_pair": {"correct": correct.tolist(), "distance": distance.tolist(), "subset": subset},
-        "distance_bins": distance_bins(distance, correct, 4),
-        "data": "made up",
-    }
-    (folder / "eval.json").write_text(json.dumps(result))
+    scores = PairScores(chosen=correct.tolist(), rejected=[0.5] * len(correct), correct=correct.tolist(),
+                        distance=distance.tolist(), subset=subset)  # fmt: skip
+    RmEval(format="pairs", pairs=len(correct), loader="openrlhf", accuracy=float(correct.mean()), ties=0,
+           distance_bins=distance_bins(distance, correct, 4), per_pair=scores, data="made up",
+           ).write(folder / "eval.json")  # fmt: skip
     return str(folder)
 
 
@@ -250,7 +249,7 @@ def test_compare_refuses_runs_on_different_pairs(tmp_path):
 
 @pytest.mark.slow
 def test_gradient_diagnostic_on_a_real_run(trained_pair, tiny, tmp_path):
-    from normbt_plugin.diagnostics import diagnose
+    from normbt_plugin.rm_evaluation.diagnostics import diagnose
 
     summary = diagnose(str(trained_pair["bt"] / "model"), str(tiny["test"]), str(tmp_path), pairs=24)
     result = json.loads((tmp_path / "gradients.json").read_text())["per_pair"]
@@ -276,7 +275,7 @@ def one_swap_bugs(chosen: str, k: int) -> list[str]:
 def test_eval_rm_best_of_n_on_a_tiny_trained_rm(trained_pair, tiny, tmp_path):
     """Candidate sets (one correct answer, three one-swap bugs: fine; or three unrelated-word answers:
     coarse) and a RewardBench 2 file (Math + Ties) scored by a real trained RM through the CLI."""
-    from normbt_plugin.benchmark_scores import chosen_on_top, rewardbench2_ties
+    from normbt_plugin.rm_evaluation.benchmark_scores import chosen_on_top, rewardbench2_ties
 
     rows = [json.loads(line) for line in open(tiny["test"])][:48]
     sets = []
@@ -299,16 +298,16 @@ def test_eval_rm_best_of_n_on_a_tiny_trained_rm(trained_pair, tiny, tmp_path):
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(out.read_text())
-    assert result["format"] == "candidates" and result["pairs"] == len(sets)
-    scores = [np.asarray(s) for s in result["per_pair"]["scores"]]
+    result = RmEval.read(out)
+    assert result.format == "candidates" and result.pairs == len(sets) and result.n_way
+    scores = [np.asarray(s) for s in result.per_pair.scores]
     assert [len(s) for s in scores] == [4] * len(sets)
-    assert result["per_pair"]["correct"] == chosen_on_top(scores).tolist()
-    assert result["accuracy"] == pytest.approx(np.mean(chosen_on_top(scores)))
-    per = result["per_subset"]
+    assert result.per_pair.correct == chosen_on_top(scores).tolist()
+    assert result.accuracy == pytest.approx(np.mean(chosen_on_top(scores)))
+    per = result.per_subset
     print(f"best-of-4 accuracy: fine {per['fine']:.3f}, coarse {per['coarse']:.3f} (chance 0.25)")
     assert per["coarse"] > 0.6 and per["coarse"] > per["fine"]  # trained: coarse sets learnt first
-    assert sum(b["n"] for b in result["distance_bins"]) == len(sets)
+    assert sum(b.n for b in result.distance_bins) == len(sets)
     assert "best-of-N accuracy" in proc.stdout and "closest rejected" in proc.stdout
 
     # RewardBench 2's layout: the fine sets as Math, and Ties rows (one or two correct answers)
@@ -327,15 +326,15 @@ def test_eval_rm_best_of_n_on_a_tiny_trained_rm(trained_pair, tiny, tmp_path):
         capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    result = json.loads(out.read_text())
-    assert result["format"] == "rewardbench2"
-    pp = result["per_pair"]
-    ties = [i for i, s in enumerate(pp["subset"]) if s == "Ties"]
-    expected = rewardbench2_ties([pp["id"][i] for i in ties], [pp["num_correct"][i] for i in ties],
-                                 [np.asarray(pp["scores"][i]) for i in ties])  # fmt: skip
-    subsets = result["rewardbench2"]["subsets"]
+    result = RmEval.read(out)
+    assert result.format == "rewardbench2"
+    pp = result.per_pair
+    ties = [i for i, s in enumerate(pp.subset) if s == "Ties"]
+    expected = rewardbench2_ties([pp.id[i] for i in ties], [pp.num_correct[i] for i in ties],
+                                 [np.asarray(pp.scores[i]) for i in ties])  # fmt: skip
+    subsets = result.rewardbench2["subsets"]
     assert subsets["Ties"] == pytest.approx(expected["score"]) and subsets["Math"] == pytest.approx(
         per["fine"]
     )
-    assert result["rewardbench2"]["score"] == pytest.approx((subsets["Ties"] + subsets["Math"]) / 2)
+    assert result.rewardbench2["score"] == pytest.approx((subsets["Ties"] + subsets["Math"]) / 2)
     assert "RewardBench 2 score" in proc.stdout

@@ -11,7 +11,7 @@ import tokenize
 import pytest
 import torch
 
-from normbt_plugin.evidence import build_stdlib_pairs, prepare_minilm
+from normbt_plugin.rm_evaluation.evidence import build_stdlib_pairs, prepare_minilm
 
 
 def tokens(source: str) -> list[str]:
@@ -74,7 +74,7 @@ def test_minilm_trains_through_the_rm_stage_two_steps(stdlib_pairs, tiny, tmp_pa
     ``--plugin.disable_dropout`` brings back the pairs' own distances."""
     from conftest import train_rm
 
-    from normbt_plugin.scoring import RewardScorer
+    from normbt_plugin.rm_evaluation.scoring import RewardScorer
 
     out, _, _ = stdlib_pairs
     model = prepare_minilm(tmp_path / "minilm", dropout=0.1)

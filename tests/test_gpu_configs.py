@@ -49,7 +49,7 @@ SIZES = {
 
 @pytest.fixture(scope="module")
 def chat_standins(tmp_path_factory):
-    from normbt_plugin.tiny import build_chat_setup
+    from normbt_plugin.common.tiny import build_chat_setup
 
     return build_chat_setup(tmp_path_factory.mktemp("chat"), n_train=64, n_test=32)
 

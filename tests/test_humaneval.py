@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from normbt_plugin.humaneval import BUGS, Problem, build_humaneval_pairs, passes, problems
+from normbt_plugin.rm_evaluation.humaneval import BUGS, Problem, build_humaneval_pairs, passes, problems
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from conftest import RECIPE_ENV, REPO
 
-from normbt_plugin.label_pairs import read_pairs, read_summary
-from normbt_plugin.tasks import gold_reward
+from normbt_plugin.common.tasks import gold_reward
+from normbt_plugin.policy_studies.label_pairs import read_pairs, read_summary
 
 
 def normbt(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -29,12 +29,12 @@ def test_bad_input_is_refused_before_sampling(tiny, tmp_path, capsys):
     common = ["label-pairs", "--policy", str(policy), "--prompts", str(prompts), "--out", str(out)]
     cases = [
         (
-            ["--gold_fn", "normbt_plugin.tasks:gold_reward", "--prompt_key", "question"],
+            ["--gold_fn", "normbt_plugin.common.tasks:gold_reward", "--prompt_key", "question"],
             "no 'question' column",
         ),
         (["--gold", str(policy)], "not a reward model"),  # a causal LM as the gold
         (["--gold_fn", "normbt_plugin.nothing:f"], "cannot import normbt_plugin.nothing"),
-        (["--gold_fn", "normbt_plugin.tasks:gold_reward", "--samples", "1"], "at least 2"),
+        (["--gold_fn", "normbt_plugin.common.tasks:gold_reward", "--samples", "1"], "at least 2"),
     ]
     for flags, message in cases:
         with pytest.raises(SystemExit) as stop:
@@ -50,7 +50,8 @@ def test_label_pairs_are_the_policys_samples_ranked_by_the_gold_and_cached(chain
     prompts = str(chain / "tiny" / "eval_prompts.jsonl")
     args = ["label-pairs", "--policy", str(chain / "policy"), "--prompts", prompts,
             "--n_prompts", "24", "--samples", "6", "--pairs_per_prompt", "3", "--max_new", "24",
-            "--gold_fn", "normbt_plugin.tasks:gold_reward", "--max_len", "64", "--out", str(out)]  # fmt: skip
+            "--gold_fn", "normbt_plugin.common.tasks:gold_reward", "--max_len", "64",
+            "--out", str(out)]  # fmt: skip
     first = normbt(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     pairs, summary = read_pairs(out), read_summary(out)
@@ -75,7 +76,7 @@ def test_label_pairs_are_the_policys_samples_ranked_by_the_gold_and_cached(chain
 
 @pytest.mark.slow
 def test_standardize_puts_the_rm_and_the_rule_reward_at_mean_0_std_1_on_the_policys_samples(chain, tmp_path):
-    from normbt_plugin.scoring import RewardScorer
+    from normbt_plugin.rm_evaluation.scoring import RewardScorer
 
     rm, std_rm = chain / "rm-normbt-seed1" / "model", tmp_path / "rm-std"
     samples = tmp_path / "sft-samples.jsonl"

@@ -1,8 +1,9 @@
-"""The import rule between the layers, read off the source (every import, function-level included).
+"""The import rule between the rooms, read off the source (every import, function-level included).
 
-core (torch and numpy only) <- the OpenRLHF adapter (``normbt_plugin/patches``) <- launchers and
-studies. Only the adapter imports OpenRLHF or names a versioned patch folder; the adapter imports
-nothing above it; the patch registry lists exactly the patch modules there are.
+core (torch and numpy only) <- run files, shared machinery <- the OpenRLHF adapter
+(``normbt_plugin/patches``) <- launchers, reward-model evaluation <- policy studies <- the entry
+points (``cli``, ``train_*``). Only the adapter imports OpenRLHF or names a versioned patch folder;
+the patch registry lists exactly the patch modules there are.
 """
 
 from __future__ import annotations
@@ -20,8 +21,18 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "normbt_plugin"
 ADAPTER = PACKAGE / "patches"
 CORE = {"losses", "stats", "hidden", "rank_metrics"}  # torch and numpy only
-# machine facts, the tiny task, run files, vLLM weight loading: no OpenRLHF
-BASE = {"environment", "tasks", "records", "vllm_weights"}
+BASE = {"runs", "common"}  # the typed run files; machine facts, models, the tiny task, vLLM weights
+# each room and what it may import (core, and itself, always)
+ROOMS = {
+    "runs": set(),
+    "common": set(),
+    "options": set(),  # every normbt subcommand's options, which the studies take
+    "patches": BASE,
+    "launchers": BASE | {"patches"},
+    "rm_evaluation": BASE | {"patches", "options"},
+    "policy_studies": BASE | {"patches", "options", "rm_evaluation"},
+}
+ENTRY_POINTS = {"__init__", "cli", "train_rm", "train_ppo", "train_sft", "autopatch"}  # import anything
 
 
 def imports(path: Path) -> list[str]:
@@ -70,11 +81,20 @@ def test_core_imports_torch_numpy_and_core_only():
             assert plugin_module(imported) in (None, *CORE), (name, imported)
 
 
-def test_the_adapter_imports_nothing_above_it():
-    for path in sources(ADAPTER):
+def test_each_room_imports_only_the_rooms_below_it():
+    rooms = set()
+    for path in sources(PACKAGE):
+        parts = path.relative_to(PACKAGE).parts
+        room = parts[0] if len(parts) > 1 else path.stem
+        rooms.add(room)
+        if room in CORE | ENTRY_POINTS:
+            continue
+        assert room in ROOMS, f"{room}: a new room or top-level module; give it a place in ROOMS"
         for imported in imports(path):
             layer = plugin_module(imported)
-            assert layer in (None, "patches", *CORE, *BASE), (str(path.relative_to(REPO)), imported)
+            allowed = {None, room, *CORE, *ROOMS[room]}
+            assert layer in allowed, (str(path.relative_to(REPO)), imported)
+    assert rooms == CORE | ENTRY_POINTS | set(ROOMS), rooms ^ (CORE | ENTRY_POINTS | set(ROOMS))
 
 
 def test_one_registry_names_every_patch_module():
@@ -105,8 +125,8 @@ def test_reward_text_is_what_openrlhfs_reward_dataset_tokenises(openrlhf_patched
     from openrlhf.datasets.reward_dataset import RewardDataset
     from transformers import AutoTokenizer
 
+    from normbt_plugin.common.tiny import CHAT_TEMPLATE
     from normbt_plugin.patches import reward_text
-    from normbt_plugin.tiny import CHAT_TEMPLATE
 
     tokenizer = AutoTokenizer.from_pretrained(tiny["model"])
     rows = [json.loads(line) for line in open(tiny["test"])][:8]

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from normbt_plugin.models import MODELS, ModelUnavailableError, Provenance, _check_file, get_model
+from normbt_plugin.common.models import MODELS, ModelUnavailableError, Provenance, _check_file, get_model
 
 SMOLLM2 = "smollm2-135m-instruct"
 
@@ -76,9 +76,9 @@ def test_smollm2_trains_as_a_reward_model_on_two_ranks(smollm2, tiny, tmp_path, 
     and scored by eval-rm with the accuracy the run's own last eval measured."""
     from conftest import train_rm
 
-    from normbt_plugin.evaluation import evaluate_pairs
-    from normbt_plugin.pairs import load_pairs
-    from normbt_plugin.scoring import RewardScorer
+    from normbt_plugin.rm_evaluation.eval_rm import evaluate_pairs
+    from normbt_plugin.rm_evaluation.pairs import load_pairs
+    from normbt_plugin.rm_evaluation.scoring import RewardScorer
 
     test = tmp_path / "test.jsonl"
     test.write_text("".join(tiny["test"].read_text().splitlines(keepends=True)[:32]))
@@ -93,7 +93,7 @@ def test_smollm2_trains_as_a_reward_model_on_two_ranks(smollm2, tiny, tmp_path, 
     assert len(records) == 2 and all(r["normbt_mu"] > 0 for r in records), records
     scorer = RewardScorer(str(run.out_dir), loader="openrlhf", max_len=48)
     result = evaluate_pairs(scorer, load_pairs(str(test)), progress=False)
-    assert result["accuracy"] == pytest.approx(run.eval_bins()[-1]["acc"], abs=1.5 / 32), result
+    assert result.accuracy == pytest.approx(run.evals()[-1].acc, abs=1.5 / 32), result.accuracy
     assert (run.out_dir / "adapter" / "adapter_config.json").is_file() == lora
 
 
@@ -101,7 +101,7 @@ def test_smollm2_trains_as_a_reward_model_on_two_ranks(smollm2, tiny, tmp_path, 
 def test_smollm2_is_served_by_the_vllm_cpu_engine(smollm2, tmp_path):
     """SmolLM2 as a policy: the vLLM CPU engine (eval-policy's and label-pairs' path) loads it and
     answers greedily as transformers does."""
-    from normbt_plugin.generation import GenerationSpec, generate_all
+    from normbt_plugin.policy_studies.generation import GenerationSpec, generate_all
 
     spec = GenerationSpec(
         model=str(smollm2),

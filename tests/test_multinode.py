@@ -19,8 +19,8 @@ import pytest
 import torch
 from conftest import BIN, REPO, free_port
 
-from normbt_plugin import records
 from normbt_plugin.patches import patch_module
+from normbt_plugin.runs import rm as rm_run
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ class TwoNodes:
         return (self.root / f"{name}-node{node}.log").read_text()
 
     def steps(self, rank: int) -> list[dict]:
-        return records.read_steps(self.out / "metrics", rank)
+        return rm_run.read_steps(self.out / "metrics", rank)
 
     @property
     def ckpt(self) -> Path:

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from normbt_plugin.pairs import EvalInputError
-from normbt_plugin.policy_eval import (
+from normbt_plugin.policy_studies.eval_policy import (
     best_of_n,
     bon_kl,
     load_prompts,
@@ -21,7 +20,11 @@ from normbt_plugin.policy_eval import (
     sequence_logprobs,
     win_rate,
 )
-from normbt_plugin.policy_report import downstream_section
+from normbt_plugin.policy_studies.report import downstream_section
+from normbt_plugin.rm_evaluation.pairs import EvalInputError
+from normbt_plugin.runs import files
+from normbt_plugin.runs.generations import Generation, Sample, read_generations
+from normbt_plugin.runs.policy_eval import BestOfN, Curve, PerPrompt, PolicyEval, PolicyResult, Wins
 
 BIN = Path(sys.executable).parent
 
@@ -74,19 +77,19 @@ def test_sequence_logprobs_padding_and_self_kl(tiny):
     import torch
     from transformers import AutoModelForCausalLM
 
-    rows = [
-        {"prompt_ids": [5, 6, 7], "samples": [{"ids": [8, 9]}, {"ids": [10, 11, 12, 13]}]},
-        {"prompt_ids": [20, 21, 22, 23, 24], "samples": [{"ids": [30]}, {"ids": [31, 32, 33]}]},
-    ]
+    def row(prompt_ids: list[int], *responses: list[int]) -> Generation:
+        return Generation("p", prompt_ids, [Sample(ids, "t", 0.0, False) for ids in responses])
+
+    rows = [row([5, 6, 7], [8, 9], [10, 11, 12, 13]), row([20, 21, 22, 23, 24], [30], [31, 32, 33])]
     batched, again = sequence_logprobs(str(tiny["model"]), [rows, rows[:1]], batch_size=4)
     model = AutoModelForCausalLM.from_pretrained(tiny["model"], dtype=torch.float32).eval()
-    for i, row in enumerate(rows):
-        for j, sample in enumerate(row["samples"]):
-            ids = torch.tensor([row["prompt_ids"] + sample["ids"]])
+    for i, generation in enumerate(rows):
+        for j, sample in enumerate(generation.samples):
+            ids = torch.tensor([generation.prompt_ids + sample.ids])
             with torch.no_grad():
                 logp = torch.log_softmax(model(ids).logits[0, :-1], -1)
-            n = len(row["prompt_ids"])
-            want = sum(logp[n - 1 + t, tok].item() for t, tok in enumerate(sample["ids"]))
+            n = len(generation.prompt_ids)
+            want = sum(logp[n - 1 + t, tok].item() for t, tok in enumerate(sample.ids))
             assert batched[i, j] == pytest.approx(want, abs=1e-4)
     assert (batched < 0).all() and np.allclose(again, batched[:1], atol=1e-5)
     (hot,) = sequence_logprobs(str(tiny["model"]), [rows], temperature=0.5, batch_size=1)
@@ -113,7 +116,7 @@ def test_named_entries_and_prompt_files(tmp_path):
 
 
 def test_policies_of_one_architecture_share_an_engine(tmp_path):
-    from normbt_plugin.generation import GenerationSpec, engine_groups
+    from normbt_plugin.policy_studies.generation import GenerationSpec, engine_groups
 
     config = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 64,
               "num_hidden_layers": 2, "vocab_size": 300, "eos_token_id": 2}  # fmt: skip
@@ -171,7 +174,7 @@ def test_eval_policy_refuses_bad_models_before_sampling(tiny, trained_pair, tmp_
 def test_eval_policy_with_a_gold_reward_model(chain, tmp_path):
     """A reward model as the judge (what the GPU configs' GOLD_RM does): the gold rewards it logs are
     its scores of the sampled texts; best-of-N with the gold as its own proxy is the oracle."""
-    from normbt_plugin.scoring import RewardScorer
+    from normbt_plugin.rm_evaluation.scoring import RewardScorer
 
     gold = str(chain / "rm-bt-seed1" / "model")  # any trained RM will do as a judge here
     proc = eval_policy(
@@ -180,65 +183,57 @@ def test_eval_policy_with_a_gold_reward_model(chain, tmp_path):
         "--bon_samples", "4", "--max_new", "24", "--max_len", "64", "--out", str(tmp_path),
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    result = json.loads((tmp_path / "policy_eval.json").read_text())
-    assert result["gold"] == gold and result["prompts"] == 8
-    rows = [json.loads(x) for x in (tmp_path / "generations" / "initial.jsonl").open()]
+    result = PolicyEval.read(tmp_path / "policy_eval.json")
+    assert result.gold == gold and result.prompts == 8
+    rows = read_generations(tmp_path / "generations" / "initial.jsonl")
     scorer = RewardScorer(gold)
-    texts = [scorer.format(r["prompt"], s["text"]) for r in rows for s in r["samples"][:2]]
-    logged = np.ravel(result["policies"]["initial"]["gold_per_sample"])
+    texts = [scorer.format(r.prompt, s.text) for r in rows for s in r.samples[:2]]
+    logged = np.ravel(result.policies["initial"].gold_per_sample)
     np.testing.assert_allclose(scorer.score(texts)[0], logged, atol=1e-4)
-    curves = result["best_of_n"]["curves"]
-    np.testing.assert_allclose(curves["bt-seed1"]["mean"], curves["oracle (gold)"]["mean"], atol=1e-9)
+    curves = result.best_of_n.curves
+    np.testing.assert_allclose(curves["bt-seed1"].mean, curves["oracle (gold)"].mean, atol=1e-9)
 
 
 def synthetic_policy_eval(path: Path, effect: float, seeds=(1, 2, 3), prompts: int = 200) -> Path:
     """A policy_eval.json whose 'normbt' policies beat the 'bt' ones by ``effect`` gold reward."""
     rng = np.random.default_rng(0)
     difficulty = rng.normal(size=prompts)  # shared by all policies: the pairing matters
-    policies = {"initial": {"gold": difficulty}}
+    golds = {"initial": difficulty}
     for seed in seeds:
-        policies[f"bt-seed{seed}"] = {"gold": difficulty + 0.5 + rng.normal(0, 0.5, prompts)}
-        policies[f"normbt-seed{seed}"] = {"gold": difficulty + 0.5 + effect + rng.normal(0, 0.5, prompts)}
-    result = {"reference": "initial", "gold": "gold-rm", "prompts": prompts, "samples": 1, "max_new": 8,
-              "temperature": 1.0, "tie_tol": 0.0, "policies": {}}  # fmt: skip
-    for name, p in policies.items():
-        result["policies"][name] = {
-            "gold_mean": float(p["gold"].mean()),
-            "kl": 0.0 if name == "initial" else 1.0,
-            "length": 8.0,
-            "per_prompt": {"gold": p["gold"].tolist(), "kl": [0.0 if name == "initial" else 1.0] * prompts},
-            "wins": {
-                other: {"per_prompt": np.where(p["gold"] > q["gold"], 1.0, 0.0).tolist()}
-                for other, q in policies.items()
-                if other != name
-            },
-        }
+        golds[f"bt-seed{seed}"] = difficulty + 0.5 + rng.normal(0, 0.5, prompts)
+        golds[f"normbt-seed{seed}"] = difficulty + 0.5 + effect + rng.normal(0, 0.5, prompts)
+    result = PolicyEval(reference="initial", gold="gold-rm", gold_fn=None, prompts=prompts, samples=1,
+                        max_new=8, temperature=1.0, seed=0, tie_tol=0.0, policies={})  # fmt: skip
+    for name, gold in golds.items():
+        kl = 0.0 if name == "initial" else 1.0
+        result.policies[name] = PolicyResult(
+            path=name, gold_mean=float(gold.mean()), kl=kl, length=8.0, truncated=0.0,
+            engine_logprob_gap=None,
+            per_prompt=PerPrompt(gold=gold.tolist(), kl=[kl] * prompts, length=[8.0] * prompts),
+            gold_per_sample=gold[:, None].tolist(), texts=[["x"]] * prompts,
+            wins={other: Wins(float((gold > q).mean()), np.where(gold > q, 1.0, 0.0).tolist())
+                  for other, q in golds.items() if other != name},
+        )  # fmt: skip
     gold = rng.normal(size=(50, 8))
-    result["best_of_n"] = {
-        "n": [1, 2, 4, 8],
-        "kl": [bon_kl(n) for n in (1, 2, 4, 8)],
-        "prompts": 50,
-        "samples": 8,
-        "curves": {
-            "oracle (gold)": {"per_prompt": best_of_n(gold, gold, [1, 2, 4, 8]).tolist()},
-            **{
-                f"{label}-seed{s}": {
-                    "per_prompt": best_of_n(gold + rng.normal(0, 1, gold.shape), gold, [1, 2, 4, 8]).tolist()
-                }
-                for label in ("bt", "normbt")
-                for s in seeds
-            },
-        },
+    proxies = {
+        f"{label}-seed{s}": gold + rng.normal(0, 1, gold.shape) for label in ("bt", "normbt") for s in seeds
     }
-    path.write_text(json.dumps(result))
-    return path
+    curves = {"oracle (gold)": best_of_n(gold, gold, [1, 2, 4, 8])}
+    curves |= {name: best_of_n(scores, gold, [1, 2, 4, 8]) for name, scores in proxies.items()}
+    result.best_of_n = BestOfN(
+        n=[1, 2, 4, 8], kl=[bon_kl(n) for n in (1, 2, 4, 8)], prompts=50, samples=8,
+        curves={k: Curve(v.mean(axis=0).tolist(), v.tolist()) for k, v in curves.items()},
+        gold_scores=gold.tolist(), proxy_scores={k: v.tolist() for k, v in proxies.items()},
+    )  # fmt: skip
+    return files.write(result, path, indent=None)
 
 
 def test_downstream_section_finds_a_known_effect(tmp_path):
     import matplotlib
 
     matplotlib.use("Agg")
-    lines, figures, summary = downstream_section(str(synthetic_policy_eval(tmp_path / "pe.json", 0.3)), "bt")
+    section = downstream_section(str(synthetic_policy_eval(tmp_path / "pe.json", 0.3)), "bt")
+    summary = section.summary
     normbt = summary["policies"]["normbt"]
     d = normbt["gold_vs_baseline"]
     assert d["low"] < 0.3 < d["high"] and d["p_permutation"] < 0.01
@@ -249,16 +244,16 @@ def test_downstream_section_finds_a_known_effect(tmp_path):
         normbt["head_to_head"]["bt"]["mean"] + summary["policies"]["bt"]["head_to_head"]["normbt"]["mean"]
         <= 1
     )
-    text = "\n".join(lines)
+    text = "\n".join(section.lines)
     assert "## Downstream policies" in text and "Best-of-N" in text and "| normbt | 3 |" in text
     oracle = summary["best_of_n"]["curves"]["oracle (gold)"]
     assert [p["mean"] for p in oracle] == sorted(p["mean"] for p in oracle)
-    for name, fig in figures:
+    for name, fig in section.figures:
         fig.savefig(tmp_path / name)
         assert (tmp_path / name).stat().st_size > 10_000, name
 
     # no effect: the interval covers 0 and the test does not reject
-    _, _, null = downstream_section(str(synthetic_policy_eval(tmp_path / "null.json", 0.0)), "bt")
+    null = downstream_section(str(synthetic_policy_eval(tmp_path / "null.json", 0.0)), "bt").summary
     d = null["policies"]["normbt"]["gold_vs_baseline"]
     assert d["low"] < 0 < d["high"]
 
@@ -266,29 +261,27 @@ def test_downstream_section_finds_a_known_effect(tmp_path):
 def test_downstream_marks_policies_at_kls_more_than_2x_apart(tmp_path):
     import matplotlib
 
-    from normbt_plugin.policy_report import kl_note
+    from normbt_plugin.policy_studies.report import kl_note
 
     matplotlib.use("Agg")
     assert kl_note(4.6, 18.3) == "not comparable: KL 4.60 vs 18.30 (> 2x)" and kl_note(4.0, 7.9) == ""
     path = synthetic_policy_eval(tmp_path / "pe.json", 0.3)
-    result = json.loads(path.read_text())
-    for name, policy in result["policies"].items():
-        policy["kl"] = 12.0 if name.startswith("normbt") else 3.0
-    path.write_text(json.dumps(result))
-    lines, _, summary = downstream_section(
-        str(path), "bt", note="2 PPO steps: shows the chain, not the answer"
-    )
-    text = "\n".join(lines)
-    assert summary["policies"]["normbt"]["comparable"] is False
+    result = PolicyEval.read(path)
+    for name, policy in result.policies.items():
+        policy.kl = 12.0 if name.startswith("normbt") else 3.0
+    files.write(result, path)
+    section = downstream_section(str(path), "bt", note="2 PPO steps: shows the chain, not the answer")
+    text = "\n".join(section.lines)
+    assert section.summary["policies"]["normbt"]["comparable"] is False
     assert "(KL 12.00 vs 3.00); **not comparable: KL 12.00 vs 3.00 (> 2x)**" in text
     assert "**2 PPO steps: shows the chain, not the answer**" in text and "KL bound (nats)" in text
 
 
 def test_reward_scale_raw_and_as_ppo_normalises_it(tmp_path):
-    from normbt_plugin.policy_eval import reward_scale
+    from normbt_plugin.policy_studies.eval_policy import reward_scale
 
     (tmp_path / "config.json").write_text(json.dumps({"mean": 1.0, "std": 2.0}))
     scale = reward_scale(np.array([[1.0, 3.0], [5.0, 7.0]]), str(tmp_path))
-    assert scale["mean"] == 4.0 and scale["std"] == pytest.approx(np.sqrt(5.0))
-    assert scale["normalised_mean"] == 1.5 and scale["normalised_std"] == pytest.approx(np.sqrt(5.0) / 2)
-    assert reward_scale(np.array([[1.0]]), str(tmp_path / "none"))["normalised_mean"] is None
+    assert scale.mean == 4.0 and scale.std == pytest.approx(np.sqrt(5.0))
+    assert scale.normalised_mean == 1.5 and scale.normalised_std == pytest.approx(np.sqrt(5.0) / 2)
+    assert reward_scale(np.array([[1.0]]), str(tmp_path / "none")).normalised_mean is None

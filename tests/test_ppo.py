@@ -68,7 +68,8 @@ def test_every_recipe_command_parses_with_the_pinned_openrlhf(config, parsers, t
     for cmd in commands:
         found = openrlhf_args(cmd)
         if found is None:
-            assert cmd[0] == "normbt" or "normbt_plugin.tiny" in cmd or "normbt_plugin.evidence" in cmd, cmd
+            data = ("normbt_plugin.common.tiny", "normbt_plugin.rm_evaluation.evidence")
+            assert cmd[0] == "normbt" or any(m in cmd for m in data), cmd
             if cmd[0] == "normbt":  # our own CLI: its subcommand's --help lists every flag used
                 capsys.readouterr()
                 with pytest.raises(SystemExit) as done:
@@ -125,7 +126,7 @@ def cpu_flags(policy: Path, rm: Path, prompts: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def other_tokenizer_model(tmp_path_factory):
     """A tiny model whose tokenizer was trained on other text."""
-    from normbt_plugin.tiny import build_model, build_tokenizer
+    from normbt_plugin.common.tiny import build_model, build_tokenizer
 
     out = tmp_path_factory.mktemp("other") / "model"
     tokenizer = build_tokenizer(["zebra quartz " * 50, "lorem ipsum dolor " * 50], out, vocab_size=300)
@@ -183,17 +184,18 @@ def test_tiny_chain_trains_both_policies(chain):
 def test_tiny_chain_reward_models_learn_on_two_ranks_and_are_reported(chain):
     """The RM stage of the chain (two CPU ranks, ZeRO-2): both losses learn, held out and on every
     rank; eval-rm and compare report them by subset and distance bin."""
-    from normbt_plugin import records
+    from normbt_plugin.runs import rm as rm_run
+    from normbt_plugin.runs.rm_eval import RmEval
 
     for loss in ("bt", "normbt"):
         run = chain / f"rm-{loss}-seed1"
         for rank in (0, 1):
-            steps = records.read_steps(run / "metrics", rank)
+            steps = rm_run.read_steps(run / "metrics", rank)
             assert len(steps) == 96  # 512 pairs / 16 per step x 3 epochs
             late = [r["acc_mean"] for r in steps[-8:]]
             assert sum(late) / len(late) > 0.75, (loss, rank, late)
-        result = json.loads((run / "eval.json").read_text())
-        assert result["accuracy"] > 0.7, (loss, result["accuracy"])  # 256 held-out pairs, chance 0.5
+        result = RmEval.read(run / "eval.json")
+        assert result.accuracy > 0.7, (loss, result.accuracy)  # 256 held-out pairs, chance 0.5
     out = (chain / "compare.out").read_text()
     assert "| bt | 1 |" in out and "| normbt | 1 |" in out
     assert "Accuracy by representation-distance quantile bin" in out
@@ -261,7 +263,7 @@ def test_reward_normalisation_needs_the_fix(chain):
 def test_weight_sync_reaches_the_vllm_engine(chain):
     """After PPO, syncing the actor into a vLLM engine makes it generate what HF generates."""
     proc = subprocess.run(
-        [sys.executable, "-m", "normbt_plugin.sync_check", "--base", str(chain / "policy"),
+        [sys.executable, "-m", "normbt_plugin.launchers.sync_check", "--base", str(chain / "policy"),
          "--updated", str(chain / "ppo-normbt-seed1" / "model"),
          "--prompts", str(chain / "tiny" / "prompts.jsonl"), "--n", "64"],
         env=ENV, capture_output=True, text=True, timeout=600, check=False,
@@ -285,39 +287,36 @@ def test_weight_sync_reaches_the_vllm_engine(chain):
 def test_policies_judged_by_the_true_reward(chain):
     from transformers import AutoTokenizer
 
-    from normbt_plugin.tasks import gold_reward
+    from normbt_plugin.common.tasks import gold_reward
+    from normbt_plugin.runs.generations import read_generations
+    from normbt_plugin.runs.policy_eval import PolicyEval
 
-    result = json.loads((chain / "policy-eval" / "policy_eval.json").read_text())
-    assert set(result["policies"]) == {"initial", "bt-seed1", "normbt-seed1"}
-    assert result["gold"] == "fn:normbt_plugin.tasks:gold_reward"
-    assert result["policies"]["initial"]["kl"] == 0.0  # the reference against itself
-    for name, policy in result["policies"].items():
-        assert np.isfinite(policy["gold_per_sample"]).all()
-        assert len(policy["gold_per_sample"]) == result["prompts"] == 64
+    result = PolicyEval.read(chain / "policy-eval" / "policy_eval.json")
+    assert set(result.policies) == {"initial", "bt-seed1", "normbt-seed1"}
+    assert result.gold == "fn:normbt_plugin.common.tasks:gold_reward"
+    assert result.policies["initial"].kl == 0.0  # the reference against itself
+    for name, policy in result.policies.items():
+        assert np.isfinite(policy.gold_per_sample).all()
+        assert len(policy.gold_per_sample) == result.prompts == 64
         # vLLM sampled the model that transformers scores (float32): the sampler is the policy
-        assert policy["engine_logprob_gap"] < 1e-3, (name, policy["engine_logprob_gap"])
-        for other, wins in policy["wins"].items():
-            mirror = result["policies"][other]["wins"][name]["per_prompt"]
-            assert np.allclose(np.add(wins["per_prompt"], mirror), 1.0)  # ties counted once, as 1/2
+        assert policy.engine_logprob_gap < 1e-3, (name, policy.engine_logprob_gap)
+        for other, wins in policy.wins.items():
+            mirror = result.policies[other].wins[name].per_prompt
+            assert np.allclose(np.add(wins.per_prompt, mirror), 1.0)  # ties counted once, as 1/2
     for name in ("bt-seed1", "normbt-seed1"):
-        assert abs(result["policies"][name]["kl"]) > 1e-3, name  # PPO moved the policy
+        assert abs(result.policies[name].kl) > 1e-3, name  # PPO moved the policy
 
     # the logged gold rewards are the task's reward of the sampled token ids, decoded again here
     tokenizer = AutoTokenizer.from_pretrained(chain / "policy")
-    rows = [json.loads(x) for x in (chain / "policy-eval" / "generations" / "normbt-seed1.jsonl").open()]
-    again = [
-        gold_reward(r["prompt"], tokenizer.decode(s["ids"], skip_special_tokens=True))
-        for r in rows
-        for s in r["samples"]
-    ]
-    np.testing.assert_allclose(
-        again, np.ravel(result["policies"]["normbt-seed1"]["gold_per_sample"]), atol=1e-9
-    )
+    rows = read_generations(chain / "policy-eval" / "generations" / "normbt-seed1.jsonl")
+    texts = [(r.prompt, tokenizer.decode(s.ids, skip_special_tokens=True)) for r in rows for s in r.samples]
+    again = [gold_reward(prompt, text) for prompt, text in texts]
+    np.testing.assert_allclose(again, np.ravel(result.policies["normbt-seed1"].gold_per_sample), atol=1e-9)
     assert len(set(again)) > 1  # the samples differ in quality: best-of-N has something to pick
 
-    bon = result["best_of_n"]
-    assert bon["n"] == [1, 2, 4, 8, 16, 32] and bon["samples"] == 32
-    curves = {k: np.asarray(v["mean"]) for k, v in bon["curves"].items()}
+    bon = result.best_of_n
+    assert bon.n == [1, 2, 4, 8, 16, 32] and bon.samples == 32
+    curves = {k: np.asarray(v.mean) for k, v in bon.curves.items()}
     assert set(curves) == {"oracle (gold)", "bt-seed1", "normbt-seed1"}
     oracle = curves.pop("oracle (gold)")
     assert (np.diff(oracle) > 0).all()  # picking by the gold itself can only gain

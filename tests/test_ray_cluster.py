@@ -143,8 +143,8 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
 def models(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ppo-tiny") / "tiny"
     proc = subprocess.run(
-        [sys.executable, "-m", "normbt_plugin.tiny", "--out", str(out), "--n_train", "64", "--n_test", "32",
-         "--heads", "2"], env=ENV, capture_output=True, text=True, timeout=300, check=False,
+        [sys.executable, "-m", "normbt_plugin.common.tiny", "--out", str(out), "--n_train", "64",
+         "--n_test", "32", "--heads", "2"], env=ENV, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out

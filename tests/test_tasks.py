@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from normbt_plugin.tasks import gold_reward, prompt_numbers, reward_func, sort_score, split_query
+from normbt_plugin.common.tasks import gold_reward, prompt_numbers, reward_func, sort_score, split_query
 
 P = "sort: 57 12 33 90 ->"
 

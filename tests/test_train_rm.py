@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from normbt_plugin.losses import NormBTLoss, build_loss
-from normbt_plugin.records import RunMeta
+from normbt_plugin.runs.rm import RunMeta
 
 pytestmark = pytest.mark.slow
 
@@ -52,12 +52,12 @@ def test_two_ranks_share_mu_and_learn(run_train_rm, zero_stage, tiny):
     assert base_loss[0] == pytest.approx(math.log(2), abs=0.05)
     assert mean(base_loss[-8:]) < base_loss[0] - 0.15, base_loss
     assert mean(acc[-8:]) > 0.75, acc
-    evals = run.eval_bins()
-    assert all(e["acc"] > 0.7 for e in evals), evals  # held out, at steps 8, 16, 24, 32
+    evals = run.evals()
+    assert all(e.acc > 0.7 for e in evals), evals  # held out, at steps 8, 16, 24, 32
     # the paper's diagnostic: accuracy per distance bin, far (coarse) pairs learnt first
-    bins = evals[-1]["distance_bins"]
-    assert len(bins) == 5 and sum(b["n"] for b in bins) == 96
-    assert bins[-1]["acc"] > bins[0]["acc"]
+    bins = evals[-1].distance_bins
+    assert len(bins) == 5 and sum(b.n for b in bins) == 96
+    assert bins[-1].acc > bins[0].acc
     assert "representation-distance quantile bin" in run.output
 
     if zero_stage == 3:  # the ZeRO-3 consolidated save loads back as a plain HF classifier
@@ -162,10 +162,10 @@ def test_lora_reward_model_is_saved_whole(run_train_rm, tiny, zero_stage):
     from peft import PeftModel
     from safetensors import safe_open
 
-    from normbt_plugin.evaluation import evaluate_pairs
-    from normbt_plugin.pairs import load_pairs
     from normbt_plugin.patches import load_reward_model
-    from normbt_plugin.scoring import RewardScorer
+    from normbt_plugin.rm_evaluation.eval_rm import evaluate_pairs
+    from normbt_plugin.rm_evaluation.pairs import load_pairs
+    from normbt_plugin.rm_evaluation.scoring import RewardScorer
 
     run = run_train_rm("--ds.zero_stage", zero_stage, "--ds.lora.rank", "4", "--ds.lora.alpha", "8",
                        name=f"lora{zero_stage}")  # fmt: skip
@@ -179,8 +179,8 @@ def test_lora_reward_model_is_saved_whole(run_train_rm, tiny, zero_stage):
     # eval-rm on the saved folder: the accuracy the run's last eval measured on the same pairs
     scorer = RewardScorer(str(run.out_dir), loader="openrlhf", max_len=64)
     result = evaluate_pairs(scorer, load_pairs(str(tiny["test"])), progress=False)
-    trained = run.eval_bins()[-1]["acc"]
-    assert result["accuracy"] == pytest.approx(trained, abs=1.5 / result["pairs"]), (result, trained)
+    trained = run.evals()[-1].acc
+    assert result.accuracy == pytest.approx(trained, abs=1.5 / result.pairs), (result.accuracy, trained)
 
     # per pair: the merged model (OpenRLHF's loader, as PPO's reward model; and transformers'
     # AutoModelForSequenceClassification) scores as the trained LoRA layers and head do unmerged
@@ -205,7 +205,7 @@ def test_baseline_losses_train(run_train_rm, loss):
     run = run_train_rm("--ds.zero_stage", "2", loss=loss, name=loss)
     assert run.returncode == 0, run.output[-3000:]
     assert f"normbt-plugin: loss {loss}" in run.output
-    assert len(run.records()) == 16 and run.eval_bins()[-1]["distance_bins"]
+    assert len(run.records()) == 16 and run.evals()[-1].distance_bins
     if loss == "bsr":  # the batch term's reward mean reaches the logs
         assert all(math.isfinite(r["bsr_reward_mean"]) for r in run.records())
 
@@ -396,13 +396,13 @@ def test_unsupported_openrlhf_version_is_refused(tmp_path):
 def test_value_head_layernorm_is_trained_saved_and_rebuilt(run_train_rm, tiny):
     """``--plugin.value_head_layernorm`` under ZeRO-3: the head reads LayerNorm(h), the flag is
     saved, and OpenRLHF's loader (patched) rebuilds the same head for eval-rm and PPO."""
-    from normbt_plugin.pairs import EvalInputError
-    from normbt_plugin.scoring import RewardScorer
+    from normbt_plugin.rm_evaluation.pairs import EvalInputError
+    from normbt_plugin.rm_evaluation.scoring import RewardScorer
 
     run = run_train_rm("--ds.zero_stage", "3", "--plugin.value_head_layernorm", loss="bt", name="ln")
     assert run.returncode == 0, run.output[-3000:]
     assert json.loads((run.out_dir / "config.json").read_text())["value_head_layernorm"] is True
-    assert run.eval_bins()[-1]["distance_bins"]
+    assert run.evals()[-1].distance_bins
 
     scorer = RewardScorer(str(run.out_dir))
     assert scorer.normed_head is not None

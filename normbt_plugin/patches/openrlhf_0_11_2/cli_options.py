@@ -205,7 +205,7 @@ def cpu_param_dtype(parser: argparse.ArgumentParser) -> None:
     """Without a GPU, ``--ds.param_dtype`` also takes fp32 and defaults to it (patch ``cpu_fp32``)."""
     import torch
 
-    from normbt_plugin.environment import CPU_PARAM_DTYPE
+    from normbt_plugin.common.environment import CPU_PARAM_DTYPE
 
     dtype = parser._option_string_actions.get("--ds.param_dtype")
     if dtype is None or torch.cuda.is_available() or is_patched(dtype, "cpu_fp32"):
@@ -221,7 +221,7 @@ def warn_slow_bf16(parser: argparse.ArgumentParser, parsed: argparse.Namespace) 
     """An explicit bf16 on a CPU that only emulates it: say what it costs."""
     import torch
 
-    from normbt_plugin.environment import CPU_PARAM_DTYPE, cpu_summary, native_bf16
+    from normbt_plugin.common.environment import CPU_PARAM_DTYPE, cpu_summary, native_bf16
 
     on_cpu = not torch.cuda.is_available()
     if on_cpu and getattr(parsed, "ds.param_dtype", None) == "bf16" and not native_bf16():

@@ -31,7 +31,7 @@ from normbt_plugin.losses import PreferenceLoss, host_metrics, loss_spec
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 from normbt_plugin.patches.openrlhf_0_11_2.value_head_norm import normed_head
 from normbt_plugin.rank_metrics import format_bins, gather_distance_bins, reduce_metrics
-from normbt_plugin.records import RunMeta, RunRecorder
+from normbt_plugin.runs.rm import RunMeta, RunRecorder
 from normbt_plugin.stats import pair_distance
 
 CLIENT_STATE_KEY = "normbt_plugin_loss"

@@ -21,7 +21,7 @@ import importlib
 import os
 
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
-from normbt_plugin.records import Rollout, append_rollouts
+from normbt_plugin.runs.ppo import Rollout, append_rollouts
 
 ENV = "NORMBT_PLUGIN_ROLLOUT_LOG"
 

@@ -19,8 +19,8 @@ import importlib
 
 import torch
 
+from normbt_plugin.common.vllm_weights import keep_cpu_weights, repack_weights
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
-from normbt_plugin.vllm_weights import keep_cpu_weights, repack_weights
 
 
 def needed() -> bool:

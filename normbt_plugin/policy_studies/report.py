@@ -1,23 +1,22 @@
 """The downstream part of ``normbt compare``: the policies PPO made from each reward model, as
 ``normbt eval-policy`` judged them (``--policy_eval``), per loss label with seeds paired: gold
 reward, win rate and KL with intervals, the difference to the baseline's policies (compared only at
-comparable KL), head-to-head win rates and best-of-N. ``compare.py`` holds the reward-model report
-and puts this section in it.
+comparable KL), head-to-head win rates and best-of-N. ``rm_evaluation.report`` holds the
+reward-model report; ``normbt compare`` puts this section in it.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from normbt_plugin.intervals import ci_text, interval, paired_difference
-from normbt_plugin.pairs import EvalInputError
+from normbt_plugin.common.intervals import ci_text, interval, paired_difference
+from normbt_plugin.rm_evaluation.report import Section
+from normbt_plugin.runs.policy_eval import PolicyEval, PolicyResult
 
 
 def _label(name: str) -> tuple[str, int | None]:
@@ -47,32 +46,27 @@ def _kl(summary: dict[str, Any], label: str) -> float:
     return summary["policies"][label]["kl"]["mean"]
 
 
-def downstream_section(
-    path: str, baseline: str, note: str | None = None
-) -> tuple[list[str], list, dict[str, Any]]:
+def downstream_section(path: str, baseline: str, note: str | None = None) -> Section:
     """The ``normbt eval-policy`` result as report lines, figures and a summary: per loss label
     (seeds averaged) gold reward, win rate against the reference policy and KL with bootstrap 95%
     intervals over prompts, the difference to the baseline label's policies (paired bootstrap,
     permutation test over prompts, t-test across seeds), head-to-head win rates, best-of-N."""
     import matplotlib.pyplot as plt
 
-    source = Path(path)
-    if not source.exists():
-        raise EvalInputError(f"{path} does not exist (run normbt eval-policy --out {source.parent})")
-    result = json.loads(source.read_text())
-    ref = result["reference"]
-    groups: dict[str, dict[int | None, dict]] = defaultdict(dict)
-    for name, policy in result["policies"].items():
+    result = PolicyEval.read(path)
+    ref = result.reference
+    groups: dict[str, dict[int | None, PolicyResult]] = defaultdict(dict)
+    for name, policy in result.policies.items():
         label, seed = _label(name)
         groups[label][seed] = policy
     labels = [ref] + sorted(g for g in groups if g != _label(ref)[0])
     groups[ref] = groups.pop(_label(ref)[0])
     base = baseline if baseline in groups else None
 
-    def per_prompt(policy: dict, key: str) -> np.ndarray:
-        return np.asarray(policy["per_prompt"][key], dtype=np.float64)
+    def per_prompt(policy: PolicyResult, key: str) -> np.ndarray:
+        return np.asarray(getattr(policy.per_prompt, key), dtype=np.float64)
 
-    has_true = all("true" in p["per_prompt"] for p in result["policies"].values())
+    has_true = result.has_true
     lines = [
         "",
         "## Downstream policies",
@@ -83,11 +77,11 @@ def downstream_section(
         "comparable (a policy that moved further can gain or lose for that reason alone; "
         "`normbt curves` compares along the KL curve, at matched KL).",
         "",
-        f"`normbt eval-policy`: {result['prompts']} held-out prompts x {result['samples']} samples per "
-        f"policy (temperature {result['temperature']}, up to {result['max_new']} new tokens), gold RM "
-        f"`{result['gold']}`, reference policy `{ref}`. Win rate: 1 / 0 / 0.5 for a higher / lower / tied "
+        f"`normbt eval-policy`: {result.prompts} held-out prompts x {result.samples} samples per "
+        f"policy (temperature {result.temperature}, up to {result.max_new} new tokens), gold RM "
+        f"`{result.gold}`, reference policy `{ref}`. Win rate: 1 / 0 / 0.5 for a higher / lower / tied "
         "gold reward on the same prompt and sample index (tie: identical text or within "
-        f"{result['tie_tol']}). KL: mean of log pi - log pi_ref over the policy's own samples.",
+        f"{result.tie_tol}). KL: mean of log pi - log pi_ref over the policy's own samples.",
         "Intervals: 95% bootstrap over prompts (seeds averaged); p: paired permutation test over "
         "prompts; t-test: paired across seeds.",
         "",
@@ -103,7 +97,7 @@ def downstream_section(
             "seeds": sorted((s for s in members if s is not None), key=int),
             "gold": interval(gold),
             "kl": interval([per_prompt(p, "kl") for p in members.values()]),
-            "length": float(np.mean([p["length"] for p in members.values()])),
+            "length": float(np.mean([p.length for p in members.values()])),
         }
         cells = [ci_text(row["gold"]), "", ci_text(row["kl"], 3), f"{row['length']:.1f}", "", "", ""]
         if has_true:
@@ -111,7 +105,7 @@ def downstream_section(
             cells.insert(1, ci_text(row["true"]))
         win_cell, diff_cell = (2, 5) if has_true else (1, 4)
         if label != ref:
-            wins = [np.asarray(p["wins"][ref]["per_prompt"]) for p in members.values()]
+            wins = [np.asarray(p.wins[ref].per_prompt) for p in members.values()]
             row["win_vs_reference"] = interval(wins)
             cells[win_cell] = ci_text(row["win_vs_reference"], 3)
         if base and label not in (base, ref):
@@ -120,8 +114,8 @@ def downstream_section(
                 [per_prompt(a, "gold") for a, _ in pairs], [per_prompt(b, "gold") for _, b in pairs]
             )
             row["gold_vs_baseline"] = d
-            kl_self = float(np.mean([p["kl"] for p in members.values()]))
-            kl_base = float(np.mean([p["kl"] for p in groups[base].values()]))
+            kl_self = float(np.mean([p.kl for p in members.values()]))
+            kl_base = float(np.mean([p.kl for p in groups[base].values()]))
             row["comparable"] = not kl_note(kl_self, kl_base)
             cells[diff_cell] = (
                 f"{d['diff']:+.4f} [{d['low']:+.4f}, {d['high']:+.4f}] (KL {kl_self:.2f} vs {kl_base:.2f})"
@@ -131,7 +125,7 @@ def downstream_section(
             seeds = sorted(set(members) & set(groups[base]) - {None})
             if len(seeds) >= 2:
                 t = stats.ttest_rel(
-                    [members[s]["gold_mean"] for s in seeds], [groups[base][s]["gold_mean"] for s in seeds]
+                    [members[s].gold_mean for s in seeds], [groups[base][s].gold_mean for s in seeds]
                 )
                 row["t_test"] = {"statistic": float(t.statistic), "p": float(t.pvalue), "seeds": seeds}
                 cells[diff_cell + 2] = f"{t.pvalue:.3g} (n={len(seeds)})"
@@ -157,8 +151,8 @@ def downstream_section(
                     cells.append("-")
                     continue
                 pairs = _matched(groups[a], groups[b])
-                names = {id(p): n for n, p in result["policies"].items()}
-                wins = [np.asarray(x["wins"][names[id(y)]]["per_prompt"]) for x, y in pairs]
+                names = {id(p): n for n, p in result.policies.items()}
+                wins = [np.asarray(x.wins[names[id(y)]].per_prompt) for x, y in pairs]
                 ci = interval(wins)
                 summary["policies"][a].setdefault("head_to_head", {})[b] = ci
                 apart = kl_note(_kl(summary, a), _kl(summary, b))
@@ -185,24 +179,24 @@ def downstream_section(
     fig.tight_layout()
     figures.append(("downstream_policies.png", fig))
 
-    if "best_of_n" in result:
-        bon = result["best_of_n"]
-        ns = bon["n"]
+    if result.best_of_n:
+        bon = result.best_of_n
+        ns = bon.n
         lines += [
             "",
-            f"Best-of-N from `{ref}` ({bon['prompts']} prompts x {bon['samples']} samples): expected gold "
+            f"Best-of-N from `{ref}` ({bon.prompts} prompts x {bon.samples} samples): expected gold "
             "reward of the response each proxy RM ranks first among N (exact over all N-subsets), "
             "proxies of a loss averaged over seeds, 95% bootstrap CI over prompts.",
             "",
             "| proxy | " + " | ".join(f"N={n}" for n in ns) + " |",
             "|---|" + "---|" * len(ns),
-            "| KL bound (nats) | " + " | ".join(f"{k:.2f}" for k in bon["kl"]) + " |",
+            "| KL bound (nats) | " + " | ".join(f"{k:.2f}" for k in bon.kl) + " |",
         ]
         bon_groups: dict[str, list[np.ndarray]] = defaultdict(list)
-        for name, curve in bon["curves"].items():
-            bon_groups[_label(name)[0]].append(np.asarray(curve["per_prompt"], dtype=np.float64))
+        for name, curve in bon.curves.items():
+            bon_groups[_label(name)[0]].append(np.asarray(curve.per_prompt, dtype=np.float64))
         fig, ax = plt.subplots(figsize=(6, 4))
-        summary["best_of_n"] = {"n": ns, "kl": bon["kl"], "curves": {}}
+        summary["best_of_n"] = {"n": ns, "kl": bon.kl, "curves": {}}
         for k, (label, curves) in enumerate(bon_groups.items()):
             points = [interval([c[:, j] for c in curves]) for j in range(len(ns))]
             summary["best_of_n"]["curves"][label] = points
@@ -217,4 +211,4 @@ def downstream_section(
         ax.legend()
         fig.tight_layout()
         figures.append(("best_of_n.png", fig))
-    return lines, figures, summary
+    return Section(lines, figures, summary)

@@ -18,8 +18,8 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
-from normbt_plugin.pairs import load_pairs
-from normbt_plugin.scoring import RewardScorer
+from normbt_plugin.rm_evaluation.pairs import load_pairs
+from normbt_plugin.rm_evaluation.scoring import RewardScorer
 from normbt_plugin.stats import normbt_weight, pair_distance, quantile_bins
 
 

@@ -23,15 +23,17 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from scipy import stats
 
-from normbt_plugin.intervals import nested_bootstrap, seeds_needed, t_interval
-from normbt_plugin.pairs import EvalInputError
+from normbt_plugin.common.intervals import nested_bootstrap, seeds_needed, t_interval
+from normbt_plugin.rm_evaluation.pairs import EvalInputError
+from normbt_plugin.runs.policy_eval import PolicyEval
+from normbt_plugin.runs.rm_eval import EVAL, RmEval
 
 NAME = re.compile(r"^(?P<arm>.+)-(?P<loss>[^-]+)-seed(?P<seed>\d+)$")
 
@@ -46,9 +48,7 @@ class Proxy:
     seed: int
     bon: np.ndarray  # [prompts, len(ns)]: the judge's reward of the proxy's pick among N
     scores: np.ndarray  # [prompts, K]: the proxy's reward of every sample
-    accuracy: float | None = None  # held-out on-policy pairs
-    distance_bins: list[dict] = field(default_factory=list)
-    per_pair: dict[str, list] = field(default_factory=dict)
+    evaluation: RmEval | None = None  # eval-rm on the held-out on-policy pairs, where the run has it
 
 
 def gao_fit(d: np.ndarray, gain: np.ndarray) -> tuple[float, float]:
@@ -76,25 +76,23 @@ def rank_agreement(scores: np.ndarray, gold: np.ndarray) -> float:
     return float(np.mean(rhos))
 
 
-def load_proxies(policy_eval: dict[str, Any], runs: list[str]) -> list[Proxy]:
-    bon = policy_eval.get("best_of_n")
-    if not bon or "proxy_scores" not in bon:
+def load_proxies(policy_eval: PolicyEval, runs: list[str]) -> list[Proxy]:
+    bon = policy_eval.best_of_n
+    if not bon or not bon.proxy_scores:
         raise EvalInputError(
             "the policy evaluation has no best-of-N with proxy scores (eval-policy --bon_samples)"
         )
     folders = {Path(r).name.removeprefix("rm-"): Path(r) for r in runs}
     proxies = []
-    for name, scores in bon["proxy_scores"].items():
+    for name, scores in bon.proxy_scores.items():
         match = NAME.match(name)
         if not match:
             raise EvalInputError(f"proxy {name!r} is not named <arm>-<loss>-seed<k>")
         proxy = Proxy(name=name, arm=match["arm"], loss=match["loss"], seed=int(match["seed"]),
-                      bon=np.array(bon["curves"][name]["per_prompt"]), scores=np.array(scores))  # fmt: skip
+                      bon=np.array(bon.curves[name].per_prompt), scores=np.array(scores))  # fmt: skip
         folder = folders.get(name)
-        if folder is not None and (folder / "eval.json").exists():
-            ev = json.loads((folder / "eval.json").read_text())
-            proxy.accuracy, proxy.distance_bins = ev["accuracy"], ev.get("distance_bins", [])
-            proxy.per_pair = ev.get("per_pair", {})
+        if folder is not None and (folder / EVAL).exists():
+            proxy.evaluation = RmEval.read(folder / EVAL)
         proxies.append(proxy)
     return proxies
 
@@ -140,9 +138,8 @@ def _mean_ci(values: list[float]) -> dict[str, float]:
     return {"mean": float(arr.mean()), "low": low, "high": high, "n": len(arr)}
 
 
-def gap_accuracy(per_pair: dict[str, list], gaps: np.ndarray, edges: np.ndarray) -> list[float]:
+def gap_accuracy(correct: np.ndarray, gaps: np.ndarray, edges: np.ndarray) -> list[float]:
     """Accuracy of one RM's held-out pairs within each judge-gap bin (``edges``: bin bounds)."""
-    correct = np.asarray(per_pair.get("correct", []), dtype=float)
     if len(correct) != len(gaps):
         return []
     index = np.clip(np.searchsorted(edges, gaps, side="right") - 1, 0, len(edges) - 2)
@@ -163,15 +160,16 @@ def bon_study(
     pairs: str | None = None,
 ) -> dict[str, Any]:
     """The analysis (``summary.json``, ``report.md``, ``best_of_n.png``) under ``out``."""
-    policy_eval = json.loads(Path(policy_eval_path).read_text())
-    bon = policy_eval["best_of_n"]
-    ns = list(bon["n"])
-    if n not in ns:
+    policy_eval = PolicyEval.read(policy_eval_path)
+    bon = policy_eval.best_of_n
+    ns = list(bon.n) if bon else []
+    if bon and n not in ns:
         raise EvalInputError(f"--n {n} is not among the best-of-N sizes {ns}")
+    proxies = load_proxies(policy_eval, runs)  # raises without a best-of-N
+    assert bon is not None
     column = ns.index(n)
-    proxies = load_proxies(policy_eval, runs)
-    gold = np.array(bon["gold_scores"])
-    d = np.sqrt(np.array(bon["kl"]))
+    gold = np.array(bon.gold_scores)
+    d = np.sqrt(np.array(bon.kl))
     groups: dict[tuple[str, str], list[Proxy]] = defaultdict(list)
     for p in proxies:
         groups[(p.arm, p.loss)].append(p)
@@ -179,14 +177,14 @@ def bon_study(
     losses = sorted({p.loss for p in proxies}, key=lambda x: (x != baseline, x))
     gaps = edges = None
     if pairs:  # the held-out pairs eval-rm scored, with the judge's rewards (label-pairs' output)
-        from normbt_plugin.label_pairs import read_pairs
+        from normbt_plugin.policy_studies.label_pairs import read_pairs
 
         gaps = np.array([x.chosen_gold - x.rejected_gold for x in read_pairs(pairs)])
         edges = np.quantile(gaps, [0, 1 / 3, 2 / 3, 1])
 
-    oracle = np.array(bon["curves"]["oracle (gold)"]["mean"])
+    oracle = np.array(bon.curves["oracle (gold)"].mean)
     result: dict[str, Any] = {
-        "n": n, "ns": ns, "kl": bon["kl"], "prompts": bon["prompts"], "samples": bon["samples"],
+        "n": n, "ns": ns, "kl": bon.kl, "prompts": bon.prompts, "samples": bon.samples,
         "baseline": baseline, "margin": margin, "oracle": oracle.tolist(), "cells": {}, "effects": {},
     }  # fmt: skip
     for (arm, loss), group in sorted(groups.items()):
@@ -200,16 +198,14 @@ def bon_study(
             "within_share": _mean_ci([s["within_share"] for s in spreads]),
             "rank_agreement": _mean_ci([rank_agreement(p.scores, gold) for p in group]),
         }  # fmt: skip
-        accs = [p.accuracy for p in group if p.accuracy is not None]
-        if accs:
-            cell["accuracy"] = _mean_ci(accs)
-            bins = [p.distance_bins for p in group if p.distance_bins]
+        evaluated = [p.evaluation for p in group if p.evaluation is not None]
+        if evaluated:
+            cell["accuracy"] = _mean_ci([e.accuracy for e in evaluated])
+            bins = [e.distance_bins for e in evaluated if e.distance_bins]
             if bins:
-                cell["accuracy_by_distance"] = np.nanmean(
-                    [[b["acc"] for b in x] for x in bins], axis=0
-                ).tolist()
+                cell["accuracy_by_distance"] = np.nanmean([[b.acc for b in x] for x in bins], axis=0).tolist()
             if gaps is not None:
-                by_gap = [gap_accuracy(p.per_pair, gaps, edges) for p in group]
+                by_gap = [gap_accuracy(e.correct, gaps, edges) for e in evaluated]
                 by_gap = [x for x in by_gap if x]
                 if by_gap:
                     cell["accuracy_by_gap"] = np.nanmean(by_gap, axis=0).tolist()

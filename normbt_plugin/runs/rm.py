@@ -1,22 +1,14 @@
-"""The files a training run writes for a later stage to read: one owner each, one writer, one reader.
-
-A reward-model run, under ``--plugin.metrics_dir``:
+"""A reward-model run's records, under ``--plugin.metrics_dir`` (the recipes: ``<run>/metrics``).
 
     meta.json            RunMeta: which loss, options, seed and data made the run
     train_rank<r>.jsonl  a line per optimizer step and rank: step, rank, the step metrics, loss_state
-    eval.jsonl           a line per evaluation: step, acc, distance_bins (accuracy by distance bin)
+    eval.jsonl           an EvalRecord per evaluation: step, acc, distance_bins
 
 The trainer (the ``registered_loss`` patch) writes them through ``RunRecorder``; ``normbt compare``
-and the tests read them back with the functions here.
+and the tests read them with ``RunMeta.read``, ``read_steps`` and ``read_evals``. A step record
+stays a dict: its metric names are the loss's own (``losses``), open-ended by design.
 
-A PPO run, in its output folder:
-
-    rollouts/rollouts.jsonl  one Rollout per sample PPO trained on (the ``rollout_log`` patch writes,
-                             ``normbt curves`` reads: ``read_rollouts``)
-    run.json                 RunRecord: which reward the run optimised (the study recipes write it
-                             with ``python -m normbt_plugin.curves record``; ``normbt curves`` reads it)
-
-Standard library only.
+Standard library and core only: every training rank imports this.
 """
 
 from __future__ import annotations
@@ -26,6 +18,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from normbt_plugin.stats import DistanceBin
 
 META = "meta.json"
 EVAL = "eval.jsonl"
@@ -66,6 +60,15 @@ class RunMeta:
         return cls(**{k: v for k, v in data.items() if k in known})
 
 
+@dataclass
+class EvalRecord:
+    """One evaluation during training: accuracy on the eval pairs, and by distance bin."""
+
+    step: int
+    acc: float
+    distance_bins: list[DistanceBin]
+
+
 def read_steps(folder: str | Path, rank: int = 0) -> list[dict[str, Any]]:
     """The step records of ``rank`` (``step``, ``rank``, metric names, ``loss_state``); [] if none.
     A run resumed after a crash appends the steps after its checkpoint again: the later record wins."""
@@ -79,10 +82,13 @@ def read_steps(folder: str | Path, rank: int = 0) -> list[dict[str, Any]]:
     return sorted(by_step.values(), key=lambda r: r["step"])
 
 
-def read_evals(folder: str | Path) -> list[dict[str, Any]]:
-    """The eval records (``step``, ``acc``, ``distance_bins``); [] if none."""
+def read_evals(folder: str | Path) -> list[EvalRecord]:
+    """The evaluations during training, in order; [] if none."""
     path = Path(folder) / EVAL
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    if not path.exists():
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [EvalRecord(r["step"], r["acc"], [DistanceBin(**b) for b in r["distance_bins"]]) for r in records]
 
 
 class RunRecorder:
@@ -108,59 +114,7 @@ class RunRecorder:
                 train_file(self.rank), {"step": step, "rank": self.rank, **metrics, "loss_state": loss_state}
             )
 
-    def eval(self, step: int, bins: list[dict[str, float]]) -> None:
+    def eval(self, step: int, bins: list[DistanceBin]) -> None:
         if self.folder is not None and self.rank == 0:
-            acc = sum(b["acc"] * b["n"] for b in bins if b["n"]) / sum(b["n"] for b in bins)
-            self._append(EVAL, {"step": step, "acc": acc, "distance_bins": bins})
-
-
-# ------------------------------------------------------------------ a PPO run
-
-ROLLOUTS = "rollouts.jsonl"
-
-
-@dataclass
-class Rollout:
-    """One sample PPO trained on, as its experience maker returned it."""
-
-    step: int
-    prompt: str | None
-    sequence: list[int]  # prompt and response token ids
-    attention_mask: list[int]
-    response_ids: list[int]
-    response_start: int | None  # where the response starts in ``sequence`` (None: empty response)
-    reward: float  # what PPO was given for it
-    kl: float | None  # sum over response tokens of log pi - log pi_ref (None without a reference)
-    logprobs: list[float] | None  # the actor's, per response token
-    vllm_logprob_gap: float | None  # largest |engine - actor| log-prob of a response token
-
-
-def append_rollouts(folder: str | Path, rows: list[Rollout]) -> None:
-    path = Path(folder) / ROLLOUTS
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        f.writelines(json.dumps(dataclasses.asdict(r)) + "\n" for r in rows)
-
-
-def read_rollouts(folder: str | Path) -> list[Rollout]:
-    """The rollouts under ``folder`` ([] if none)."""
-    path = Path(folder) / ROLLOUTS
-    return [Rollout(**json.loads(line)) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-@dataclass
-class RunRecord:
-    """``run.json`` in a PPO run folder: which reward it optimised."""
-
-    label: str
-    rm_seed: int | None = None  # None: no RM (the true reward, the ceiling)
-    ppo_seed: int | None = None
-
-    def write(self, folder: str | Path) -> None:
-        (Path(folder) / "run.json").write_text(json.dumps(dataclasses.asdict(self)))
-
-    @classmethod
-    def read(cls, folder: str | Path) -> RunRecord:
-        """The record, or one named after the folder when there is none."""
-        path = Path(folder) / "run.json"
-        return cls(**json.loads(path.read_text())) if path.exists() else cls(label=Path(folder).name)
+            acc = sum(b.acc * b.n for b in bins if b.n) / sum(b.n for b in bins)
+            self._append(EVAL, dataclasses.asdict(EvalRecord(step, acc, bins)))

@@ -1,7 +1,7 @@
 """The machine and the installed packages: the CPU environment's lock, and the CPU's dtype.
 
-    python -m normbt_plugin.environment --check requirements-cpu.lock   # exit 1 on any difference
-    python -m normbt_plugin.environment --bytecode   # compile site-packages if the stack has no bytecode
+    python -m normbt_plugin.common.environment --check requirements-cpu.lock   # exit 1 on any difference
+    python -m normbt_plugin.common.environment --bytecode  # compile site-packages lacking bytecode
 
 ``scripts/install-cpu.sh`` installs every distribution at the version in ``requirements-cpu.lock``
 and ends with this check; ``normbt doctor`` runs it too, so a hand-made environment shows what
@@ -22,7 +22,7 @@ from pathlib import Path
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
-REPO_LOCK = Path(__file__).resolve().parents[1] / "requirements-cpu.lock"
+REPO_LOCK = Path(__file__).resolve().parents[2] / "requirements-cpu.lock"
 SELF = "normbt-plugin"
 # Without a GPU every CPU default trains in float32: on CPUs without native bf16 (AVX2 only) a
 # bf16 matmul is ~75x slower than float32 (docs/benchmarks.md), vLLM's CPU engine runs float32

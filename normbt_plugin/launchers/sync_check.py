@@ -1,6 +1,6 @@
 """Check that OpenRLHF's actor -> vLLM weight sync really changes what the engine generates.
 
-    python -m normbt_plugin.sync_check --base runs/compare/policy \\
+    python -m normbt_plugin.launchers.sync_check --base runs/compare/policy \\
         --updated runs/compare/ppo-normbt-seed1/model --prompts runs/compare/tiny/prompts.jsonl
 
 Starts a vLLM engine (CPU build, float32) on ``--base`` with OpenRLHF's worker extension, then
@@ -74,7 +74,7 @@ def main() -> None:
     parser.add_argument("--max_new", type=int, default=16)
     args = parser.parse_args()
 
-    from normbt_plugin.train_ppo import patched_environment
+    from normbt_plugin.launchers.cluster import patched_environment
 
     os.environ.update(patched_environment())  # vLLM's engine-core subprocess inherits it
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,11 +23,21 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-from normbt_plugin import records
-from normbt_plugin.intervals import bootstrap_ci, ci_text, interval, paired_difference
-from normbt_plugin.pairs import EvalInputError
-from normbt_plugin.policy_report import downstream_section
+from normbt_plugin.common.intervals import bootstrap_ci, ci_text, interval, paired_difference
+from normbt_plugin.rm_evaluation.pairs import EvalInputError
+from normbt_plugin.runs import rm as rm_run
+from normbt_plugin.runs.rm_eval import EVAL, RmEval
 from normbt_plugin.stats import quantile_bins
+
+
+@dataclass
+class Section:
+    """A report section another stage contributes (the downstream policies): Markdown lines, named
+    figures, and its entry in ``summary.json``."""
+
+    lines: list[str]
+    figures: list[tuple[str, Any]]
+    summary: dict[str, Any]
 
 
 @dataclass
@@ -34,31 +45,31 @@ class Run:
     path: Path
     label: str  # the variant's name: --plugin.label, else the loss
     seed: int
-    eval: dict[str, Any]
+    eval: RmEval
     train: list[dict]
 
     @property
     def correct(self) -> np.ndarray:
-        return np.asarray(self.eval["per_pair"]["correct"], dtype=np.float64)
+        return self.eval.correct
 
 
-def load_runs(paths: list[str], eval_name: str = "eval.json") -> list[Run]:
+def load_runs(paths: list[str], eval_name: str = EVAL) -> list[Run]:
     runs = []
     for p in paths:
         folder = Path(p)
         metrics, eval_path = folder / "metrics", folder / eval_name
-        if not (metrics / records.META).exists():
-            raise EvalInputError(f"{folder}: no metrics/{records.META} (train with --plugin.metrics_dir)")
+        if not (metrics / rm_run.META).exists():
+            raise EvalInputError(f"{folder}: no metrics/{rm_run.META} (train with --plugin.metrics_dir)")
         if not eval_path.exists():
             raise EvalInputError(f"{folder}: no {eval_name} (run normbt eval-rm --out {eval_path})")
-        meta = records.RunMeta.read(metrics)  # its name: the variant's (--plugin.label), else the loss
+        meta = rm_run.RunMeta.read(metrics)  # its name: the variant's (--plugin.label), else the loss
         runs.append(
             Run(
                 folder,
                 meta.name,
                 int(meta.seed),
-                json.loads(eval_path.read_text()),
-                records.read_steps(metrics),
+                RmEval.read(eval_path),
+                rm_run.read_steps(metrics),
             )
         )
     sizes = {len(r.correct) for r in runs}
@@ -76,7 +87,7 @@ def _group(runs: list[Run]) -> dict[str, list[Run]]:
 
 def _subset_masks(run: Run, pools: dict[str, list[str]] | None = None) -> dict[str, np.ndarray]:
     """A mask per subset, then one per pool (a union of subsets, e.g. every fine-pair bug kind)."""
-    subsets = run.eval["per_pair"].get("subset") or []
+    subsets = run.eval.per_pair.subset
     if not subsets:
         if pools:
             raise EvalInputError("--pool needs subsets: run eval-rm with --subset_key")
@@ -105,13 +116,13 @@ def build_report(
     paths: list[str],
     out_dir: str,
     baseline: str = "bt",
-    eval_name: str = "eval.json",
-    policy_eval: str | None = None,
-    note: str | None = None,
+    eval_name: str = EVAL,
+    downstream: Callable[[str], Section] | None = None,
     pools: dict[str, list[str]] | None = None,
 ) -> Path:
-    """The Markdown report (``report.md``), its plots and ``summary.json`` of RM runs (and, with
-    ``policy_eval``, of the policies PPO made from them): one section function each."""
+    """The Markdown report (``report.md``), its plots and ``summary.json`` of RM runs (and, given
+    ``downstream``, the section on the policies PPO made from them, called with the baseline): one
+    section function each."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -127,7 +138,7 @@ def build_report(
         "# Reward-model comparison",
         "",
         f"Runs: {len(runs)} ({', '.join(f'{k} x{len(v)} seeds' for k, v in groups.items())}); "
-        f"eval pairs: {len(runs[0].correct)} ({runs[0].eval.get('data', '?')}). Baseline: `{base}`.",
+        f"eval pairs: {len(runs[0].correct)} ({runs[0].eval.data or '?'}). Baseline: `{base}`.",
         "Intervals: 95% bootstrap over pairs (seeds averaged); p: paired permutation test over pairs;",
         "t-test: paired across seeds (needs two or more seeds per loss).",
     ]
@@ -141,10 +152,11 @@ def build_report(
     ):
         lines += section_lines
         figures += section_figures
-    if policy_eval:
-        policy_lines, policy_figures, summary["downstream"] = downstream_section(policy_eval, base, note)
-        lines += policy_lines
-        figures += policy_figures
+    if downstream:
+        section = downstream(base)
+        lines += section.lines
+        figures += section.figures
+        summary["downstream"] = section.summary
     else:
         lines += [
             "",
@@ -250,7 +262,7 @@ def _rewardbench_section(groups: dict[str, list[Run]]) -> list[str]:
         ("rewardbench", "RewardBench sections", "sections", "overall"),
         ("rewardbench2", "RewardBench 2", "subsets", "score"),
     ):
-        scores = {loss: [r.eval.get(key) for r in rs] for loss, rs in groups.items()}
+        scores = {loss: [getattr(r.eval, key) for r in rs] for loss, rs in groups.items()}
         if not all(all(s is not None for s in v) for v in scores.values()):
             continue
         names = list(next(iter(scores.values()))[0][parts])
@@ -281,19 +293,19 @@ def _distance_section(
         "",
         "Bins are each model's own distance quantiles (as in the paper).",
         "",
-        "| loss | " + " | ".join(f"bin {i}" for i in range(len(runs[0].eval["distance_bins"]))) + " |",
-        "|---|" + "---|" * len(runs[0].eval["distance_bins"]),
+        "| loss | " + " | ".join(f"bin {i}" for i in range(len(runs[0].eval.distance_bins))) + " |",
+        "|---|" + "---|" * len(runs[0].eval.distance_bins),
     ]
     for loss, rs in groups.items():
-        per_bin = np.array([[b["acc"] for b in r.eval["distance_bins"]] for r in rs])
+        per_bin = np.array([[b.acc for b in r.eval.distance_bins] for r in rs])
         mean = per_bin.mean(axis=0)
         spread = per_bin.std(axis=0) if len(rs) > 1 else np.zeros_like(mean)
         ax.errorbar(np.arange(len(mean)), mean, yerr=spread, marker="o", capsize=3, label=loss)
         lines.append(f"| {loss} | " + " | ".join(f"{v:.4f}" for v in mean) + " |")
         summary[loss]["distance_bins"] = mean.tolist()
     # the same pairs for every loss, so differences can be paired: bins of the baseline's distance
-    n_bins = len(runs[0].eval["distance_bins"])
-    base_distance = np.mean([r.eval["per_pair"]["distance"] for r in groups[base]], axis=0)
+    n_bins = len(runs[0].eval.distance_bins)
+    base_distance = np.mean([r.eval.per_pair.distance for r in groups[base]], axis=0)
     _, bin_of = quantile_bins(base_distance, n_bins)
     common = {f"bin {i}": bin_of == i for i in range(n_bins)}
     lines += [

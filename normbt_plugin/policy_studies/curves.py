@@ -1,7 +1,7 @@
 """Reward against KL along PPO runs (Gao et al. 2022, "Scaling Laws for Reward Model Overoptimization").
 
     normbt curves runs/downstream/ppo-* --tokenizer runs/downstream/policy \\
-        --gold_fn normbt_plugin.tasks:gold_reward --out runs/downstream/curves
+        --gold_fn normbt_plugin.common.tasks:gold_reward --out runs/downstream/curves
 
 Each run folder is what ``recipes/ppo.sh`` writes with ``ROLLOUT_LOG=1``: ``rollouts/rollouts.jsonl``
 (one line per sample: step, prompt, response ids, the reward PPO was given, and the sample's KL to
@@ -20,7 +20,7 @@ intervals over RM seeds, and the difference to the baseline a bootstrap interval
 the RM seeds both labels have at that point. Per run, Gao et al.'s RL fit R(d) = d (a - b log d),
 d = sqrt(KL), R the true reward gained since the first window.
 
-    python -m normbt_plugin.curves record RUN --label bt --rm_seed 1 --ppo_seed 1   # run.json
+    python -m normbt_plugin.policy_studies.curves record RUN --label bt --rm_seed 1 --ppo_seed 1   # run.json
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
-from normbt_plugin.intervals import finite_mean_ci, finite_t_p
-from normbt_plugin.pairs import EvalInputError
-from normbt_plugin.records import ROLLOUTS, RunRecord, read_rollouts
+from normbt_plugin.common.intervals import finite_mean_ci, finite_t_p
+from normbt_plugin.rm_evaluation.pairs import EvalInputError
+from normbt_plugin.runs.ppo import ROLLOUTS, RunRecord, read_rollouts
 
 
 def load_function(spec: str) -> Callable[[str, str], float]:

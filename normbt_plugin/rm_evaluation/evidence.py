@@ -17,7 +17,7 @@ Train and test are split by module, so no function appears in both. Each pair al
 {1, 2/3, 1/3, 0}): a coarse pair is "significantly better" (1), a one-token bug "slightly
 better" (1/3). The other losses ignore the column.
 
-    python -m normbt_plugin.evidence --out runs/evidence/data
+    python -m normbt_plugin.rm_evaluation.evidence --out runs/evidence/data
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from normbt_plugin.models import MODELS, get_model
+from normbt_plugin.common.models import MODELS, get_model
 
 MINILM = "all-minilm-l6-v2"
 

@@ -4,7 +4,7 @@ preference pairs with a known right answer, fine-grained and coarse.
 The task: the chosen response lists the prompt's numbers sorted. A fine-grained rejected
 response swaps two neighbours (one token pair changed); a coarse one is unrelated words.
 
-    python -m normbt_plugin.tiny --out runs/tiny   # model/, train/test.jsonl, prompts/eval_prompts.jsonl
+    python -m normbt_plugin.common.tiny --out runs/tiny  # model/ and its pairs and prompts (.jsonl)
 """
 
 from __future__ import annotations

@@ -26,9 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from normbt_plugin.generation import format_prompt, generate_all, sampling_spec
 from normbt_plugin.options import StandardizeOptions
-from normbt_plugin.pairs import EvalInputError, load_rows
+from normbt_plugin.policy_studies.generation import format_prompt, generate_all, sampling_spec
+from normbt_plugin.rm_evaluation.pairs import EvalInputError, load_rows
 
 
 @dataclass
@@ -76,8 +76,8 @@ def reward_func(queries, prompts, labels):
 def standardize(opts: StandardizeOptions) -> Standardization:
     """Sample the policy, score the samples with the reward, and write the reward back on one scale:
     an RM's config gets their mean/std, a reward file a wrapper (``--out``)."""
-    from normbt_plugin.policy_eval import check_policy, load_prompts
-    from normbt_plugin.scoring import RewardScorer, check_reward_model
+    from normbt_plugin.policy_studies.eval_policy import check_policy, load_prompts
+    from normbt_plugin.rm_evaluation.scoring import RewardScorer, check_reward_model
 
     policy, rm, reward_fn, out, samples = opts.policy, opts.rm, opts.reward_fn, opts.out, opts.samples
     if (rm is None) == (reward_fn is None):
@@ -104,14 +104,14 @@ def standardize(opts: StandardizeOptions) -> Standardization:
         from transformers import AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(policy)
-        texts = [format_prompt(tok, r["prompt"], opts.apply_chat_template, opts.input_template) for r in rows]
-        queries = [t + s["text"] for t, r in zip(texts, rows, strict=True) for s in r["samples"]]
-        asked = [t for t, r in zip(texts, rows, strict=True) for _ in r["samples"]]
-        given = [lab for lab, r in zip(labels or [""] * len(rows), rows, strict=True) for _ in r["samples"]]
+        texts = [format_prompt(tok, r.prompt, opts.apply_chat_template, opts.input_template) for r in rows]
+        queries = [t + s.text for t, r in zip(texts, rows, strict=True) for s in r.samples]
+        asked = [t for t, r in zip(texts, rows, strict=True) for _ in r.samples]
+        given = [lab for lab, r in zip(labels or [""] * len(rows), rows, strict=True) for _ in r.samples]
         scores = np.asarray(fn(queries, asked, given)["rewards"], dtype=np.float64)
     else:
         scorer = RewardScorer.for_samples(rm, opts)
-        scores, _ = scorer.score([scorer.format(r["prompt"], s["text"]) for r in rows for s in r["samples"]],
+        scores, _ = scorer.score([scorer.format(r.prompt, s.text) for r in rows for s in r.samples],
                                  progress="reward")  # fmt: skip
     if not np.isfinite(scores).all():
         raise FloatingPointError(f"{rm or reward_fn} gave a non-finite reward on the policy's samples")

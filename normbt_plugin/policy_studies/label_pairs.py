@@ -1,7 +1,7 @@
 """On-policy preference pairs: a policy's own samples, ranked by a gold judge.
 
     normbt label-pairs --policy runs/sft --prompts rm_prompts.jsonl --samples 8 \\
-        --gold_fn normbt_plugin.tasks:gold_reward --out runs/onpolicy/pairs.jsonl
+        --gold_fn normbt_plugin.common.tasks:gold_reward --out runs/onpolicy/pairs.jsonl
 
 The standard protocol for measuring what a reward model does downstream (Gao, Schulman, Hilton
 2022; Razin et al. 2025): the policy that will be optimised samples K responses per prompt (vLLM,
@@ -14,7 +14,7 @@ are message lists (the user turn; the assistant turn), as the RM stage's ``--dat
 --data.apply_chat_template`` reads them. ``<out>.summary.json`` says how many prompts, samples, ties
 and pairs it came from.
 
-    python -m normbt_plugin.label_pairs subsample POOL N SEED OUT   # N pairs at random, shuffled
+    python -m normbt_plugin.policy_studies.label_pairs subsample POOL N SEED OUT  # N pairs at random
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from pathlib import Path
 
 import numpy as np
 
-from normbt_plugin.generation import generate_all, sampling_spec
 from normbt_plugin.options import LabelPairsOptions
-from normbt_plugin.pairs import EvalInputError
+from normbt_plugin.policy_studies.generation import generate_all, sampling_spec
+from normbt_plugin.rm_evaluation.pairs import EvalInputError
+from normbt_plugin.runs.generations import Generation
 
 
 @dataclass(frozen=True)
@@ -123,17 +124,20 @@ def pairs_of(
 
 
 def _gold_scores(
-    rows: list[dict], gold: str | None, gold_fn: Callable[[str, str], float] | None, opts: LabelPairsOptions
+    rows: list[Generation],
+    gold: str | None,
+    gold_fn: Callable[[str, str], float] | None,
+    opts: LabelPairsOptions,
 ) -> np.ndarray:
     from tqdm import tqdm
 
     if gold_fn is not None:
         rows = tqdm(rows, desc="gold_fn")
-        return np.array([[float(gold_fn(r["prompt"], s["text"])) for s in r["samples"]] for r in rows])
-    from normbt_plugin.scoring import RewardScorer
+        return np.array([[float(gold_fn(r.prompt, s.text)) for s in r.samples] for r in rows])
+    from normbt_plugin.rm_evaluation.scoring import RewardScorer
 
     scorer = RewardScorer.for_samples(gold, opts)
-    texts = [scorer.format(r["prompt"], s["text"]) for r in rows for s in r["samples"]]
+    texts = [scorer.format(r.prompt, s.text) for r in rows for s in r.samples]
     scores, _ = scorer.score(texts, progress="gold")
     return scores.reshape(len(rows), -1)
 
@@ -142,9 +146,9 @@ def label_pairs(opts: LabelPairsOptions) -> LabelSummary:
     """Sample, judge, pair; writes ``--out`` and its summary and returns the summary. Inputs are
     checked before anything is sampled; the samples are cached (``<out>.samples.jsonl``, reused
     when made by the same policy and settings), the gold's scores too (``<out>.gold.json``)."""
-    from normbt_plugin.curves import load_function
-    from normbt_plugin.policy_eval import check_policy, load_prompts
-    from normbt_plugin.scoring import check_reward_model
+    from normbt_plugin.policy_studies.curves import load_function
+    from normbt_plugin.policy_studies.eval_policy import check_policy, load_prompts
+    from normbt_plugin.rm_evaluation.scoring import check_reward_model
 
     policy, gold, samples, out = opts.policy, opts.gold, opts.samples, Path(opts.out)
     if (gold is None) == (opts.gold_fn is None):
@@ -175,7 +179,7 @@ def label_pairs(opts: LabelPairsOptions) -> LabelSummary:
     rng = random.Random(opts.seed)
     pairs, empty = [], 0
     for row, golds in zip(rows, scores, strict=True):
-        found = pairs_of(row["prompt"], [s["text"] for s in row["samples"]], golds.tolist(),
+        found = pairs_of(row.prompt, [s.text for s in row.samples], golds.tolist(),
                          opts.pairs_per_prompt, opts.min_gap, rng)  # fmt: skip
         pairs += found
         empty += not found
