@@ -199,6 +199,9 @@ class PreferenceLoss:
     uses_margin: bool = False
     #: the options dataclass (set by ``register_loss(..., options=)``); None: no options
     Options: type | None = None
+    #: metric names that are states, not per-batch values: a step logs their latest value. The
+    #: others reduce by name over micro-batches and ranks: ``*_min`` min, ``*_max`` max, else mean
+    state_metrics: tuple[str, ...] = ()
 
     def __init__(self, options: Any = None, **values: Any) -> None:
         """``Loss(Loss.Options(x=1))`` or ``Loss(x=1)``: the options dataclass validates them."""
@@ -415,6 +418,7 @@ class NormBTLoss(PreferenceLoss):
     """
 
     needs_hidden = True
+    state_metrics = ("normbt_mu",)
 
     def __init__(
         self, options: NormBTOptions | None = None, *, process_group: Any = None, **values: Any

@@ -11,16 +11,15 @@ import torch.distributed as dist
 
 from normbt_plugin.stats import DistanceBin, distance_bins
 
-STATE_METRICS = ("normbt_mu",)  # states, not per-batch values: the latest, equal on all ranks
-
 
 def _world() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-def reduce_metrics(local: dict[str, list[float]]) -> dict[str, float]:
+def reduce_metrics(local: dict[str, list[float]], states: tuple[str, ...] = ()) -> dict[str, float]:
     """Per-micro-batch values of this rank -> one value per name over all ranks: ``*_min`` the
-    minimum, ``*_max`` the maximum, a state its latest value, anything else the mean."""
+    minimum, ``*_max`` the maximum, a state (``states``: the loss's ``state_metrics``, equal on all
+    ranks) its latest value, anything else the mean."""
     keys = sorted(local)
     mins = [k for k in keys if k.endswith("_min")]
     maxs = [k for k in keys if k.endswith("_max")]
@@ -38,7 +37,7 @@ def reduce_metrics(local: dict[str, list[float]]) -> dict[str, float]:
         values = peak.tolist()
         out.update(dict(zip(maxs, values[: len(maxs)], strict=True)))
         out.update({k: -v for k, v in zip(mins, values[len(maxs) :], strict=True)})
-    for k in STATE_METRICS:
+    for k in states:
         if k in local:
             out[k] = float(local[k][-1])
     return out

@@ -398,3 +398,21 @@ def test_a_loss_call_never_waits_for_the_device(name, options):
         value, metrics = loss(c, torch.empty(8, device=meta), h, torch.empty(8, 16, device=meta), margin)
         value.backward()
         assert all(isinstance(v, torch.Tensor) and v.device == meta for v in metrics.values())
+
+
+def test_step_metrics_reduce_by_name_and_a_losss_states_by_their_latest_value():
+    """One rank's micro-batches: ``*_min`` min, ``*_max`` max, the loss's declared states their
+    latest value (NormBT's mu), the rest the mean."""
+    from normbt_plugin.rank_metrics import reduce_metrics
+
+    local = {
+        "loss": [1.0, 3.0],
+        "normbt_dist_min": [0.5, 0.2],
+        "normbt_dist_max": [2.0, 4.0],
+        "normbt_mu": [1.0, 1.5],
+    }
+    states = build_loss("normbt").state_metrics
+    assert states == ("normbt_mu",) and build_loss("bt").state_metrics == ()
+    out = reduce_metrics(local, states)
+    assert out == {"loss": 2.0, "normbt_dist_min": 0.2, "normbt_dist_max": 4.0, "normbt_mu": 1.5}
+    assert reduce_metrics(local)["normbt_mu"] == 1.25  # not declared a state: averaged

@@ -188,7 +188,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
         keys = sorted(self._metric_values)
         local = host_metrics({k: self._metric_values[k] for k in keys})  # raises on NaN rewards
         self._metric_values.clear()
-        return reduce_metrics(local)
+        return reduce_metrics(local, self.plugin_loss.state_metrics)
 
     def save_logs_and_checkpoints(self, args, global_step, step_bar, logs_dict=None, client_states=None):
         logs_dict = dict(logs_dict or {})
