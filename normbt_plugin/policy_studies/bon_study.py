@@ -170,6 +170,8 @@ def bon_study(
     column = ns.index(n)
     gold = np.array(bon.gold_scores)
     d = np.sqrt(np.array(bon.kl))
+    # each proxy's gain over best-of-1 along sqrt(KL), fitted once (Gao et al.'s d (a - b d))
+    gao = {p.name: gao_fit(d, p.bon.mean(axis=0) - p.bon.mean(axis=0)[0]) for p in proxies}
     groups: dict[tuple[str, str], list[Proxy]] = defaultdict(list)
     for p in proxies:
         groups[(p.arm, p.loss)].append(p)
@@ -188,7 +190,7 @@ def bon_study(
         "baseline": baseline, "margin": margin, "oracle": oracle.tolist(), "cells": {}, "effects": {},
     }  # fmt: skip
     for (arm, loss), group in sorted(groups.items()):
-        fits = [gao_fit(d, p.bon.mean(axis=0) - p.bon.mean(axis=0)[0]) for p in group]
+        fits = [gao[p.name] for p in group]
         spreads = [within_prompt_spread(p.scores) for p in group]
         cell: dict[str, Any] = {
             "seeds": sorted(p.seed for p in group),
@@ -217,10 +219,10 @@ def bon_study(
             effect = paired_effect(groups[(arm, loss)], groups[(arm, baseline)], column, margin)
             a_base = {p.seed: p for p in groups[(arm, baseline)]}
             fit_diff = [
-                np.subtract(gao_fit(d, p.bon.mean(0) - p.bon.mean(0)[0]),
-                            gao_fit(d, a_base[p.seed].bon.mean(0) - a_base[p.seed].bon.mean(0)[0]))
-                for p in groups[(arm, loss)] if p.seed in a_base
-            ]  # fmt: skip
+                np.subtract(gao[p.name], gao[a_base[p.seed].name])
+                for p in groups[(arm, loss)]
+                if p.seed in a_base
+            ]
             effect["gao_a_diff"] = _mean_ci([x[0] for x in fit_diff])
             effect["gao_b_diff"] = _mean_ci([x[1] for x in fit_diff])
             result["effects"][f"{arm}/{loss}"] = effect

@@ -165,9 +165,10 @@ def parse_named(entries: list[str], what: str) -> dict[str, str]:
     return out
 
 
-def load_prompts(
+def prompt_rows(
     source: str, key: str = "input", split: str = "train", limit: int | None = None
-) -> list[str]:
+) -> list[dict]:
+    """The first ``limit`` rows of a prompt file or dataset, checked to have the ``key`` column."""
     path = Path(source)
     if not path.exists() and (
         source.startswith((".", "/")) or path.suffix in {".jsonl", ".json", ".parquet"}
@@ -180,8 +181,18 @@ def load_prompts(
         raise EvalInputError(
             f"{source} has no {key!r} column (columns: {sorted(rows[0])}): pass --prompt_key"
         )
-    prompts = [r[key] if isinstance(r[key], str) else r[key][0]["content"] for r in rows]
-    return prompts[:limit] if limit else prompts
+    return rows[:limit] if limit else rows
+
+
+def prompt_text(row: dict, key: str = "input") -> str:
+    """The prompt of a row: a string, or the first message's content."""
+    return row[key] if isinstance(row[key], str) else row[key][0]["content"]
+
+
+def load_prompts(
+    source: str, key: str = "input", split: str = "train", limit: int | None = None
+) -> list[str]:
+    return [prompt_text(r, key) for r in prompt_rows(source, key, split, limit)]
 
 
 # ------------------------------------------------------------------ the evaluation

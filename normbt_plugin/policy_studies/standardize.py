@@ -28,7 +28,7 @@ import numpy as np
 
 from normbt_plugin.options import StandardizeOptions
 from normbt_plugin.policy_studies.generation import format_prompt, generate_all, sampling_spec
-from normbt_plugin.rm_evaluation.pairs import EvalInputError, load_rows
+from normbt_plugin.rm_evaluation.pairs import EvalInputError
 
 
 @dataclass
@@ -76,7 +76,7 @@ def reward_func(queries, prompts, labels):
 def standardize(opts: StandardizeOptions) -> Standardization:
     """Sample the policy, score the samples with the reward, and write the reward back on one scale:
     an RM's config gets their mean/std, a reward file a wrapper (``--out``)."""
-    from normbt_plugin.policy_studies.eval_policy import check_policy, load_prompts
+    from normbt_plugin.policy_studies.eval_policy import check_policy, prompt_rows, prompt_text
     from normbt_plugin.rm_evaluation.scoring import RewardScorer, check_reward_model
 
     policy, rm, reward_fn, out, samples = opts.policy, opts.rm, opts.reward_fn, opts.out, opts.samples
@@ -84,13 +84,13 @@ def standardize(opts: StandardizeOptions) -> Standardization:
         raise EvalInputError("name one reward: --rm (a reward model) or --reward_fn (a reward file)")
     if reward_fn is not None and out is None:
         raise EvalInputError("--reward_fn needs --out: the standardised reward file to write")
-    prompts = load_prompts(opts.prompts, opts.prompt_key, opts.split, opts.n_prompts)
+    prompt_data = prompt_rows(opts.prompts, opts.prompt_key, opts.split, opts.n_prompts)
+    prompts = [prompt_text(r, opts.prompt_key) for r in prompt_data]
     labels = None
     if opts.label_key:
-        rows = load_rows(opts.prompts, opts.split)[: len(prompts)]
-        if opts.label_key not in rows[0]:
+        if opts.label_key not in prompt_data[0]:
             raise EvalInputError(f"{opts.prompts} has no {opts.label_key!r} column: pass --label_key")
-        labels = [str(r[opts.label_key]) for r in rows]
+        labels = [str(r[opts.label_key]) for r in prompt_data]
     check_policy("--policy", policy)
     fn = _load_reward_fn(reward_fn) if reward_fn else None
     if rm is not None:
