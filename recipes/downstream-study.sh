@@ -7,7 +7,7 @@
 #   UNTIL=rms RM_SEEDS="1 3 5 7" bash ... & UNTIL=rms RM_SEEDS="2 4 6 8" bash ...; wait; bash ...
 #                                                 # both cores: the RMs in two halves, then the rest
 #   POLICY_BASE=smollm2-135m-instruct OUT=runs/downstream-smollm2 N_SFT=128 SFT_EPOCHS=1 SFT_LR=1e-4 \
-#     RM_LR=2e-4 RM_LORA_RANK=16 UNTIL=bon bash ...  # the best-of-N arm with a real policy (SmolLM2)
+#     RM_LR=5e-5 RM_SEEDS="1 2 3 4" ARMS=onpolicy UNTIL=bon bash ...  # with SmolLM2 (docs/results.md)
 # Stages (each skipped when its output exists: a rerun goes on where a stopped one ended):
 #   the policy (a tiny Llama, or POLICY_BASE) SFT'd on the task; `normbt label-pairs`: the policy's
 #   own samples on prompts of their own, paired by the true reward (a pool to train on, a held-out
