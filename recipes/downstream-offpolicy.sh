@@ -49,16 +49,7 @@ export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DRY_RUN
 mkdir -p "$OUT"
 times="$OUT/stage_times.tsv"
 [[ "$dry" == 1 ]] || : > "$times"
-run() {  # run NAME DONE cmd...: quiet into $OUT/NAME.log, its tail on failure, its wall time into
-  # $times; skipped when the file DONE exists (a rerun continues a study that stopped)
-  local name=$1 done=$2 start=$EPOCHREALTIME; shift 2
-  if [[ "$dry" == 1 && " $* " == *" bash recipes/"* ]]; then "$@"; return; fi  # the recipe prints it
-  if [[ "$dry" == 1 ]]; then printf '%q ' "$@"; echo; return; fi
-  if [[ -e "$done" ]]; then echo "downstream-study: $name (done before: $done)"; return; fi
-  echo "downstream-study: $name"
-  "$@" > "$OUT/$name.log" 2>&1 || { echo "failed: see $OUT/$name.log" >&2; tail -30 "$OUT/$name.log" >&2; exit 1; }
-  stage_time "$times" "$name" "$start"
-}
+run() { stage_run downstream-offpolicy "$OUT" "$times" "$@"; }  # run NAME DONE cmd...: see stage-times.sh
 
 tiny="$OUT/tiny"
 run tiny "$tiny/sft.jsonl" python -m normbt_plugin.common.tiny --out "$tiny" --n_train "$N_TRAIN" --n_test "$N_TEST" --heads 2 \
