@@ -147,7 +147,7 @@ if (( ${#ppo_runs[@]} )); then
   if [[ -n "$GOLD_FN" ]]; then
     policy_flags+=(--gold_fn "$GOLD_FN")
   else
-    policy_flags+=(--gold "${GOLD_RM:?set GOLD_RM (a gold reward model) or GOLD_FN (a true reward) to judge the policies}")
+    policy_flags+=(--gold "${GOLD_RM:?set GOLD_RM (a gold reward model) or GOLD_FN (a true reward) to judge}")
   fi
   run "$RUN_DIR/policy-eval.log" normbt eval-policy "${policy_flags[@]}" \
     --prompts "${EVAL_PROMPTS:?set EVAL_PROMPTS to held-out prompts}" --prompt_key "$EVAL_PROMPT_KEY" \

@@ -52,8 +52,8 @@ times="$OUT/stage_times.tsv"
 run() { stage_run downstream-offpolicy "$OUT" "$times" "$@"; }  # run NAME DONE cmd...: see stage-times.sh
 
 tiny="$OUT/tiny"
-run tiny "$tiny/sft.jsonl" python -m normbt_plugin.common.tiny --out "$tiny" --n_train "$N_TRAIN" --n_test "$N_TEST" --heads 2 \
-  --lengths "$LENGTHS" --n_sft "$N_SFT" --n_prompts $((STEPS * ROLLOUT_BS))
+run tiny "$tiny/sft.jsonl" python -m normbt_plugin.common.tiny --out "$tiny" --n_train "$N_TRAIN" \
+  --n_test "$N_TEST" --heads 2 --lengths "$LENGTHS" --n_sft "$N_SFT" --n_prompts $((STEPS * ROLLOUT_BS))
 run sft "$OUT/policy/config.json" python -m normbt_plugin.train_sft --model.model_name_or_path "$tiny/model" \
   --data.dataset "$tiny/sft.jsonl" --data.input_key prompt --data.output_key chosen --data.input_template '{}' \
   --data.max_len 64 --train.max_epochs "$SFT_EPOCHS" --train.micro_batch_size 16 --train.batch_size 32 \
@@ -68,7 +68,8 @@ for entry in $(for s in $RM_SEEDS; do for l in $LOSSES; do echo "$l:$s"; done; d
              $(for s in $COMPARATOR_SEEDS; do echo "$COMPARATOR:$s"; done); do
   loss=${entry%%:*} seed=${entry#*:}
   rm="$OUT/rm-$loss-seed$seed"
-  run "rm-$loss-seed$seed" "$rm/model/config.json" env "${rm_env[@]}" LOSS="$loss" SEED="$seed" OUT="$rm" bash recipes/rm.sh
+  run "rm-$loss-seed$seed" "$rm/model/config.json" \
+    env "${rm_env[@]}" LOSS="$loss" SEED="$seed" OUT="$rm" bash recipes/rm.sh
   run "rm-$loss-seed$seed.eval" "$rm/eval.json" normbt eval-rm --model "$rm/model" --data "$tiny/test.jsonl" --subset_key kind \
     --max_len 64 --out "$rm/eval.json"
   rms+=("$loss:$seed")
@@ -106,7 +107,10 @@ run curves "" normbt curves "${ppo_runs[@]}" --tokenizer "$OUT/policy" --gold_fn
   --out "$OUT/curves"
 policy_flags=(--policy "initial=$OUT/policy")
 for r in "${ppo_runs[@]}"; do policy_flags+=(--policy "${r##*/ppo-}=$r/model"); done
-for entry in "${rms[@]}"; do policy_flags+=(--proxy "${entry%%:*}-seed${entry#*:}=$OUT/rm-${entry%%:*}-seed${entry#*:}/model"); done
+for entry in "${rms[@]}"; do
+  proxy="${entry%%:*}-seed${entry#*:}"
+  policy_flags+=(--proxy "$proxy=$OUT/rm-$proxy/model")
+done
 run policy-eval "" normbt eval-policy "${policy_flags[@]}" --gold_fn normbt_plugin.common.tasks:gold_reward \
   --prompts "$tiny/eval_prompts.jsonl" --n_prompts "$N_TEST" --samples 2 --bon_samples 16 --bon_prompts 64 \
   --max_new 24 --max_len 64 --out "$OUT/policy-eval"

@@ -63,8 +63,8 @@ run() { stage_run downstream-study "$OUT/logs" "$times" "$@"; }  # run NAME DONE
 
 # the task and the SFT policy
 tiny="$OUT/tiny"
-run tiny "$tiny/rm_test_prompts.jsonl" python -m normbt_plugin.common.tiny --out "$tiny" --n_train $((2 * N_PAIRS)) \
-  --n_test 256 --heads 2 --lengths "$LENGTHS" --n_sft "$N_SFT" --n_prompts $((STEPS * ROLLOUT_BS)) \
+run tiny "$tiny/rm_test_prompts.jsonl" python -m normbt_plugin.common.tiny --out "$tiny" \
+  --n_train $((2 * N_PAIRS)) --n_test 256 --heads 2 --lengths "$LENGTHS" --n_sft "$N_SFT" --n_prompts $((STEPS * ROLLOUT_BS)) \
   --n_rm_prompts "$RM_PROMPTS"
 base="$tiny/model"
 if [[ -n "$POLICY_BASE" ]]; then
@@ -78,8 +78,8 @@ run sft "$OUT/policy/config.json" python -m normbt_plugin.train_sft --model.mode
   --ckpt.path "$OUT/policy.ckpt"
 
 # on-policy pairs: the SFT policy's own samples, paired by the true reward
-label=(normbt label-pairs --policy "$OUT/policy" --gold_fn normbt_plugin.common.tasks:gold_reward --samples "$RM_SAMPLES"
-       --pairs_per_prompt "$PAIRS_PER_PROMPT" --max_new 24 --max_len 64)
+label=(normbt label-pairs --policy "$OUT/policy" --gold_fn normbt_plugin.common.tasks:gold_reward
+       --samples "$RM_SAMPLES" --pairs_per_prompt "$PAIRS_PER_PROMPT" --max_new 24 --max_len 64)
 run pairs-train "$OUT/pairs/onpolicy.jsonl" "${label[@]}" --prompts "$tiny/rm_prompts.jsonl" --seed 1 \
   --out "$OUT/pairs/onpolicy.jsonl"
 run pairs-test "$OUT/pairs/onpolicy-test.jsonl" "${label[@]}" --prompts "$tiny/rm_test_prompts.jsonl" --seed 2 \
@@ -98,8 +98,8 @@ rms=()
 for arm in $ARMS; do
   for seed in $RM_SEEDS; do
     data="$OUT/pairs/$arm-seed$seed.jsonl"
-    run "pairs-$arm-seed$seed" "$data" python -m normbt_plugin.policy_studies.label_pairs subsample "${pool[$arm]}" "$N_PAIRS" \
-      "$seed" "$data"
+    run "pairs-$arm-seed$seed" "$data" \
+      python -m normbt_plugin.policy_studies.label_pairs subsample "${pool[$arm]}" "$N_PAIRS" "$seed" "$data"
     for loss in $LOSSES; do
       name="$arm-$loss-seed$seed" rm="$OUT/rm-$arm-$loss-seed$seed"
       run "rm-$name" "$rm/model/config.json" env "${rm_env[@]}" DATASET="$data" LOSS="$loss" LABEL="$arm-$loss" \
