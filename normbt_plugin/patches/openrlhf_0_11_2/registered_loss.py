@@ -32,7 +32,7 @@ from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 from normbt_plugin.patches.openrlhf_0_11_2.value_head_norm import normed_head
 from normbt_plugin.rank_metrics import format_bins, gather_distance_bins, reduce_metrics
 from normbt_plugin.runs.rm import RunMeta, RunRecorder
-from normbt_plugin.stats import pair_distance
+from normbt_plugin.stats import DistanceBin, pair_distance
 
 CLIENT_STATE_KEY = "normbt_plugin_loss"
 _UpstreamTrainer = rm_trainer.RewardModelTrainer
@@ -219,15 +219,15 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
         for line in format_bins(bins):
             self.strategy.print(line)
         if self.strategy.is_rank_0():
-            logs = {f"acc_dist_bin{i}": b["acc"] for i, b in enumerate(bins)}
-            logs.update({f"dist_bin{i}_upper": b["hi"] for i, b in enumerate(bins)})
+            logs = {f"acc_dist_bin{i}": b.acc for i, b in enumerate(bins)}
+            logs.update({f"dist_bin{i}_upper": b.hi for i, b in enumerate(bins)})
             if self._wandb is not None:
                 self._wandb.log({**{f"eval/{k}": v for k, v in logs.items()}, "eval/global_step": steps})
             elif self._tensorboard is not None:
                 for k, v in logs.items():
                     self._tensorboard.add_scalar(f"eval/{k}", v, steps)
 
-    def _distance_bin_accuracy(self) -> list[dict[str, float]]:
+    def _distance_bin_accuracy(self) -> list[DistanceBin]:
         return gather_distance_bins(self._eval_pairs, self.eval_distance_bins)
 
 
