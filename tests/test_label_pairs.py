@@ -14,6 +14,7 @@ from conftest import RECIPE_ENV, REPO
 
 from normbt_plugin.common.tasks import gold_reward
 from normbt_plugin.policy_studies.label_pairs import read_pairs, read_summary
+from normbt_plugin.runs.generations import read_generations
 
 
 def normbt(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -55,9 +56,9 @@ def test_label_pairs_are_the_policys_samples_ranked_by_the_gold_and_cached(chain
     first = normbt(*args)
     assert first.returncode == 0, first.stderr[-3000:]
     pairs, summary = read_pairs(out), read_summary(out)
-    samples = [json.loads(line) for line in out.with_suffix(".samples.jsonl").open()]
-    assert len(samples) == 24 and all(len(r["samples"]) == 6 for r in samples)
-    texts = {(r["prompt"], s["text"]) for r in samples for s in r["samples"]}
+    samples = read_generations(out.with_suffix(".samples.jsonl"))
+    assert len(samples) == 24 and all(len(r.samples) == 6 for r in samples)
+    texts = {(r.prompt, s.text) for r in samples for s in r.samples}
     assert summary.pairs == len(pairs) > 0 and summary.prompts == 24 and summary.samples == 6
     per_prompt: dict[str, int] = {}
     for p in pairs:  # the policy's own responses, ordered and labelled by the gold, no ties
@@ -91,9 +92,9 @@ def test_standardize_puts_the_rm_and_the_rule_reward_at_mean_0_std_1_on_the_poli
         json.loads((std_rm / "config.json").read_text()),
     )
     assert config["normbt_eval_mean"] == original["mean"] and config["normbt_eval_std"] == original["std"]
-    rows = [json.loads(line) for line in samples.open()]
+    rows = read_generations(samples)
     scorer = RewardScorer(str(std_rm), max_len=64)  # raw rewards, as PPO's RM computes them
-    raw, _ = scorer.score([scorer.format(r["prompt"], s["text"]) for r in rows for s in r["samples"]])
+    raw, _ = scorer.score([scorer.format(r.prompt, s.text) for r in rows for s in r.samples])
     normed = (raw - config["mean"]) / config["std"]  # what --reward.normalize_enable feeds PPO
     assert normed.mean() == pytest.approx(0, abs=1e-4) and normed.std() == pytest.approx(1, abs=1e-4)
     assert (std_rm / "model.safetensors").read_bytes() == (rm / "model.safetensors").read_bytes()
@@ -108,8 +109,8 @@ def test_standardize_puts_the_rm_and_the_rule_reward_at_mean_0_std_1_on_the_poli
     spec = importlib.util.spec_from_file_location("true_std", wrapped)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    queries = [r["prompt"] + s["text"] for r in rows for s in r["samples"]]
-    prompts = [r["prompt"] for r in rows for _ in r["samples"]]
+    queries = [r.prompt + s.text for r in rows for s in r.samples]
+    prompts = [r.prompt for r in rows for _ in r.samples]
     rewards = module.reward_func(queries, prompts, [""] * len(queries))["rewards"].numpy()
     truth = np.array([gold_reward(p, q[len(p) :]) for p, q in zip(prompts, queries, strict=True)])
     assert rewards.mean() == pytest.approx(0, abs=1e-5) and rewards.std() == pytest.approx(1, abs=1e-4)

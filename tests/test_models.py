@@ -112,8 +112,8 @@ def test_smollm2_is_served_by_the_vllm_cpu_engine(smollm2, tmp_path):
         temperature=0.0,
         apply_chat_template=True,
     )
-    sample = generate_all([spec], log=tmp_path / "vllm.log")[0][0]["samples"][0]
-    assert sample["text"] == "The capital of France is Paris." and not sample["truncated"], sample
+    sample = generate_all([spec], log=tmp_path / "vllm.log")[0][0].samples[0]
+    assert sample.text == "The capital of France is Paris." and not sample.truncated, sample
 
 
 @pytest.mark.slow
