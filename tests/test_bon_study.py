@@ -97,8 +97,9 @@ def test_bon_study_refuses_unnamed_proxies_and_a_missing_n(tmp_path):
     path = policy_eval(tmp_path, {"bt-1": gold}, gold)
     with pytest.raises(EvalInputError, match="<arm>-<loss>-seed<k>"):
         bon_study(path, [], tmp_path / "out")
-    with pytest.raises(EvalInputError, match="--n 3"):
-        bon_study(path, [], tmp_path / "out", n=3)
+    named = policy_eval(tmp_path, {"onpolicy-bt-seed1": gold}, gold)
+    with pytest.raises(EvalInputError, match="--n 3 is not among"):
+        bon_study(named, [], tmp_path / "out", n=3)
 
 
 def test_pairs_of_drops_ties_and_duplicates_and_orders_by_the_gold(tmp_path):

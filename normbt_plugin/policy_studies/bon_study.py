@@ -161,12 +161,12 @@ def bon_study(
 ) -> dict[str, Any]:
     """The analysis (``summary.json``, ``report.md``, ``best_of_n.png``) under ``out``."""
     policy_eval = PolicyEval.read(policy_eval_path)
-    bon = policy_eval.best_of_n
-    ns = list(bon.n) if bon else []
-    if bon and n not in ns:
-        raise EvalInputError(f"--n {n} is not among the best-of-N sizes {ns}")
     proxies = load_proxies(policy_eval, runs)  # raises without a best-of-N
+    bon = policy_eval.best_of_n
     assert bon is not None
+    ns = list(bon.n)
+    if n not in ns:
+        raise EvalInputError(f"--n {n} is not among the best-of-N sizes {ns}")
     column = ns.index(n)
     gold = np.array(bon.gold_scores)
     d = np.sqrt(np.array(bon.kl))

@@ -60,8 +60,6 @@ def load_runs(paths: list[str], eval_name: str = EVAL) -> list[Run]:
         metrics, eval_path = folder / "metrics", folder / eval_name
         if not (metrics / rm_run.META).exists():
             raise EvalInputError(f"{folder}: no metrics/{rm_run.META} (train with --plugin.metrics_dir)")
-        if not eval_path.exists():
-            raise EvalInputError(f"{folder}: no {eval_name} (run normbt eval-rm --out {eval_path})")
         meta = rm_run.RunMeta.read(metrics)  # its name: the variant's (--plugin.label), else the loss
         runs.append(
             Run(

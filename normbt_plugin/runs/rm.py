@@ -8,7 +8,7 @@ The trainer (the ``registered_loss`` patch) writes them through ``RunRecorder``;
 and the tests read them with ``RunMeta.read``, ``read_steps`` and ``read_evals``. A step record
 stays a dict: its metric names are the loss's own (``losses``), open-ended by design.
 
-Standard library and core only: every training rank imports this.
+Standard library and core only: every training rank imports this (pydantic loads only when a reader runs).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from normbt_plugin.runs import files
 from normbt_plugin.stats import DistanceBin
 
 META = "meta.json"
@@ -85,10 +86,7 @@ def read_steps(folder: str | Path, rank: int = 0) -> list[dict[str, Any]]:
 def read_evals(folder: str | Path) -> list[EvalRecord]:
     """The evaluations during training, in order; [] if none."""
     path = Path(folder) / EVAL
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines()]
-    return [EvalRecord(r["step"], r["acc"], [DistanceBin(**b) for b in r["distance_bins"]]) for r in records]
+    return files.read_lines(EvalRecord, path, "the RM stage") if path.exists() else []
 
 
 class RunRecorder:
