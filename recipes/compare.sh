@@ -87,7 +87,8 @@ fi
 
 if [[ "$ONPOLICY" == 1 ]]; then  # on-policy RM data: the SFT policy's samples, ranked by the gold
   pairs="$RUN_DIR/onpolicy/pairs.jsonl"
-  [[ "$dry" == 1 ]] || echo "compare.sh: on-policy pairs from ${POLICY:-$MODEL}, judged by ${GOLD_RM:-$GOLD_FN} -> $pairs"
+  [[ "$dry" == 1 ]] ||
+    echo "compare.sh: on-policy pairs from ${POLICY:-$MODEL}, judged by ${GOLD_RM:-$GOLD_FN} -> $pairs"
   POLICY=${POLICY:-$MODEL} OUT=$pairs run "$RUN_DIR/onpolicy.log" bash recipes/onpolicy-pairs.sh
   export DATASET=$pairs PROMPT_KEY=prompt   # label-pairs writes prompt/chosen/rejected
 fi
@@ -158,7 +159,8 @@ if (( ${#ppo_runs[@]} )); then
     --out "$RUN_DIR/policy-eval"
   compare_args+=(--policy_eval "$RUN_DIR/policy-eval/policy_eval.json")
   if [[ "${TINY:-0}" == 1 ]]; then
-    compare_args+=(--note "The tiny CPU default runs $(( MAX_SAMPLES / ROLLOUT_BS )) PPO steps on ${SEEDS// /, } seed(s): \
+    steps=$(( MAX_SAMPLES / ROLLOUT_BS ))
+    compare_args+=(--note "The tiny CPU default runs $steps PPO steps on ${SEEDS// /, } seed(s): \
 it shows that the chain runs end to end and what its report holds, not whether a NormBT reward model \
 makes a better policy; recipes/downstream-study.sh measures that (docs/results.md, Downstream).")
   fi

@@ -70,8 +70,8 @@ for entry in $(for s in $RM_SEEDS; do for l in $LOSSES; do echo "$l:$s"; done; d
   rm="$OUT/rm-$loss-seed$seed"
   run "rm-$loss-seed$seed" "$rm/model/config.json" \
     env "${rm_env[@]}" LOSS="$loss" SEED="$seed" OUT="$rm" bash recipes/rm.sh
-  run "rm-$loss-seed$seed.eval" "$rm/eval.json" normbt eval-rm --model "$rm/model" --data "$tiny/test.jsonl" --subset_key kind \
-    --max_len 64 --out "$rm/eval.json"
+  run "rm-$loss-seed$seed.eval" "$rm/eval.json" normbt eval-rm --model "$rm/model" --data "$tiny/test.jsonl" \
+    --subset_key kind --max_len 64 --out "$rm/eval.json"
   rms+=("$loss:$seed")
 done
 
@@ -102,8 +102,9 @@ for entry in "${rms[@]}"; do
   done
 done
 
-run curves "" normbt curves "${ppo_runs[@]}" --tokenizer "$OUT/policy" --gold_fn normbt_plugin.common.tasks:gold_reward \
-  --exact_fn normbt_plugin.common.tasks:exact --baseline bt --window "$([[ "${SMOKE:-0}" == 1 ]] && echo 1 || echo 4)" \
+run curves "" normbt curves "${ppo_runs[@]}" --tokenizer "$OUT/policy" \
+  --gold_fn normbt_plugin.common.tasks:gold_reward --exact_fn normbt_plugin.common.tasks:exact \
+  --baseline bt --window "$([[ "${SMOKE:-0}" == 1 ]] && echo 1 || echo 4)" \
   --out "$OUT/curves"
 policy_flags=(--policy "initial=$OUT/policy")
 for r in "${ppo_runs[@]}"; do policy_flags+=(--policy "${r##*/ppo-}=$r/model"); done

@@ -64,8 +64,8 @@ run() { stage_run downstream-study "$OUT/logs" "$times" "$@"; }  # run NAME DONE
 # the task and the SFT policy
 tiny="$OUT/tiny"
 run tiny "$tiny/rm_test_prompts.jsonl" python -m normbt_plugin.common.tiny --out "$tiny" \
-  --n_train $((2 * N_PAIRS)) --n_test 256 --heads 2 --lengths "$LENGTHS" --n_sft "$N_SFT" --n_prompts $((STEPS * ROLLOUT_BS)) \
-  --n_rm_prompts "$RM_PROMPTS"
+  --n_train $((2 * N_PAIRS)) --n_test 256 --heads 2 --lengths "$LENGTHS" --n_sft "$N_SFT" \
+  --n_prompts $((STEPS * ROLLOUT_BS)) --n_rm_prompts "$RM_PROMPTS"
 base="$tiny/model"
 if [[ -n "$POLICY_BASE" ]]; then
   base="$OUT/base"
@@ -148,8 +148,9 @@ for lr in $TUNE_LRS; do  # the learning rate, tuned once on the standardised cei
 done
 if [[ -n "$TUNE_LRS" ]]; then
   tuned=("${ppo_runs[@]}") ppo_runs=()
-  run tune-curves "" normbt curves "${tuned[@]}" --tokenizer "$OUT/policy" --gold_fn normbt_plugin.common.tasks:gold_reward \
-    --exact_fn normbt_plugin.common.tasks:exact --baseline "tune-lr${TUNE_LRS%% *}" --window 4 --out "$OUT/tune-curves"
+  run tune-curves "" normbt curves "${tuned[@]}" --tokenizer "$OUT/policy" \
+    --gold_fn normbt_plugin.common.tasks:gold_reward --exact_fn normbt_plugin.common.tasks:exact \
+    --baseline "tune-lr${TUNE_LRS%% *}" --window 4 --out "$OUT/tune-curves"
 fi
 [[ "$UNTIL" == tune ]] && { [[ "$dry" == 1 ]] || stage_table "$times" downstream-study; exit 0; }
 for seed in $CEILING_SEEDS; do ppo true "" "$seed" REWARD_URL="$OUT/ppo-rewards/true.py"; done
@@ -161,8 +162,9 @@ for loss in $LOSSES; do
     ppo "$loss" "$rm_seed" 1 RM="$std"
   done
 done
-run curves "" normbt curves "${ppo_runs[@]}" --tokenizer "$OUT/policy" --gold_fn normbt_plugin.common.tasks:gold_reward \
-  --exact_fn normbt_plugin.common.tasks:exact --baseline bt --window 4 --out "$OUT/curves"
+run curves "" normbt curves "${ppo_runs[@]}" --tokenizer "$OUT/policy" \
+  --gold_fn normbt_plugin.common.tasks:gold_reward --exact_fn normbt_plugin.common.tasks:exact \
+  --baseline bt --window 4 --out "$OUT/curves"
 [[ "$dry" == 1 ]] && exit 0
 cat "$OUT/bon-study/report.md" "$OUT/curves/curves.md"
 stage_table "$times" downstream-study

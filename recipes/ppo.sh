@@ -126,5 +126,6 @@ if [[ -n "$RAY_DASHBOARD" ]]; then   # a head that does not answer: said in seco
 fi
 mkdir -p "$OUT"
 [[ "$ROLLOUT_LOG" == 1 ]] && rm -rf "$OUT/rollouts"
-echo "ppo.sh: policy=$POLICY reward=${REWARD_URL:-$RM} nodes=$NODES gpus/node=$GPUS_PER_NODE engines=$VLLM_ENGINES -> $OUT"
+echo "ppo.sh: policy=$POLICY reward=${REWARD_URL:-$RM} nodes=$NODES gpus/node=$GPUS_PER_NODE" \
+  "engines=$VLLM_ENGINES -> $OUT"
 "${cmd[@]}"

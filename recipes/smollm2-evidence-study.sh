@@ -47,7 +47,8 @@ run() { stage_run smollm2-evidence "$OUT/logs" "$times" "$@"; }  # run NAME DONE
 
 data="$OUT/data" model="$OUT/data/smollm2-135m-instruct"
 run data "$data/card.json" python -m normbt_plugin.rm_evaluation.evidence --out "$data" \
-  --n_train "$N_TRAIN" --n_test "$N_TEST" --max_chars "$MAX_CHARS" --coarse unrelated --backbone smollm2-135m-instruct --max_len "$MAX_LEN"
+  --n_train "$N_TRAIN" --n_test "$N_TEST" --max_chars "$MAX_CHARS" --coarse unrelated \
+  --backbone smollm2-135m-instruct --max_len "$MAX_LEN"
 run humaneval "$OUT/humaneval/card.json" python -m normbt_plugin.rm_evaluation.humaneval --out "$OUT/humaneval" \
   --problems "$HUMANEVAL_PROBLEMS"
 
