@@ -38,6 +38,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from tqdm import tqdm
 
@@ -172,11 +173,11 @@ BUGS: dict[str, Callable[[ast.AST, random.Random], bool]] = {
 def mutants(problem: Problem, bug: str, rng: random.Random) -> Iterator[ast.Module]:
     """Modules with one ``bug`` in the entry function's solution, sites in random order."""
     tree = problem.module()
-    count = len(list(_solution_nodes(_entry(tree, problem.entry_point))))
-    for index in rng.sample(range(count), count):
-        mutated = copy.deepcopy(tree)
-        node = list(_solution_nodes(_entry(mutated, problem.entry_point)))[index]
-        if BUGS[bug](node, rng):
+    sites = list(_solution_nodes(_entry(tree, problem.entry_point)))
+    for index in rng.sample(range(len(sites)), len(sites)):
+        copies: dict[int, Any] = {}  # deepcopy's memo: id(original node) -> its copy
+        mutated = copy.deepcopy(tree, copies)
+        if BUGS[bug](copies[id(sites[index])], rng):
             yield ast.fix_missing_locations(mutated)
 
 
