@@ -8,7 +8,8 @@
 #                                                 # both cores: the RMs in two halves, then the rest
 #   POLICY_BASE=smollm2-135m-instruct OUT=runs/downstream-smollm2 N_SFT=128 SFT_EPOCHS=1 SFT_LR=1e-4 \
 #     RM_LR=5e-5 RM_SEEDS="1 2 3 4" ARMS=onpolicy UNTIL=bon bash ...  # with SmolLM2 (docs/results.md)
-# Stages (each skipped when its output exists: a rerun goes on where a stopped one ended):
+# Stages (each skipped when its output exists: a rerun goes on where a stopped one ended, an RM from
+# its last checkpoint):
 #   the policy (a tiny Llama, or POLICY_BASE) SFT'd on the task; `normbt label-pairs`: the policy's
 #   own samples on prompts of their own, paired by the true reward (a pool to train on, a held-out
 #   set); per RM seed its own random subsample of the pool; RMs started from the SFT policy, BT and
@@ -42,6 +43,7 @@ N_PAIRS=${N_PAIRS:-2048}                         # pairs per RM seed (a subsampl
 RM_EPOCHS=${RM_EPOCHS:-2}
 RM_LR=${RM_LR:-1e-3}
 RM_LORA_RANK=${RM_LORA_RANK:-0}                  # > 0: LoRA RMs (alpha twice the rank), the value head in full
+RM_SAVE_STEPS=${RM_SAVE_STEPS:-16}               # an RM checkpoint every N steps: a stopped study resumes mid-RM
 BON_SAMPLES=${BON_SAMPLES:-64}                   # best-of-N: K samples per held-out prompt
 BON_PROMPTS=${BON_PROMPTS:-128}
 PPO_RM_SEEDS=${PPO_RM_SEEDS-1 2 3 4}             # PPO (confirmatory) on these on-policy RMs; empty: none
@@ -91,7 +93,7 @@ declare -A pool=([onpolicy]="$OUT/pairs/onpolicy.jsonl" [perturb]="$tiny/train.j
 
 # reward models: from the SFT policy, per arm and seed its own subsample, the losses paired by seed
 rm_env=(MODEL="$OUT/policy" EVAL_DATASET="$OUT/pairs/onpolicy-test-512.jsonl" NPROC=1 EPOCHS="$RM_EPOCHS" LR="$RM_LR"
-        MAX_LEN=64 PROMPT_KEY=prompt PARAM_DTYPE=fp32 BS=32 MICRO_BS=32)
+        MAX_LEN=64 PROMPT_KEY=prompt PARAM_DTYPE=fp32 BS=32 MICRO_BS=32 SAVE_STEPS="$RM_SAVE_STEPS")
 lora=()
 (( RM_LORA_RANK > 0 )) && lora=(--ds.lora.rank "$RM_LORA_RANK" --ds.lora.alpha $((2 * RM_LORA_RANK)))
 rms=()

@@ -5,7 +5,8 @@
 # Extra OpenRLHF or plugin flags go after the script: bash recipes/rm.sh --normbt.beta 0.95
 # Several nodes: HOSTFILE=hostfile (DeepSpeed's "host slots=N" lines), started from one node over ssh;
 # or without ssh, the same command on every node with NODE_RANK=0,1,... and MASTER_ADDR (node 0).
-# After a crash: the same command(s) with --ckpt.load_enable. DRY_RUN=1 prints the command.
+# After a crash: the same command(s) with --ckpt.load_enable; with SAVE_STEPS set, a rerun of the same
+# command resumes by itself (long studies that stop mid-run). DRY_RUN=1 prints the command.
 # These names are the RM stage's; recipes/ppo.sh's settings of the same kind carry PPO_.
 # All flags: python -m normbt_plugin.train_rm --help
 set -euo pipefail
@@ -40,6 +41,7 @@ HOSTFILE=${HOSTFILE:-}                  # several nodes: DeepSpeed's "host slots
 NODE_RANK=${NODE_RANK:-}                # without ssh: this node's rank, and MASTER_ADDR (node 0)
 MASTER_ADDR=${MASTER_ADDR:-}
 MASTER_PORT=${MASTER_PORT:-29500}
+SAVE_STEPS=${SAVE_STEPS:-0}             # >0: a checkpoint every N steps; a rerun resumes; removed when done
 
 args=(
   --model.model_name_or_path "$MODEL"
@@ -67,6 +69,12 @@ args=(
 [[ -n "$INPUT_TEMPLATE" ]] && args+=(--data.input_template "$INPUT_TEMPLATE")
 [[ "$APPLY_CHAT_TEMPLATE" == 1 ]] && args+=(--data.apply_chat_template)
 [[ "$PACKING" == 1 ]] && args+=(--ds.packing_samples)
+resume=0
+[[ " $* " == *" --ckpt.load_enable "* ]] && resume=1
+if (( SAVE_STEPS > 0 )); then  # one whole checkpoint kept (the plugin's guard); a rerun goes on from it
+  args+=(--ckpt.save_steps "$SAVE_STEPS" --ckpt.max_num 1)
+  if [[ -e "$OUT/ckpt/latest" ]] && (( ! resume )); then args+=(--ckpt.load_enable); resume=1; fi
+fi
 
 if [[ -n "$HOSTFILE" && -n "$NODE_RANK" ]]; then   # one launcher per node, no ssh
   cmd=(deepspeed --hostfile "$HOSTFILE" --no_ssh --node_rank "$NODE_RANK"
@@ -84,6 +92,9 @@ if [[ "${DRY_RUN:-0}" == 1 ]]; then
   exit 0
 fi
 mkdir -p "$OUT"
-[[ " $* " == *" --ckpt.load_enable "* ]] || rm -f "$OUT"/metrics/*.jsonl  # a resume appends to them
-echo "rm.sh: loss=$LOSS model=$MODEL ranks=$NPROC zero=$ZERO -> $OUT"
+(( resume )) || rm -f "$OUT"/metrics/*.jsonl  # a resume appends to them
+echo "rm.sh: loss=$LOSS model=$MODEL ranks=$NPROC zero=$ZERO -> $OUT$( ((resume)) && echo ', resumed')"
 "${cmd[@]}"
+# the model saved after the last checkpoint: the run is whole, nothing left to resume (a stop before
+# the end, e.g. --plugin.stop_after_steps, keeps it)
+if (( SAVE_STEPS > 0 )) && [[ "$OUT/model/config.json" -nt "$OUT/ckpt/latest" ]]; then rm -rf "$OUT/ckpt"; fi

@@ -5,7 +5,8 @@
 # HumanEval bugs verified by execution (normbt_plugin.rm_evaluation.humaneval: per bug kind). BT and NormBT at
 # MAIN_SEEDS, label smoothing and BSR at OTHER_SEEDS, same data and budget; reports by normbt
 # compare (accuracy per kind and by distance bin, with intervals) and the gradient diagnostic.
-#   bash recipes/smollm2-evidence-study.sh             # resumable: a stage is skipped when its output exists
+#   bash recipes/smollm2-evidence-study.sh             # resumable: a stage is skipped when its output exists,
+#                                                      # an RM stopped mid-run goes on from its last checkpoint
 #   DRY_RUN=1 bash recipes/smollm2-evidence-study.sh   # print every command
 #   N_TRAIN=32 N_TEST=16 HUMANEVAL_PROBLEMS=4 MAIN_SEEDS=1 OTHERS= MAX_LEN=64 bash ...   # a smoke run
 # Runs finished in earlier sessions are kept as records (metrics, both evaluations; no model) in
@@ -38,6 +39,7 @@ BS=${BS:-16}
 MICRO_BS=${MICRO_BS:-4}
 NPROC=${NPROC:-1}
 PARAM_DTYPE=${PARAM_DTYPE:-fp32}                # bf16 only where the CPU has it natively (lscpu: avx512_bf16)
+SAVE_STEPS=${SAVE_STEPS:-16}                    # an RM checkpoint every N steps: a stopped study resumes mid-RM
 dry=${DRY_RUN:-0}
 export PATH="$PWD/.venv/bin:$PATH" DRY_RUN=$dry
 mkdir -p "$OUT"
@@ -58,7 +60,8 @@ train_eval="$data/test-head$TRAIN_EVAL_PAIRS.jsonl"  # eval-rm scores all test p
 lora=()
 (( LORA_RANK > 0 )) && lora=(--ds.lora.rank "$LORA_RANK" --ds.lora.alpha $((2 * LORA_RANK)))
 rm_env=(MODEL="$model" DATASET="$data/train.jsonl" EVAL_DATASET="$train_eval" NPROC="$NPROC" EPOCHS="$EPOCHS"
-        LR="$LR" BS="$BS" MICRO_BS="$MICRO_BS" MAX_LEN="$MAX_LEN" PROMPT_KEY=prompt PARAM_DTYPE="$PARAM_DTYPE")
+        LR="$LR" BS="$BS" MICRO_BS="$MICRO_BS" MAX_LEN="$MAX_LEN" PROMPT_KEY=prompt PARAM_DTYPE="$PARAM_DTYPE"
+        SAVE_STEPS="$SAVE_STEPS")
 runs=()
 train() {  # train LOSS SEED: one RM, eval-rm on the stdlib test pairs (per kind) and HumanEval (per bug)
   local loss=$1 seed=$2 rm="$OUT/rm-$1-seed$2"

@@ -384,6 +384,8 @@ def test_smollm2_evidence_study_commands_parse(parsers, tmp_path, capsys):
         (getattr(a, "ds.lora.rank"), getattr(a, "adam.lr"), getattr(a, "train.max_epochs")) for a in rms
     }
     assert setting == {(0, 5e-5, 2)}
+    # a session that stops mid-RM loses at most 16 steps: rm.sh checkpoints, keeping one (its own test)
+    assert {(getattr(a, "ckpt.save_steps"), getattr(a, "ckpt.max_num")) for a in rms} == {(16, 1)}
     env = {"OUT": str(tmp_path / "lora"), "LORA_RANK": "16", "MAIN_SEEDS": "1", "OTHERS": ""}
     lora = [
         a for n, a in recipe_commands("smollm2-evidence-study.sh", parsers, capsys, **env) if n == "train_rm"
@@ -452,6 +454,7 @@ def test_downstream_study_with_a_smollm2_policy_parses(parsers, tmp_path, capsys
     rms = [a for name, a in commands if name == "train_rm"]
     assert len(rms) == 4 and all(getattr(a, "ds.lora.rank") == 16 for a in rms)
     assert {getattr(a, "model.model_name_or_path") for a in rms} == {f"{out}/policy"}
+    assert {(getattr(a, "ckpt.save_steps"), getattr(a, "ckpt.max_num")) for a in rms} == {(16, 1)}
     assert not [name for name, _ in commands if name == "train_ppo_ray"]
     proc = subprocess.run(["bash", "recipes/downstream-study.sh"], cwd=REPO, capture_output=True, text=True,
                           env={**ENV, "DRY_RUN": "1", **env}, timeout=120, check=False)  # fmt: skip

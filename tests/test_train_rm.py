@@ -12,8 +12,10 @@ import sys
 
 import pytest
 import torch
+from conftest import BIN, REPO
 
 from normbt_plugin.losses import NormBTLoss, build_loss
+from normbt_plugin.runs import rm as rm_run
 from normbt_plugin.runs.rm import RunMeta
 
 pytestmark = pytest.mark.slow
@@ -126,6 +128,33 @@ def test_resume_continues_exactly(run_train_rm):
     other = run_train_rm(*flags, "--ckpt.load_enable", loss="bt", name="resumed")
     assert other.returncode != 0
     assert "trained with loss 'normbt', this run asks for 'bt'" in other.output
+
+
+def test_rm_recipe_with_save_steps_resumes_a_stopped_run_by_itself(tiny, tmp_path):
+    """``SAVE_STEPS`` in ``recipes/rm.sh`` (what the long studies set): a run stopped mid-way goes on from
+    its checkpoint when the same command runs again (no flag to add), its metrics kept; once the model is
+    saved the checkpoint is removed (one study RM's checkpoints hold about 2 GB)."""
+    out = tmp_path / "rm"
+    env = {
+        **os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TOKENIZERS_PARALLELISM": "false",
+        "MODEL": str(tiny["model"]), "DATASET": str(tiny["train"]), "EVAL_DATASET": str(tiny["test"]),
+        "OUT": str(out), "MAX_LEN": "64", "LR": "2e-3", "EPOCHS": "1", "SAVE_STEPS": "4",
+    }  # fmt: skip
+
+    def recipe(*flags: str) -> str:
+        proc = subprocess.run(["bash", "recipes/rm.sh", "--lr_warmup_ratio", "0", *flags], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=600, check=False)  # fmt: skip
+        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+        return proc.stdout + proc.stderr
+
+    first = recipe("--plugin.stop_after_steps", "6")  # a session ending mid-run (killed: the same)
+    assert "stopping after step 6" in first and not (out / "model" / "config.json").exists()
+    assert (out / "ckpt" / "latest").read_text().strip() == "global_step4"  # the last one before the stop
+    second = recipe()
+    assert ", resumed" in second and "restored normbt state" in second, second[-3000:]
+    steps = [r["step"] for r in rm_run.read_steps(out / "metrics", 0)]
+    assert steps == list(range(1, 17)), steps  # 256 pairs / 16: 1-6, then 5-16 again (the later wins)
+    assert (out / "model" / "config.json").exists() and not (out / "ckpt").exists()
 
 
 # ------------------------------------------------------------------ configurations
