@@ -9,7 +9,15 @@ import numpy as np
 import pytest
 
 from normbt_plugin.common.intervals import nested_bootstrap, seeds_needed
-from normbt_plugin.policy_studies.bon_study import bon_study, decide, gao_fit, within_prompt_spread
+from normbt_plugin.policy_studies.bon_study import (
+    Proxy,
+    bon_study,
+    decide,
+    gao_fit,
+    paired_effect,
+    what_it_would_take,
+    within_prompt_spread,
+)
 from normbt_plugin.policy_studies.eval_policy import best_of_n, bon_kl
 from normbt_plugin.policy_studies.label_pairs import (
     LabelledPair,
@@ -73,6 +81,25 @@ def test_decision_rule_and_what_it_would_take():
     assert decide(0.01, (-0.05, 0.07), (-0.04, 0.06), 0.03) == "inconclusive"
     # n = ((z_.975 + z_.8) sd / effect)^2 = (2.80 * 0.1 / 0.05)^2 = 31.4 -> 32
     assert seeds_needed(0.1, 0.05) == 32 and seeds_needed(0.1, 0.0) == -1
+
+
+def test_an_inconclusive_effect_says_what_settles_it_in_words():
+    """SmolLM2's best-of-N arm (docs/results.md): 4 seeds, +0.044 with sd 0.075 over seeds. Outside the
+    +-0.03 margin no number of seeds can show equivalence; the report says so (it printed -1)."""
+
+    def proxies(loss: str, per_seed: list[float]) -> list[Proxy]:
+        return [Proxy(f"onpolicy-{loss}-seed{k}", "onpolicy", loss, k, np.full((32, 1), v), np.zeros((32, 2)))
+                for k, v in enumerate(per_seed, start=1)]  # fmt: skip
+
+    wide = paired_effect(proxies("normbt", [0.53, 0.64, 0.46, 0.54]), proxies("bt", [0.5] * 4), 0, 0.03)
+    assert wide["decision"] == "inconclusive" and wide["mean"] == pytest.approx(0.0425)
+    assert wide["seeds_to_detect"] == seeds_needed(wide["sd_over_seeds"], 0.0425) > 4
+    text = what_it_would_take(wide, 0.03)
+    assert f": {wide['seeds_to_detect']};" in text and "-1" not in text
+    assert text.endswith("equivalence within +-0.03: none (the measured +0.043 lies outside it)")
+    near = paired_effect(proxies("normbt", [0.53, 0.56, 0.46, 0.47]), proxies("bt", [0.5] * 4), 0, 0.03)
+    assert near["decision"] == "inconclusive" and abs(near["mean"]) < 0.03
+    assert what_it_would_take(near, 0.03).endswith(f"within +-0.03: {near['seeds_for_equivalence']}")
 
 
 def test_nested_bootstrap_counts_both_levels():

@@ -132,6 +132,19 @@ def paired_effect(a: list[Proxy], b: list[Proxy], column: int, margin: float) ->
     return out
 
 
+def what_it_would_take(effect: dict[str, Any], margin: float) -> str:
+    """An inconclusive effect's seeds to settle it, in words: to detect the measured effect, and to
+    show equivalence (which no number of seeds can when the measured effect lies outside the margin)."""
+    mean, detect, equivalence = effect["mean"], effect["seeds_to_detect"], effect["seeds_for_equivalence"]
+    detect_text = str(detect) if detect > 0 else "none (no effect measured)"
+    outside = f"none (the measured {mean:+.3f} lies outside it)"
+    equivalence_text = str(equivalence) if equivalence > 0 else outside
+    return (
+        f"seeds to detect {mean:+.3f} at 80% power: {detect_text}; "
+        f"to show equivalence within +-{margin}: {equivalence_text}"
+    )
+
+
 def _mean_ci(values: list[float]) -> dict[str, float]:
     arr = np.asarray(values, dtype=float)
     low, high = t_interval(arr) if len(arr) > 1 else (float("nan"), float("nan"))
@@ -343,8 +356,7 @@ def format_report(result: dict[str, Any]) -> str:
         b95, b90, t95 = e["boot_ci95"], e["boot_ci90"], e["t_ci95"]
         decision = e["decision"]
         if decision == "inconclusive":
-            decision += (f" (seeds to detect {e['mean']:+.3f} at 80% power: {e['seeds_to_detect']}; to show "
-                         f"equivalence within +-{margin}: {e['seeds_for_equivalence']})")  # fmt: skip
+            decision += f" ({what_it_would_take(e, margin)})"
         lines.append(
             f"| {arm} | {loss} | {e['seeds']} | {e['mean']:+.4f} | [{b95[0]:+.4f}, {b95[1]:+.4f}] | "
             f"[{b90[0]:+.4f}, {b90[1]:+.4f}] | [{t95[0]:+.4f}, {t95[1]:+.4f}] | {e['t_p']:.3g} | "
