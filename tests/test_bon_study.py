@@ -100,6 +100,11 @@ def test_an_inconclusive_effect_says_what_settles_it_in_words():
     near = paired_effect(proxies("normbt", [0.53, 0.56, 0.46, 0.47]), proxies("bt", [0.5] * 4), 0, 0.03)
     assert near["decision"] == "inconclusive" and abs(near["mean"]) < 0.03
     assert what_it_would_take(near, 0.03).endswith(f"within +-0.03: {near['seeds_for_equivalence']}")
+    noisy = proxies("normbt", [0.0])
+    noisy[0].bon[::2] = 1.04  # one seed, prompts split between 0 and 1.04: wide, no spread over seeds
+    single = paired_effect(noisy, proxies("bt", [0.5]), 0, 0.03)
+    assert single["decision"] == "inconclusive" and single["seeds_for_equivalence"] == -1
+    assert what_it_would_take(single, 0.03) == "one seed: no spread over seeds to size more by"
 
 
 def test_nested_bootstrap_counts_both_levels():

@@ -135,6 +135,8 @@ def paired_effect(a: list[Proxy], b: list[Proxy], column: int, margin: float) ->
 def what_it_would_take(effect: dict[str, Any], margin: float) -> str:
     """An inconclusive effect's seeds to settle it, in words: to detect the measured effect, and to
     show equivalence (which no number of seeds can when the measured effect lies outside the margin)."""
+    if not np.isfinite(effect["sd_over_seeds"]):  # seeds_needed's -1 then means "not measured", not "none"
+        return "one seed: no spread over seeds to size more by"
     mean, detect, equivalence = effect["mean"], effect["seeds_to_detect"], effect["seeds_for_equivalence"]
     detect_text = str(detect) if detect > 0 else "none (no effect measured)"
     outside = f"none (the measured {mean:+.3f} lies outside it)"
