@@ -234,7 +234,8 @@ def cmd_standardize(o: options.StandardizeOptions) -> int:
 def cmd_bon_study(o: options.BonStudyOptions) -> int:
     from normbt_plugin.policy_studies.bon_study import bon_study
 
-    bon_study(o.policy_eval, o.runs, o.out, baseline=o.baseline, n=o.n, margin=o.margin, pairs=o.pairs)
+    evals = [o.policy_eval, *(o.also or [])]
+    bon_study(evals, o.runs, o.out, baseline=o.baseline, n=o.n, margin=o.margin, pairs=o.pairs)
     print((Path(o.out) / "report.md").read_text())
     return 0
 

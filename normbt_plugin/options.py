@@ -233,6 +233,10 @@ class BonStudyOptions:
     runs: list[str] = option(
         help="RM folders rm-<arm>-<loss>-seed<k> (their eval.json)", positional=True, nargs="+"
     )
+    also: list[str] | None = option(
+        None, "another eval-policy run's policy_eval.json on the same samples: its proxies join (more seeds)",
+        action="append", metavar="POLICY_EVAL",
+    )  # fmt: skip
     baseline: str = option("bt", "loss the others are compared with")
     n: int = option(16, "the primary metric's N")
     margin: float = option(0.03, "equivalence margin of the decision rule")

@@ -46,6 +46,8 @@ RM_LORA_RANK=${RM_LORA_RANK:-0}                  # > 0: LoRA RMs (alpha twice th
 RM_SAVE_STEPS=${RM_SAVE_STEPS:-16}               # an RM checkpoint every N steps: a stopped study resumes mid-RM
 BON_SAMPLES=${BON_SAMPLES:-64}                   # best-of-N: K samples per held-out prompt
 BON_PROMPTS=${BON_PROMPTS:-128}
+BON_DIR=${BON_DIR:-bon}                          # best-of-N of RM_SEEDS' proxies; seeds added later: another
+                                                 # (BON_DIR=bon-5-8 RM_SEEDS="5 6 7 8"), pooled with every $OUT/bon*
 PPO_RM_SEEDS=${PPO_RM_SEEDS-1 2 3 4}             # PPO (confirmatory) on these on-policy RMs; empty: none
 CEILING_SEEDS=${CEILING_SEEDS-1}                 # PPO on the true reward
 STEPS=${STEPS:-144}                              # PPO steps
@@ -118,10 +120,15 @@ done
 # best-of-N from the SFT policy on held-out prompts, every RM a proxy; the primary analysis
 proxies=()
 for rm in "${rms[@]}"; do proxies+=(--proxy "${rm##*/rm-}=$rm/model"); done
-run bon "$OUT/bon/policy_eval.json" normbt eval-policy --policy "sft=$OUT/policy" "${proxies[@]}" \
+bon="$OUT/$BON_DIR"
+run "$BON_DIR" "$bon/policy_eval.json" normbt eval-policy --policy "sft=$OUT/policy" "${proxies[@]}" \
   --gold_fn normbt_plugin.common.tasks:gold_reward --prompts "$tiny/eval_prompts.jsonl" --n_prompts "$BON_PROMPTS" \
-  --samples 1 --bon_samples "$BON_SAMPLES" --max_new 24 --max_len 64 --out "$OUT/bon"
-run bon-study "" normbt bon-study "$OUT/bon/policy_eval.json" "${rms[@]}" --baseline bt --n 16 \
+  --samples 1 --bon_samples "$BON_SAMPLES" --max_new 24 --max_len 64 --out "$bon"
+also=()  # best-of-N of seeds run before (same policy, prompts and sampling seed): one pooled analysis
+for other in "$OUT"/bon*/policy_eval.json; do
+  if [[ -e "$other" && "$other" != "$bon/policy_eval.json" ]]; then also+=(--also "$other"); fi
+done
+run bon-study "" normbt bon-study "$bon/policy_eval.json" "${also[@]}" "$OUT"/rm-*/ --baseline bt --n 16 \
   --pairs "$OUT/pairs/onpolicy-test.jsonl" --out "$OUT/bon-study"
 [[ "$UNTIL" == bon ]] && { [[ "$dry" == 1 ]] || stage_table "$times" downstream-study; exit 0; }
 

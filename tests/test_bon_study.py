@@ -134,6 +134,33 @@ def test_bon_study_refuses_unnamed_proxies_and_a_missing_n(tmp_path):
         bon_study(named, [], tmp_path / "out", n=3)
 
 
+def test_seeds_added_by_a_later_run_pool_into_one_analysis(tmp_path):
+    """Seed pairs scored by a second eval-policy run on the same samples (``--also``) give the
+    analysis of one run holding every proxy; other samples or a proxy twice are refused."""
+    rng = np.random.default_rng(1)
+    gold = rng.random((50, 16))
+    proxies = {f"onpolicy-{loss}-seed{seed}": gold + rng.normal(0, noise, gold.shape)
+               for seed in range(1, 5) for loss, noise in (("bt", 1.0), ("normbt", 0.3))}  # fmt: skip
+    names = list(proxies)
+    whole = policy_eval(tmp_path / "whole", proxies, gold)
+    first = policy_eval(tmp_path / "seeds-1-2", {k: proxies[k] for k in names[:4]}, gold)
+    later = policy_eval(tmp_path / "seeds-3-4", {k: proxies[k] for k in names[4:]}, gold)
+    one = bon_study(whole, [], tmp_path / "one", n=16)
+    pooled = bon_study([first, later], [], tmp_path / "pooled", n=16)
+    assert pooled["effects"]["onpolicy/normbt"]["seeds"] == 4
+    assert pooled == one
+    other_samples = policy_eval(tmp_path / "other", {names[4]: proxies[names[4]]}, gold[::-1])
+    with pytest.raises(EvalInputError, match="not on the samples of"):
+        bon_study([first, other_samples], [], tmp_path / "x")
+    again = policy_eval(tmp_path / "again", {names[0]: proxies[names[0]]}, gold)
+    with pytest.raises(EvalInputError, match=r"\['onpolicy-bt-seed1'\] are in both"):
+        bon_study([first, again], [], tmp_path / "x")
+    bare = PolicyEval(reference="initial", gold="fn:gold", gold_fn="gold", prompts=50, samples=1, max_new=8,
+                      temperature=1.0, seed=0, tie_tol=0.0, policies={}).write(tmp_path / "bare")  # fmt: skip
+    with pytest.raises(EvalInputError, match="has no best-of-N"):
+        bon_study([first, bare], [], tmp_path / "x")
+
+
 def test_pairs_of_drops_ties_and_duplicates_and_orders_by_the_gold(tmp_path):
     texts = [" 1 2", " 2 1", " 1 2", " x", " 2 2"]
     golds = [1.0, 0.5, 1.0, 0.0, 0.5]

@@ -459,6 +459,19 @@ def test_downstream_study_with_a_smollm2_policy_parses(parsers, tmp_path, capsys
     proc = subprocess.run(["bash", "recipes/downstream-study.sh"], cwd=REPO, capture_output=True, text=True,
                           env={**ENV, "DRY_RUN": "1", **env}, timeout=120, check=False)  # fmt: skip
     assert f"normbt models get smollm2-135m-instruct --out {out}/base" in proc.stdout
+    # seeds added later: their own best-of-N folder, pooled with the one run before by bon-study
+    (out / "bon").mkdir(parents=True)
+    (out / "bon" / "policy_eval.json").write_text("{}")
+    more = subprocess.run(["bash", "recipes/downstream-study.sh"], cwd=REPO, capture_output=True, text=True,
+                          env={**ENV, "DRY_RUN": "1", **env, "RM_SEEDS": "3 4", "BON_DIR": "bon-3-4"},
+                          timeout=120, check=False)  # fmt: skip
+    lines = {c[1]: c for c in map(shlex.split, more.stdout.splitlines()) if c and c[0] == "normbt"}
+    scored = lines["eval-policy"]
+    assert scored[-1] == f"{out}/bon-3-4" and f"onpolicy-bt-seed3={out}/rm-onpolicy-bt-seed3/model" in scored
+    assert not any("seed1" in a for a in scored)  # only the new seeds are scored
+    study = lines["bon-study"]
+    assert study[2] == f"{out}/bon-3-4/policy_eval.json"
+    assert study[study.index("--also") + 1] == f"{out}/bon/policy_eval.json"
 
 
 def test_offpolicy_study_commands_parse(parsers, tmp_path, capsys):

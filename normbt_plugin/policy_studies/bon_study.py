@@ -7,6 +7,8 @@ Reads ``normbt eval-policy``'s best-of-N (K samples per held-out prompt from the
 RM a proxy, the true reward or a gold RM as judge) and each RM run's ``eval.json`` (eval-rm on
 held-out on-policy pairs). RM folders are named ``rm-<arm>-<loss>-seed<k>`` (arm: where the RM's
 training pairs came from, e.g. ``onpolicy``, ``perturb``), the proxies ``<arm>-<loss>-seed<k>``.
+Seeds added later (a second eval-policy run, same policy, prompts and sampling seed, new proxies
+only) join with ``--also runs/downstream/bon-5-8/policy_eval.json``: one pooled analysis.
 
 Pre-registered (docs/results.md, Downstream): the primary metric is the judge's reward of the proxy's
 pick at N = ``--n``, the loss minus the baseline, paired by seed; the interval that decides is the
@@ -23,7 +25,7 @@ from __future__ import annotations
 import json
 import re
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from scipy import stats
 
 from normbt_plugin.common.intervals import nested_bootstrap, seeds_needed, t_interval
 from normbt_plugin.rm_evaluation.pairs import EvalInputError
-from normbt_plugin.runs.policy_eval import PolicyEval
+from normbt_plugin.runs.policy_eval import BestOfN, PolicyEval
 from normbt_plugin.runs.rm_eval import EVAL, RmEval
 
 NAME = re.compile(r"^(?P<arm>.+)-(?P<loss>[^-]+)-seed(?P<seed>\d+)$")
@@ -76,12 +78,35 @@ def rank_agreement(scores: np.ndarray, gold: np.ndarray) -> float:
     return float(np.mean(rhos))
 
 
-def load_proxies(policy_eval: PolicyEval, runs: list[str]) -> list[Proxy]:
-    bon = policy_eval.best_of_n
+def pooled_best_of_n(paths: list[str | Path]) -> BestOfN:
+    """The best-of-N of one or more ``eval-policy`` runs on the same samples (seed pairs added by a
+    later run: same policy, prompts and sampling seed), their proxies pooled. The samples are checked
+    through the judge's reward of every one; a proxy may appear in one run only."""
+    first, *rest = paths
+    bon = _best_of_n(first)
+    for path in rest:
+        other = _best_of_n(path)
+        same_shape = (other.n, other.prompts, other.samples) == (bon.n, bon.prompts, bon.samples)
+        if not same_shape or not np.allclose(other.gold_scores, bon.gold_scores, rtol=1e-5, atol=1e-6):
+            raise EvalInputError(
+                f"{path}'s best-of-N is not on the samples of {first} (N, prompts, samples or the judge's "
+                "scores differ): pool only eval-policy runs of one policy on the same prompts and seed"
+            )
+        if twice := sorted(bon.proxy_scores.keys() & other.proxy_scores.keys()):
+            raise EvalInputError(f"proxies {twice} are in both {first} and {path}: pass each run once")
+        curves = {**other.curves, **bon.curves}  # the oracle's (the same in both) kept once
+        bon = replace(bon, curves=curves, proxy_scores={**bon.proxy_scores, **other.proxy_scores})
+    return bon
+
+
+def _best_of_n(path: str | Path) -> BestOfN:
+    bon = PolicyEval.read(path).best_of_n
     if not bon or not bon.proxy_scores:
-        raise EvalInputError(
-            "the policy evaluation has no best-of-N with proxy scores (eval-policy --bon_samples)"
-        )
+        raise EvalInputError(f"{path} has no best-of-N with proxy scores (eval-policy --bon_samples --proxy)")
+    return bon
+
+
+def load_proxies(bon: BestOfN, runs: list[str]) -> list[Proxy]:
     folders = {Path(r).name.removeprefix("rm-"): Path(r) for r in runs}
     proxies = []
     for name, scores in bon.proxy_scores.items():
@@ -165,7 +190,7 @@ def gap_accuracy(correct: np.ndarray, gaps: np.ndarray, edges: np.ndarray) -> li
 
 
 def bon_study(
-    policy_eval_path: str | Path,
+    policy_evals: str | Path | list[str | Path],
     runs: list[str],
     out: str | Path,
     *,
@@ -174,11 +199,11 @@ def bon_study(
     margin: float = 0.03,
     pairs: str | None = None,
 ) -> dict[str, Any]:
-    """The analysis (``summary.json``, ``report.md``, ``best_of_n.png``) under ``out``."""
-    policy_eval = PolicyEval.read(policy_eval_path)
-    proxies = load_proxies(policy_eval, runs)  # raises without a best-of-N
-    bon = policy_eval.best_of_n
-    assert bon is not None
+    """The analysis (``summary.json``, ``report.md``, ``best_of_n.png``) under ``out``, of one
+    eval-policy run's best-of-N or several pooled (``pooled_best_of_n``)."""
+    paths = policy_evals if isinstance(policy_evals, list) else [policy_evals]
+    bon = pooled_best_of_n(paths)  # raises without a best-of-N
+    proxies = load_proxies(bon, runs)
     ns = list(bon.n)
     if n not in ns:
         raise EvalInputError(f"--n {n} is not among the best-of-N sizes {ns}")
