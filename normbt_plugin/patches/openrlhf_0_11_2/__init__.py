@@ -22,6 +22,7 @@ PATCHES: dict[str, tuple[str, ...]] = {
     "registered_loss": ("rm",),
     "cpu_ppo": ("ppo",),
     "vllm_cpu": ("ppo",),
+    "free_port": ("ppo",),
     "value_head_norm": ("rm", "ppo"),
     "lora_value_head": ("rm", "ppo"),
     "reward_norm": ("ppo",),
