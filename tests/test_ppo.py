@@ -180,6 +180,8 @@ def test_actor_groups_pick_master_ports_no_other_connection_can_take():
 
     free_port = patch_module("free_port")
     start = free_port.ephemeral_start()
+    if start <= free_port.LOWEST:
+        pytest.skip(f"the ephemeral range starts at {start}: no room below it (upstream's choice kept)")
 
     def ports(**env: str) -> list[int]:
         proc = subprocess.run([sys.executable, "-c", GROUP_PORTS], env={**ENV, **env}, capture_output=True,
