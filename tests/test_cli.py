@@ -38,7 +38,7 @@ def test_doctor_reports_versions_and_patches():
     assert rows["openrlhf"] == "0.11.2 (supported: 0.11.2)" and rows["vLLM"] == "yes"
     assert rows["bytecode"] == "compiled (torch, transformers, deepspeed, openrlhf, vllm, ray)"
     assert rows["patches, RM stage"].endswith("registered_loss, value_head_norm, lora_value_head")
-    ppo_patches = "cpu_ppo, vllm_cpu, value_head_norm, lora_value_head, reward_norm"
+    ppo_patches = "cpu_ppo, vllm_cpu, free_port, value_head_norm, lora_value_head, reward_norm"
     assert rows["patches, PPO stage"].endswith(ppo_patches)
     assert rows["lock"].startswith("every distribution as in") and rows["lock"].endswith(
         "requirements-cpu.lock"
