@@ -38,8 +38,8 @@ def ephemeral_start() -> int:
         return 32768
 
 
-def free_port(tries: int = 64) -> int:
-    """A port that binds now, below the ephemeral range when there is room."""
+def free_port(tries: int = 64) -> int | None:
+    """A port below the ephemeral range that binds now; None where there is no room or none binds."""
     rng = random.SystemRandom()  # independent of any seeded global generator
     high = ephemeral_start()
     for _ in range(tries if high > LOWEST else 0):
@@ -50,9 +50,7 @@ def free_port(tries: int = 64) -> int:
             except OSError:
                 continue
             return port
-    with socket.socket() as sock:  # upstream's choice
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
+    return None
 
 
 def apply() -> None:
@@ -63,6 +61,6 @@ def apply() -> None:
 
     @functools.wraps(original)
     def _get_free_port() -> int:
-        return free_port()
+        return free_port() or original()  # upstream's choice where there is no room below the range
 
     launcher.BaseDistributedActor._get_free_port = staticmethod(mark_patched(_get_free_port, "free_port"))
