@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from normbt_plugin.common.ports import free_port
 from normbt_plugin.runs import rm as rm_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,12 +74,6 @@ def tiny(tmp_path_factory):
     from normbt_plugin.common.tiny import build_tiny_setup
 
     return build_tiny_setup(tmp_path_factory.mktemp("tiny"), n_train=256, n_test=96)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass

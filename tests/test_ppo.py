@@ -158,41 +158,47 @@ def test_bad_input_stops_before_ray_starts(tiny, other_tokenizer_model, tmp_path
         assert_stopped_before_ray(bad.result(), message)
 
 
-# rank 0 of an actor group, made as OpenRLHF's launcher makes it: the master port it picks
-GROUP_PORTS = """
+# the master ports a PPO job picks: each actor group's rank 0, made as OpenRLHF's launcher makes it,
+# and the weight-sync group's, picked as ppo_actor._init_vllm_sync_group picks it
+MASTER_PORTS = """
 import json, os
 from normbt_plugin.patches import apply_openrlhf_patches
 apply_openrlhf_patches(ppo=True)
+from openrlhf.trainer.ray import ppo_actor
 from openrlhf.trainer.ray.launcher import BaseDistributedActor
-ports = []
+groups, sync = [], []
 for _ in range(32):
     BaseDistributedActor(1, 0, None, None)
-    ports.append(int(os.environ["MASTER_PORT"]))
-print(json.dumps(ports))
+    groups.append(int(os.environ["MASTER_PORT"]))
+    with ppo_actor.socket.socket() as sock:
+        sock.bind(("", 0))
+        sync.append(sock.getsockname()[1])
+print(json.dumps({"groups": groups, "sync": sync}))
 """
 
 
-def test_actor_groups_pick_master_ports_no_other_connection_can_take():
-    """``free_port``: each group's master port lies below the kernel's ephemeral range (only an
-    explicit bind can take it before the group binds it); upstream's (the patch switched off) lies in
-    the range every outgoing connection of Ray and vLLM draws from (EADDRINUSE, upstream #674)."""
-    from normbt_plugin.patches import patch_module
+def test_ppo_master_ports_are_ones_no_other_connection_can_take():
+    """``free_port``: every master port of a PPO job (actor groups, weight sync) lies below the
+    kernel's ephemeral range (only an explicit bind can take it before the master binds it);
+    upstream's (the patch switched off) lie in the range every outgoing connection of Ray and vLLM
+    draws from (EADDRINUSE, upstream #674)."""
+    from normbt_plugin.common.ports import LOWEST, ephemeral_start
 
-    free_port = patch_module("free_port")
-    start = free_port.ephemeral_start()
-    if start <= free_port.LOWEST:
+    start = ephemeral_start()
+    if start <= LOWEST:
         pytest.skip(f"the ephemeral range starts at {start}: no room below it (upstream's choice kept)")
 
-    def ports(**env: str) -> list[int]:
-        proc = subprocess.run([sys.executable, "-c", GROUP_PORTS], env={**ENV, **env}, capture_output=True,
+    def ports(**env: str) -> dict[str, list[int]]:
+        proc = subprocess.run([sys.executable, "-c", MASTER_PORTS], env={**ENV, **env}, capture_output=True,
                               text=True, timeout=300, check=False)  # fmt: skip
         assert proc.returncode == 0, proc.stderr[-3000:]
         return json.loads(proc.stdout.splitlines()[-1])
 
     with ThreadPoolExecutor(2) as pool:
         patched, upstream = pool.map(lambda env: ports(**env), [{}, {"NORMBT_PLUGIN_DISABLE": "free_port"}])
-    assert all(free_port.LOWEST <= p < start for p in patched) and len(set(patched)) > 16, patched
-    assert all(p >= start for p in upstream), upstream
+    for kind in ("groups", "sync"):
+        assert all(LOWEST <= p < start for p in patched[kind]) and len(set(patched[kind])) > 16, patched
+        assert all(p >= start for p in upstream[kind]), upstream
 
 
 # ------------------------------------------------------------------ the tiny chain, end to end

@@ -7,18 +7,17 @@ from __future__ import annotations
 import contextlib
 import os
 import runpy
-import socket
 import sys
 from collections.abc import Callable
+
+from normbt_plugin.common.ports import free_port
 
 
 def single_process_env() -> None:
     """``python -m`` without a launcher: a one-rank world on a free local port (not MPI)."""
     if "RANK" in os.environ or "OMPI_COMM_WORLD_RANK" in os.environ:
         return
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port("127.0.0.1")
     os.environ.update({"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1"})
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", str(port))

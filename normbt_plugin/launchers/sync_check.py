@@ -23,9 +23,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+
+from normbt_plugin.common.ports import free_port
 
 
 def load_hf(model_dir: str):
@@ -119,9 +120,7 @@ def main() -> None:
     hf_updated = greedy_hf(updated_model, prompts, args.max_new, eos)
     before = generate()
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port("127.0.0.1")
     pool = ThreadPoolExecutor(1)  # the engine side of each collective runs beside ours
 
     def engine_side(method: str, *rpc_args) -> Future:
