@@ -212,7 +212,17 @@ def test_compare_pairs_subsets_and_baseline_distance_bins(tmp_path):
     assert list(bins) == ["bin 0", "bin 1", "bin 2", "bin 3"]
     assert bins["bin 0"]["vs_baseline"]["diff"] == pytest.approx(0.5)
     assert bins["bin 3"]["vs_baseline"]["diff"] == 0
-    assert "p=" in (tmp_path / "report" / "report.md").read_text()
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "p=" in report
+    # where each loss puts the subsets: normbt's distances are 3x bt's, relative to their own median the same
+    bt = json.loads((tmp_path / "report" / "summary.json").read_text())["bt"]["median_distance"]
+    nb = summary["median_distance"]
+    assert bt["fine"]["per_seed"] == [pytest.approx(np.median(distance[fine]))] * 2
+    assert nb["coarse"]["mean"] == pytest.approx(3 * np.median(distance[~fine]))
+    assert nb["coarse"]["relative"] == pytest.approx(np.median(distance[~fine]) / np.median(distance))
+    assert nb["fine"]["relative"] == pytest.approx(bt["fine"]["relative"])
+    assert bt["fine"]["relative"] < 1 < bt["coarse"]["relative"]
+    assert f"| coarse | {int((~fine).sum())} | {np.median(distance[~fine]):.3g} (x" in report
 
 
 def test_compare_pools_subsets_the_way_a_primary_metric_needs(tmp_path):

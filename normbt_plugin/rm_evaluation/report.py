@@ -146,6 +146,7 @@ def build_report(
         _subset_section(runs, groups, base, summary, plt, pools),
         (_rewardbench_section(groups), []),
         _distance_section(runs, groups, base, summary, plt),
+        (_subset_distance_section(runs, groups, summary, pools), []),
         ([], [("training_curves.png", _training_figure(groups, plt))]),
     ):
         lines += section_lines
@@ -251,6 +252,41 @@ def _subset_section(
         fig.tight_layout()
         figures.append(("accuracy_per_subset.png", fig))
     return lines, figures
+
+
+def _subset_distance_section(
+    runs: list[Run], groups: dict[str, list[Run]], summary: dict[str, Any],
+    pools: dict[str, list[str]] | None = None,
+) -> list[str]:  # fmt: skip
+    """Median representation distance per subset: where a loss puts fine pairs against coarse ones.
+    Each model's distances are in its own scale, so each cell also gives the subset's median over
+    the model's median over all pairs."""
+    masks = _subset_masks(runs[0], pools)
+    if not masks:
+        return []
+    lines = [
+        "",
+        "## Representation distance per subset (median over pairs, mean over seeds)",
+        "",
+        "Each model's own final-layer ||h_c - h_r||; in brackets, over that model's median over all pairs.",
+        "",
+        "| subset | n | " + " | ".join(groups) + " |",
+        "|---|---|" + "---|" * len(groups),
+    ]
+    cells: dict[str, list[str]] = {s: [] for s in masks}
+    for loss, rs in groups.items():
+        distances = [np.asarray(r.eval.per_pair.distance) for r in rs]
+        overall = [float(np.median(d)) for d in distances]
+        summary[loss]["median_distance"] = {"all": {"mean": float(np.mean(overall)), "per_seed": overall}}
+        for s, m in masks.items():
+            per_seed = [float(np.median(d[m])) for d in distances]
+            relative = float(np.mean([v / o for v, o in zip(per_seed, overall, strict=True)]))
+            summary[loss]["median_distance"][s] = {
+                "mean": float(np.mean(per_seed)), "per_seed": per_seed, "relative": relative,
+            }  # fmt: skip
+            cells[s].append(f"{np.mean(per_seed):.3g} (x{relative:.2f})")
+    lines += [f"| {s} | {int(m.sum())} | " + " | ".join(cells[s]) + " |" for s, m in masks.items()]
+    return lines
 
 
 def _rewardbench_section(groups: dict[str, list[Run]]) -> list[str]:
