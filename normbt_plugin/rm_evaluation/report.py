@@ -142,11 +142,12 @@ def build_report(
     ]
     lines += _accuracy_section(groups, base, summary)
     figures: list[tuple[str, Any]] = []
+    masks = _subset_masks(runs[0], pools)  # the same pairs in every run (load_runs checks)
     for section_lines, section_figures in (
-        _subset_section(runs, groups, base, summary, plt, pools),
+        _subset_section(groups, base, summary, plt, masks),
         (_rewardbench_section(groups), []),
         _distance_section(runs, groups, base, summary, plt),
-        (_subset_distance_section(runs, groups, summary, pools), []),
+        (_subset_distance_section(groups, summary, masks), []),
         ([], [("training_curves.png", _training_figure(groups, plt))]),
     ):
         lines += section_lines
@@ -215,13 +216,11 @@ def _accuracy_section(groups: dict[str, list[Run]], base: str, summary: dict[str
 
 
 def _subset_section(
-    runs: list[Run], groups: dict[str, list[Run]], base: str, summary: dict[str, Any], plt: Any,
-    pools: dict[str, list[str]] | None = None,
-) -> tuple[list[str], list[tuple[str, Any]]]:  # fmt: skip
+    groups: dict[str, list[Run]], base: str, summary: dict[str, Any], plt: Any, masks: dict[str, np.ndarray]
+) -> tuple[list[str], list[tuple[str, Any]]]:
     """Accuracy per subset (RewardBench sections come from per-subset accuracies), a bar chart."""
     losses = list(groups)
     lines: list[str] = []
-    masks = _subset_masks(runs[0], pools)
     figures = []
     if masks:
         lines += [
@@ -255,13 +254,11 @@ def _subset_section(
 
 
 def _subset_distance_section(
-    runs: list[Run], groups: dict[str, list[Run]], summary: dict[str, Any],
-    pools: dict[str, list[str]] | None = None,
-) -> list[str]:  # fmt: skip
+    groups: dict[str, list[Run]], summary: dict[str, Any], masks: dict[str, np.ndarray]
+) -> list[str]:
     """Median representation distance per subset: where a loss puts fine pairs against coarse ones.
     Each model's distances are in its own scale, so each cell also gives the subset's median over
     the model's median over all pairs."""
-    masks = _subset_masks(runs[0], pools)
     if not masks:
         return []
     lines = [
