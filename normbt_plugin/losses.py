@@ -27,10 +27,10 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor
 
+from normbt_plugin import collectives
 from normbt_plugin.stats import DISTANCES, normbt_weight, pair_distance
 
 ENTRY_POINT_GROUP = "normbt_plugin.losses"
@@ -466,9 +466,8 @@ class NormBTLoss(PreferenceLoss):
     def _global_mean(self, dist_: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
         """Mean of the valid distances over all data-parallel ranks (sum and count reduced)."""
         stats = torch.stack([torch.where(valid, dist_, 0.0).double().sum(), valid.sum().double()])
-        if self.sync and dist.is_available() and dist.is_initialized():
-            if dist.get_world_size(self.process_group) > 1:
-                dist.all_reduce(stats, group=self.process_group)
+        if self.sync:
+            stats = collectives.all_reduce(stats, group=self.process_group)
         total, count = stats.unbind()
         return total / count, count  # NaN where no pair is valid anywhere
 

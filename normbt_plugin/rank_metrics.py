@@ -7,13 +7,9 @@ on every rank. ``gather_distance_bins``: eval accuracy by distance bin over ever
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 
+from normbt_plugin import collectives
 from normbt_plugin.stats import DistanceBin, distance_bins
-
-
-def _world() -> int:
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
 def reduce_metrics(local: dict[str, list[float]], states: tuple[str, ...] = ()) -> dict[str, float]:
@@ -27,12 +23,10 @@ def reduce_metrics(local: dict[str, list[float]], states: tuple[str, ...] = ()) 
     out = {k: float(sum(local[k]) / len(local[k])) for k in means}
     out.update({k: float(min(local[k])) for k in mins})
     out.update({k: float(max(local[k])) for k in maxs})
-    if _world() > 1:  # means averaged over ranks; max as max; min as -max(-x)
-        avg = torch.tensor([out[k] for k in means], dtype=torch.float64)
+    if (world := collectives.world_size()) > 1:  # means averaged over ranks; max as max; min as -max(-x)
+        avg = collectives.all_reduce(torch.tensor([out[k] for k in means], dtype=torch.float64)) / world
         peak = torch.tensor([out[k] for k in maxs] + [-out[k] for k in mins], dtype=torch.float64)
-        dist.all_reduce(avg)
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-        avg /= _world()
+        peak = collectives.all_reduce(peak, op="max")
         out.update(dict(zip(means, avg.tolist(), strict=True)))
         values = peak.tolist()
         out.update(dict(zip(maxs, values[: len(maxs)], strict=True)))
@@ -51,12 +45,8 @@ def gather_distance_bins(pairs: list[tuple[torch.Tensor, torch.Tensor]], n_bins:
         local = (torch.cat([d for d, _ in pairs]), torch.cat([c for _, c in pairs]))
     else:
         local = (torch.empty(0), torch.empty(0, dtype=torch.bool))
-    if _world() > 1:
-        gathered: list = [None] * _world()
-        dist.all_gather_object(gathered, local)
-        distances, correct = torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])
-    else:
-        distances, correct = local
+    gathered = collectives.all_gather_object(local)
+    distances, correct = torch.cat([g[0] for g in gathered]), torch.cat([g[1] for g in gathered])
     return distance_bins(distances.double().numpy(), correct.double().numpy(), n_bins)
 
 

@@ -20,7 +20,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "normbt_plugin"
 ADAPTER = PACKAGE / "patches"
-CORE = {"losses", "stats", "hidden", "rank_metrics"}  # torch and numpy only
+CORE = {"losses", "stats", "hidden", "rank_metrics", "collectives"}  # torch and numpy only
 BASE = {"runs", "common"}  # the typed run files; machine facts, models, the tiny task, vLLM weights
 # each room and what it may import (core, and itself, always)
 ROOMS = {

@@ -18,6 +18,7 @@ import importlib
 
 import torch
 
+from normbt_plugin import collectives
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 
 
@@ -32,9 +33,7 @@ class GlooBroadcaster:
         self.group = group
 
     def broadcast(self, tensor: torch.Tensor, src: int, stream=None) -> None:
-        opts = torch.distributed.BroadcastOptions()
-        opts.rootRank, opts.rootTensor = src, 0  # rank within this group, not the world
-        self.group.broadcast([tensor], opts).wait()
+        collectives.broadcast_in(self.group, tensor, src)
 
 
 def stateless_gloo_group(master_address, master_port, rank, world_size, device=None):

@@ -24,9 +24,9 @@ import sys
 import types
 
 import torch
-import torch.distributed as dist
 from einops import rearrange
 
+from normbt_plugin import collectives
 from normbt_plugin.patches.openrlhf_0_11_2 import mark_patched
 
 
@@ -72,12 +72,7 @@ def pad_input(hidden_states: torch.Tensor, indices: torch.Tensor, batch: int, se
 
 def all_gather(input_: torch.Tensor, process_group) -> tuple[torch.Tensor, None]:
     """Concatenate ``input_`` from every rank of ``process_group`` along dim 0."""
-    world_size = dist.get_world_size(process_group)
-    output = torch.empty(
-        (world_size * input_.shape[0], *input_.shape[1:]), dtype=input_.dtype, device=input_.device
-    )
-    dist.all_gather_into_tensor(output, input_.contiguous(), group=process_group)
-    return output, None
+    return collectives.all_gather_into_tensor(input_, process_group), None
 
 
 def _module(name: str, **attrs) -> types.ModuleType:
