@@ -22,6 +22,7 @@ import socket
 import sys
 import traceback
 
+from normbt_plugin.common.device_mode import cpu_job, decide_job_device
 from normbt_plugin.launchers.cluster import ActorWatch, NodeMismatchError, check_nodes, patched_environment
 from normbt_plugin.launchers.launch import run_openrlhf_cli
 
@@ -80,14 +81,12 @@ def check_tokenizers(args: argparse.Namespace) -> None:
 
 def job_env() -> dict[str, str]:
     """The environment of every process of the job, on every node (Ray's runtime_env)."""
-    import torch
-
     env = {
         **patched_environment(),
         "TOKENIZERS_PARALLELISM": "true",
         "RAY_ENABLE_ZERO_COPY_TORCH_TENSORS": "1",
     }
-    if not torch.cuda.is_available():  # vLLM's CPU engine: a small KV cache, the worker in-process
+    if cpu_job():  # vLLM's CPU engine: a small KV cache, the worker in-process
         from normbt_plugin.common.environment import VLLM_CPU_ENV
 
         env.update({k: os.environ.get(k, v) for k, v in VLLM_CPU_ENV.items()})
@@ -97,13 +96,12 @@ def job_env() -> dict[str, str]:
 def connect_ray() -> None:
     """Join the cluster at RAY_ADDRESS (``ray job submit`` sets it), or start a local Ray."""
     import ray
-    import torch
 
     runtime_env = {"env_vars": job_env()}
     if address := os.environ.get("RAY_ADDRESS"):
         check_answers(address)
         ray.init(address=address, runtime_env=runtime_env)
-    elif torch.cuda.is_available():
+    elif not cpu_job():
         ray.init(runtime_env=runtime_env)
     else:  # no GPU: one pretend GPU for Ray's accounting, no dashboard competing for the cores
         ray.init(num_cpus=os.cpu_count(), num_gpus=1, include_dashboard=False, runtime_env=runtime_env)
@@ -117,7 +115,7 @@ def gpus_available() -> tuple[int, str]:
         import ray
 
         return int(ray.cluster_resources().get("GPU", 0)), f"the Ray cluster at {address}"
-    if torch.cuda.is_available():
+    if not cpu_job():
         return torch.cuda.device_count(), "this machine"
     return 1, "this machine (no GPU: one pretend GPU for Ray's accounting)"
 
@@ -151,9 +149,7 @@ def check_gpus(args: argparse.Namespace) -> int:
 
 
 def check_cpu_flags(args: argparse.Namespace) -> None:
-    import torch
-
-    if torch.cuda.is_available():
+    if not cpu_job():
         return
     wrong = []
     if _get(args, "vllm.sync_backend") != "gloo":
@@ -203,6 +199,7 @@ _watching: list = []  # the actor watch of this driver, stopped when training re
 
 
 def main() -> None:
+    decide_job_device()  # before the environment every process of the job inherits
     os.environ.update(patched_environment())  # a local Ray and its workers inherit it
     try:
         run_openrlhf_cli("openrlhf.cli.train_ppo_ray", ppo=True, parser=checked_parser)

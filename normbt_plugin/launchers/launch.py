@@ -10,6 +10,7 @@ import runpy
 import sys
 from collections.abc import Callable
 
+from normbt_plugin.common.device_mode import decide_job_device
 from normbt_plugin.common.ports import free_port
 
 
@@ -33,6 +34,7 @@ def run_openrlhf_cli(
     (inside ``parser()``, which may extend or check its argument parser)."""
     from normbt_plugin.patches import UnsupportedOpenRLHFError, apply_openrlhf_patches
 
+    decide_job_device()  # once: every rank, Ray worker and vLLM process reads this decision
     try:
         apply_openrlhf_patches(ppo=ppo)
     except UnsupportedOpenRLHFError as exc:

@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from normbt_plugin.common.device_mode import cpu_job, decide_job_device
 from normbt_plugin.runs.generations import Generation, Sample, read_generations, write_generations
 
 if TYPE_CHECKING:
@@ -109,12 +110,11 @@ def engine_groups(specs: list[GenerationSpec], swap: bool) -> list[list[Generati
 def generate_all(specs: list[GenerationSpec], log: Path | None = None) -> list[list[Generation]]:
     """Sample every spec's model (its rows, in order); a spec whose output was made by the same spec
     before is read back, not sampled again."""
-    import torch
 
     from normbt_plugin.common.environment import VLLM_CPU_ENV
 
     todo = [s for s in specs if not _cached(s)]
-    swap = not torch.cuda.is_available()
+    swap = decide_job_device() == "cpu"  # the engine processes below inherit the decision
     env = dict(os.environ)
     if swap:
         env = {**VLLM_CPU_ENV, **env}
@@ -151,19 +151,18 @@ def generate_all(specs: list[GenerationSpec], log: Path | None = None) -> list[l
 def _run(specs: list[GenerationSpec]) -> None:
     """One engine for all ``specs``: built with the first one's model, the others' weights loaded
     into it in turn (the prefix cache reset: it holds the previous weights' keys and values)."""
-    import torch
     from vllm import LLM
 
     from normbt_plugin.common.vllm_weights import keep_cpu_weights, load_checkpoint
 
     first = specs[0]
     dtype = first.dtype
-    if not torch.cuda.is_available():
+    if cpu_job():
         keep_cpu_weights()  # so other policies' weights can be loaded into the engine
         if dtype == "auto":
             dtype = "float32"  # vLLM CPU: bf16 needs AVX512-BF16; float32 matches the HF log-probs
     llm = LLM(
-        model=first.model, dtype=dtype, seed=first.seed, enforce_eager=not torch.cuda.is_available(),
+        model=first.model, dtype=dtype, seed=first.seed, enforce_eager=cpu_job(),
         max_model_len=first.max_prompt_len + first.max_new, tensor_parallel_size=first.tensor_parallel_size,
         gpu_memory_utilization=first.gpu_memory_utilization,
     )  # fmt: skip

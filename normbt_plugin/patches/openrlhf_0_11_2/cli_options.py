@@ -17,6 +17,7 @@ import os
 import warnings
 from collections.abc import Callable, Iterator
 
+from normbt_plugin.common.device_mode import cpu_job
 from normbt_plugin.losses import available_losses, loss_spec, registered_losses
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 
@@ -203,12 +204,11 @@ def ppo_parser(
 
 def cpu_param_dtype(parser: argparse.ArgumentParser) -> None:
     """Without a GPU, ``--ds.param_dtype`` also takes fp32 and defaults to it (patch ``cpu_fp32``)."""
-    import torch
 
     from normbt_plugin.common.environment import CPU_PARAM_DTYPE
 
     dtype = parser._option_string_actions.get("--ds.param_dtype")
-    if dtype is None or torch.cuda.is_available() or is_patched(dtype, "cpu_fp32"):
+    if dtype is None or not cpu_job() or is_patched(dtype, "cpu_fp32"):
         return
     mark_patched(dtype, "cpu_fp32")
     if CPU_PARAM_DTYPE not in dtype.choices:
@@ -219,12 +219,10 @@ def cpu_param_dtype(parser: argparse.ArgumentParser) -> None:
 
 def warn_slow_bf16(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
     """An explicit bf16 on a CPU that only emulates it: say what it costs."""
-    import torch
 
     from normbt_plugin.common.environment import CPU_PARAM_DTYPE, cpu_summary, native_bf16
 
-    on_cpu = not torch.cuda.is_available()
-    if on_cpu and getattr(parsed, "ds.param_dtype", None) == "bf16" and not native_bf16():
+    if cpu_job() and getattr(parsed, "ds.param_dtype", None) == "bf16" and not native_bf16():
         warnings.warn(
             f"--ds.param_dtype bf16 without a GPU on a CPU with {cpu_summary()}: bf16 matmuls run "
             f"about 75x slower than float32 here; use --ds.param_dtype {CPU_PARAM_DTYPE} (the CPU default)",

@@ -17,13 +17,14 @@ import importlib
 
 import torch
 
+from normbt_plugin.common.device_mode import cpu_job
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 
 FP32 = ("fp32", "float32")
 
 
 def needed() -> bool:
-    return not torch.cuda.is_available()
+    return cpu_job()  # the job's mode, not this process's view (a zero-GPU Ray actor sees none)
 
 
 def apply() -> None:

@@ -5,7 +5,7 @@ Why: ``DeepspeedStrategy`` calls ``torch.cuda.set_device``, ``init_device_mesh("
 (barrier), which all fail without CUDA. DeepSpeed itself also JIT-compiles two ops at start-up
 (``deepspeed_shm_comm`` and ``fused_adam``, about 110 s on a cold cache) that plain torch replaces.
 Upstreamable as: a ``device`` attribute on the strategy instead of hard-coded "cuda".
-Applied only when CUDA is unavailable; never changes a GPU run.
+Applied only in CPU jobs (``common.device_mode``); never changes a GPU run.
 """
 
 from __future__ import annotations
@@ -15,9 +15,11 @@ import os
 
 import torch
 
+from normbt_plugin.common.device_mode import cpu_job
+
 
 def needed() -> bool:
-    return not torch.cuda.is_available()
+    return cpu_job()  # the job's mode, not this process's view (a zero-GPU Ray actor sees none)
 
 
 def apply() -> None:

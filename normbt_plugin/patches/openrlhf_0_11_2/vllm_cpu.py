@@ -9,7 +9,7 @@ Why:
   ``load_weights`` during a sync either fails or changes nothing that generation reads. The
   weights are kept, and after the last tensor of a sync the packing is redone.
 - ``WorkerWrap.update_weight`` receives into ``device="cuda"``: the worker's own device.
-Applied only when CUDA is unavailable and only in PPO jobs.
+Applied only in CPU jobs (``common.device_mode``) and only in PPO jobs.
 Upstreamable as: a device-agnostic ``update_weight`` that calls ``process_weights_after_loading``.
 """
 
@@ -19,12 +19,13 @@ import importlib
 
 import torch
 
+from normbt_plugin.common.device_mode import cpu_job
 from normbt_plugin.common.vllm_weights import keep_cpu_weights, repack_weights
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 
 
 def needed() -> bool:
-    return not torch.cuda.is_available()
+    return cpu_job()  # the job's mode, not this process's view (a zero-GPU Ray actor sees none)
 
 
 def update_weight(self, name, dtype, shape, empty_cache=False):
