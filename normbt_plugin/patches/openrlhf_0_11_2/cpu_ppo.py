@@ -7,7 +7,8 @@ Why, each a hard-coded CUDA or bf16 assumption upstream (on top of ``cpu_gloo``)
   group from vLLM's stateless helper, broadcasting from the group-local root, received on CPU.
 float32 training (vLLM's CPU engine needs it: its bf16 path wants AMX state that Ray's
 ``OMP_NUM_THREADS=1`` actors lack) is ``cpu_fp32``; the vLLM side (engine dtype, packed weights)
-is ``vllm_cpu``. Applied only in CPU jobs (``common.device_mode``) and only in PPO jobs (``apply_openrlhf_patches(ppo=True)``).
+is ``vllm_cpu``. Applied only in CPU jobs (``common.device_mode``) and only in PPO jobs
+(``apply_openrlhf_patches(ppo=True)``).
 Upstreamable as: a ``device`` on the strategy.
 """
 
