@@ -174,10 +174,20 @@ def _chat(prompt: str, response: str | None = None) -> list[dict]:
     return turns + ([{"role": "assistant", "content": response.strip()}] if response is not None else [])
 
 
+# What a prompt set of chat messages holds besides the task: a system message and an earlier turn
+# (the task stays the last user turn), so every stage must pass the whole conversation on.
+CHAT_PREAMBLE = [
+    {"role": "system", "content": "you sort numbers"},
+    {"role": "user", "content": "ready"},
+    {"role": "assistant", "content": "yes"},
+]
+
+
 def build_chat_setup(out: str | Path, n_train: int = 64, n_test: int = 32, seed: int = 0) -> dict[str, Path]:
     """Stand-ins shaped like the GPU configs' data: ``chosen``/``rejected`` whole conversations with
     no prompt column (Skywork-Reward-Preference, OpenRLHF's preference mixture), prompts as
-    ``context_messages`` message lists (OpenRLHF's prompt collection), and a tiny Llama whose
+    ``context_messages`` message lists (OpenRLHF's prompt collection: a system message, an earlier
+    turn, then the task), and a tiny Llama whose
     tokenizer has a chat template. vLLM-sized heads (2: head size 32)."""
     out = Path(out)
     train, test = make_pairs(n_train, seed), make_pairs(n_test, seed + 10_000)
@@ -192,7 +202,8 @@ def build_chat_setup(out: str | Path, n_train: int = 64, n_test: int = 32, seed:
     tokenizer = build_tokenizer(texts, model_dir)
     tokenizer.chat_template = CHAT_TEMPLATE
     build_model(model_dir, len(tokenizer), heads=2, seed=seed, tokenizer=tokenizer)
-    prompts = [{"context_messages": _chat(r["prompt"])} for r in make_pairs(n_test, seed + 20_000)]
+    tasks = make_pairs(n_test, seed + 20_000)
+    prompts = [{"context_messages": CHAT_PREAMBLE + _chat(r["prompt"])} for r in tasks]
     return {
         "model": model_dir,
         "train": write_jsonl(conversations(train), out / "train.jsonl"),

@@ -141,6 +141,13 @@ def normed_head(model: Any) -> Any:
     return _surface().normed_head(model)
 
 
+def policy_prompt(tokenizer: Any, prompt: Any, **template: Any) -> str:
+    """The text OpenRLHF's PPO gives the policy for ``prompt`` (text, or chat messages: every turn);
+    ``template``: ``input_template=`` or ``apply_chat_template=True``. eval-policy, label-pairs and
+    standardize sample with it, so the policy sees what PPO shows it."""
+    return _surface().policy_prompt(tokenizer, prompt, **template)
+
+
 def reward_text(tokenizer: Any, prompt: Any, response: Any, **template: Any) -> str:
     """The text OpenRLHF's reward-model stage scores for ``prompt`` + ``response`` (EOS included);
     ``template``: ``input_template=`` (a '{}' format for the prompt) or ``apply_chat_template=True``."""

@@ -38,7 +38,7 @@ from normbt_plugin.options import EvalPolicyOptions
 from normbt_plugin.policy_studies.generation import generate_all, sampling_spec
 from normbt_plugin.rm_evaluation.pairs import EvalInputError, load_rows
 from normbt_plugin.rm_evaluation.scoring import RewardScorer, check_reward_model
-from normbt_plugin.runs.generations import Generation
+from normbt_plugin.runs.generations import Generation, Prompt, prompt_task
 from normbt_plugin.runs.policy_eval import (
     BestOfN,
     Curve,
@@ -184,15 +184,29 @@ def prompt_rows(
     return rows[:limit] if limit else rows
 
 
-def prompt_text(row: dict, key: str = "input") -> str:
-    """The prompt of a row: a string, or the first message's content."""
-    return row[key] if isinstance(row[key], str) else row[key][0]["content"]
+def prompt_of(row: dict, key: str = "input", apply_chat_template: bool = False) -> Prompt:
+    """The prompt of a row as PPO reads it: a string, or chat messages (every turn, kept whole)."""
+    prompt = row[key]
+    if isinstance(prompt, str):
+        return prompt
+    if not isinstance(prompt, list) or not all(isinstance(m, dict) and "role" in m for m in prompt):
+        raise EvalInputError(f"a prompt must be a string or a list of chat messages, got {prompt!r:.200}")
+    if not apply_chat_template:
+        raise EvalInputError(
+            f"the {key!r} column holds chat messages: pass --apply_chat_template (as PPO's "
+            "--data.apply_chat_template), so the policy sees them through its chat template"
+        )
+    return prompt
 
 
 def load_prompts(
-    source: str, key: str = "input", split: str = "train", limit: int | None = None
-) -> list[str]:
-    return [prompt_text(r, key) for r in prompt_rows(source, key, split, limit)]
+    source: str,
+    key: str = "input",
+    split: str = "train",
+    limit: int | None = None,
+    apply_chat_template: bool = False,
+) -> list[Prompt]:
+    return [prompt_of(r, key, apply_chat_template) for r in prompt_rows(source, key, split, limit)]
 
 
 # ------------------------------------------------------------------ the evaluation
@@ -221,7 +235,7 @@ def reward_scale(scores: np.ndarray, rm_path: str) -> RewardScale:
 
 
 def _true_scores(gold_fn: Callable[[str, str], float], rows: list[Generation]) -> np.ndarray:
-    return np.array([[float(gold_fn(r.prompt, s.text)) for s in r.samples] for r in rows])
+    return np.array([[float(gold_fn(prompt_task(r.prompt), s.text)) for s in r.samples] for r in rows])
 
 
 def evaluate_policies(opts: EvalPolicyOptions) -> PolicyEval:
@@ -233,7 +247,9 @@ def evaluate_policies(opts: EvalPolicyOptions) -> PolicyEval:
     out, gold, samples, bon_samples = Path(opts.out), opts.gold, opts.samples, opts.bon_samples
     policies = parse_named(opts.policy, "policy")
     proxies = parse_named(opts.proxy or [], "proxy")
-    prompts = load_prompts(opts.prompts, opts.prompt_key, opts.split, opts.n_prompts)
+    prompts = load_prompts(
+        opts.prompts, opts.prompt_key, opts.split, opts.n_prompts, opts.apply_chat_template
+    )
     gold_fn = load_function(opts.gold_fn) if opts.gold_fn else None
     if gold is None and gold_fn is None:
         raise EvalInputError("name a judge: --gold (a reward model) and/or --gold_fn (module:function)")
@@ -397,6 +413,7 @@ __all__ = [
     "evaluate_policies",
     "format_policy_report",
     "load_prompts",
+    "prompt_of",
     "parse_named",
     "sequence_logprobs",
     "win_rate",

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from normbt_plugin.common.device_mode import cpu_job, decide_job_device
-from normbt_plugin.runs.generations import Generation, Sample, read_generations, write_generations
+from normbt_plugin.runs.generations import Generation, Prompt, Sample, read_generations, write_generations
 
 if TYPE_CHECKING:
     from normbt_plugin.options import SamplingOptions
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 @dataclass(kw_only=True)
 class GenerationSpec:
     model: str
-    prompts: list[str]
+    prompts: list[Prompt]
     out: str
     samples: int | list[int] = 1  # per prompt when a list
     max_new: int
@@ -51,7 +51,7 @@ class GenerationSpec:
 
 
 def sampling_spec(
-    opts: SamplingOptions, model: str, prompts: list[str], out: str | Path, samples: int | list[int],
+    opts: SamplingOptions, model: str, prompts: list[Prompt], out: str | Path, samples: int | list[int],
     **extra: Any,
 ) -> GenerationSpec:  # fmt: skip
     """The generation job of a command's sampling options (``normbt_plugin.options``)."""
@@ -63,11 +63,13 @@ def sampling_spec(
     )  # fmt: skip
 
 
-def format_prompt(tokenizer, prompt: str, apply_chat_template: bool, input_template: str | None) -> str:
-    if apply_chat_template:
-        messages = [{"role": "user", "content": prompt}]
-        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    return input_template.format(prompt) if input_template else prompt
+def format_prompt(tokenizer, prompt: Prompt, apply_chat_template: bool, input_template: str | None) -> str:
+    """The policy's input text, built by OpenRLHF's PPO prompt builder (``patches.policy_prompt``)."""
+    from normbt_plugin.patches import policy_prompt
+
+    return policy_prompt(
+        tokenizer, prompt, input_template=input_template, apply_chat_template=apply_chat_template
+    )
 
 
 # what must be equal for one engine to serve two models by swapping their weights

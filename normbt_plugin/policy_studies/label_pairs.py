@@ -33,14 +33,14 @@ import numpy as np
 from normbt_plugin.options import LabelPairsOptions
 from normbt_plugin.policy_studies.generation import generate_all, sampling_spec
 from normbt_plugin.rm_evaluation.pairs import EvalInputError
-from normbt_plugin.runs.generations import Generation
+from normbt_plugin.runs.generations import Generation, Prompt, prompt_task
 
 
 @dataclass(frozen=True)
 class LabelledPair:
     """One line of label-pairs' output (and of the RM stage's input)."""
 
-    prompt: str
+    prompt: Prompt  # as the prompt set has it (chat messages: every turn)
     chosen: str
     rejected: str
     chosen_gold: float
@@ -66,7 +66,8 @@ class LabelSummary:
 def _row(pair: LabelledPair, chat: bool) -> dict:
     row = dataclasses.asdict(pair)
     if chat:  # OpenRLHF's chat form: prompt + chosen is the conversation
-        row.update(prompt=[{"role": "user", "content": pair.prompt}],
+        prompt = pair.prompt
+        row.update(prompt=[{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt,
                    chosen=[{"role": "assistant", "content": pair.chosen}],
                    rejected=[{"role": "assistant", "content": pair.rejected}])  # fmt: skip
     return row
@@ -74,6 +75,12 @@ def _row(pair: LabelledPair, chat: bool) -> dict:
 
 def _text(value: str | list[dict]) -> str:
     return value if isinstance(value, str) else value[-1]["content"]
+
+
+def _prompt(value: Prompt) -> Prompt:
+    """A written prompt back as given: one user turn was a plain prompt (``_row``)."""
+    single = isinstance(value, list) and len(value) == 1 and value[0].get("role") == "user"
+    return value[0]["content"] if single else value
 
 
 def write_pairs(pairs: list[LabelledPair], path: str | Path, chat: bool = False) -> Path:
@@ -92,7 +99,13 @@ def read_pairs(path: str | Path) -> list[LabelledPair]:
         if line:
             row = json.loads(line)
             pairs.append(
-                LabelledPair(**{**row, **{k: _text(row[k]) for k in ("prompt", "chosen", "rejected")}})
+                LabelledPair(
+                    **{
+                        **row,
+                        "prompt": _prompt(row["prompt"]),
+                        **{k: _text(row[k]) for k in ("chosen", "rejected")},
+                    }
+                )  # fmt: skip
             )
     return pairs
 
@@ -106,7 +119,7 @@ def read_summary(out: str | Path) -> LabelSummary:
 
 
 def pairs_of(
-    prompt: str, texts: list[str], golds: list[float], limit: int, min_gap: float, rng: random.Random
+    prompt: Prompt, texts: list[str], golds: list[float], limit: int, min_gap: float, rng: random.Random
 ) -> list[LabelledPair]:
     """Up to ``limit`` pairs of distinct responses to ``prompt`` whose gold rewards differ by more
     than ``min_gap``, drawn at random (each response text counted once)."""
@@ -133,7 +146,7 @@ def _gold_scores(
 
     if gold_fn is not None:
         rows = tqdm(rows, desc="gold_fn")
-        return np.array([[float(gold_fn(r.prompt, s.text)) for s in r.samples] for r in rows])
+        return np.array([[float(gold_fn(prompt_task(r.prompt), s.text)) for s in r.samples] for r in rows])
     from normbt_plugin.rm_evaluation.scoring import RewardScorer
 
     scorer = RewardScorer.for_samples(gold, opts)
@@ -158,7 +171,9 @@ def label_pairs(opts: LabelPairsOptions) -> LabelSummary:
         raise EvalInputError(f"--samples must be at least 2 to make a pair, got {samples}")
     if opts.pairs_per_prompt < 1:
         raise EvalInputError(f"--pairs_per_prompt must be at least 1, got {opts.pairs_per_prompt}")
-    prompts = load_prompts(opts.prompts, opts.prompt_key, opts.split, opts.n_prompts)
+    prompts = load_prompts(
+        opts.prompts, opts.prompt_key, opts.split, opts.n_prompts, opts.apply_chat_template
+    )
     check_policy("--policy", policy)
     if gold is not None:
         check_reward_model(gold)

@@ -76,7 +76,7 @@ def reward_func(queries, prompts, labels):
 def standardize(opts: StandardizeOptions) -> Standardization:
     """Sample the policy, score the samples with the reward, and write the reward back on one scale:
     an RM's config gets their mean/std, a reward file a wrapper (``--out``)."""
-    from normbt_plugin.policy_studies.eval_policy import check_policy, prompt_rows, prompt_text
+    from normbt_plugin.policy_studies.eval_policy import check_policy, prompt_of, prompt_rows
     from normbt_plugin.rm_evaluation.scoring import RewardScorer, check_reward_model
 
     policy, rm, reward_fn, out, samples = opts.policy, opts.rm, opts.reward_fn, opts.out, opts.samples
@@ -85,7 +85,7 @@ def standardize(opts: StandardizeOptions) -> Standardization:
     if reward_fn is not None and out is None:
         raise EvalInputError("--reward_fn needs --out: the standardised reward file to write")
     prompt_data = prompt_rows(opts.prompts, opts.prompt_key, opts.split, opts.n_prompts)
-    prompts = [prompt_text(r, opts.prompt_key) for r in prompt_data]
+    prompts = [prompt_of(r, opts.prompt_key, opts.apply_chat_template) for r in prompt_data]
     labels = None
     if opts.label_key:
         if opts.label_key not in prompt_data[0]:

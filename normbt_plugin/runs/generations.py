@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from normbt_plugin.runs import files
 
@@ -18,9 +19,20 @@ class Sample:
     truncated: bool  # stopped at max_new, not at EOS
 
 
+# A prompt as a prompt set holds it: plain text, or chat messages (system, user and assistant turns)
+Prompt = str | list[dict[str, Any]]
+
+
+def prompt_task(prompt: Prompt) -> str:
+    """What a task's own reward reads of a prompt: the text, or the last user turn's content."""
+    if isinstance(prompt, str):
+        return prompt
+    return next(m["content"] for m in reversed(prompt) if m.get("role") == "user")
+
+
 @dataclass
 class Generation:
-    prompt: str
+    prompt: Prompt  # as the prompt set has it
     prompt_ids: list[int]
     samples: list[Sample]
 

@@ -22,6 +22,7 @@ __all__ = [
     "gpus_required",
     "load_reward_model",
     "normed_head",
+    "policy_prompt",
     "ppo_parser",
     "reward_text",
     "rm_parser",
@@ -57,6 +58,18 @@ def reward_text(
     text = (head + tail).rstrip("\n")
     eos = tokenizer.eos_token
     return text if text.endswith(eos) else f"{text} {eos}"
+
+
+def policy_prompt(
+    tokenizer: Any, prompt: Any, *, input_template: str | None = None, apply_chat_template: bool = False
+) -> str:
+    """The text PPO's PromptDataset gives the policy for one prompt: OpenRLHF's own
+    ``preprocess_data`` (every message of a chat prompt, system and earlier turns included)."""
+    from openrlhf.datasets.prompts_dataset import preprocess_data
+
+    template = tokenizer.apply_chat_template if apply_chat_template else None
+    text, _ = preprocess_data({"input": prompt}, input_template, "input", None, template)
+    return text
 
 
 def load_reward_model(path: str, *, param_dtype: str, value_head_prefix: str = "score") -> Any:
