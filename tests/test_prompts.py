@@ -59,7 +59,9 @@ def test_label_pairs_write_the_whole_conversation_for_the_rm_stage(prompt_set, t
     pairs = [LabelledPair(conversation, "1 2 3", "3 2 1", 1.0, 0.0), LabelledPair(plain, "a", "b", 1.0, 0.5)]
     out = write_pairs(pairs, tmp_path / "pairs.jsonl", chat=True)
     written = [json.loads(line) for line in out.read_text().splitlines()]
-    assert written[0]["prompt"] == conversation  # system message and both turns, for --data.apply_chat_template
+    assert (
+        written[0]["prompt"] == conversation
+    )  # system message and both turns, for --data.apply_chat_template
     assert written[0]["chosen"] == [{"role": "assistant", "content": "1 2 3"}]
     assert written[1]["prompt"] == [{"role": "user", "content": "plain"}]
     assert read_pairs(out) == pairs
