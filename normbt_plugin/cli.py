@@ -20,6 +20,7 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import os
 import sys
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
@@ -51,7 +52,8 @@ def cmd_doctor(lock: Path | None = None) -> int:
     import torch
 
     from normbt_plugin import __version__
-    from normbt_plugin.common import environment
+    from normbt_plugin.common import environment, gpu_node
+    from normbt_plugin.common.device_mode import ENV, job_device
     from normbt_plugin.patches import (
         SUPPORTED_OPENRLHF,
         UnsupportedOpenRLHFError,
@@ -79,6 +81,8 @@ def cmd_doctor(lock: Path | None = None) -> int:
         else f"{environment.CPU_PARAM_DTYPE} (no GPU: the CPU default, patch cpu_fp32)"
     )
     flash = _usable("flash_attn")  # checked before the stand-in can take its name
+    mode = job_device()
+    node_checks = gpu_node.checks(gpu_node.gather(), gpu_node.locked_cuda()) if mode == "gpu" else []
     vllm = _usable("vllm")
     status = 0
     try:
@@ -91,8 +95,8 @@ def cmd_doctor(lock: Path | None = None) -> int:
         )
     except UnsupportedOpenRLHFError as exc:
         rm_stage, ppo_stage, status = f"none: {exc}", "none", 1
-    lock = lock or environment.REPO_LOCK
-    diffs = environment.check(lock) if lock.exists() else []
+    lock = lock or (gpu_node.GPU_LOCK if mode == "gpu" else environment.REPO_LOCK)
+    diffs = environment.check(lock, allow_extra=mode == "gpu") if lock.exists() else []
     if not lock.exists():
         lock_row = f"no {lock.name} here (GPU installs follow OpenRLHF's pins)"
     elif diffs:
@@ -107,7 +111,9 @@ def cmd_doctor(lock: Path | None = None) -> int:
         f"(18 s instead of 7.8 s an import here); fix: bash scripts/install-cpu.sh, or "
         f"{sys.executable} -m normbt_plugin.common.environment --bytecode"
     )
+    source = f"{ENV}" if os.environ.get(ENV) else "CUDA seen by this process"
     rows += [
+        ("job", f"{mode} ({source})"),
         ("bytecode", bytecode),
         ("CPU", environment.cpu_summary()),
         ("param dtype", param_dtype),
@@ -118,13 +124,17 @@ def cmd_doctor(lock: Path | None = None) -> int:
         ("patches, RM stage", rm_stage),
         ("patches, PPO stage", ppo_stage),
     ]
+    rows += [(f"GPU node: {c.name}", ("ok: " if c.ok else "MISSING: ") + c.text) for c in node_checks]
+    if not all(c.ok for c in node_checks):
+        status = 1
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
     for diff in diffs:
         print(f"  {diff.describe()}\n      fix: {diff.fix()}")
     if diffs:
-        print("  or rebuild the environment: rm -rf .venv && bash scripts/install-cpu.sh")
+        rebuild = gpu_node.INSTALL if mode == "gpu" else "rm -rf .venv && bash scripts/install-cpu.sh"
+        print(f"  or rebuild the environment: {rebuild}")
     return status
 
 

@@ -4,6 +4,7 @@ gives it ``CUDA_VISIBLE_DEVICES=""``) in a GPU job gets no CPU patch, though it 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -66,3 +67,16 @@ def test_the_mode_is_read_from_the_job_and_a_bad_value_is_refused(monkeypatch):
     monkeypatch.setenv(device_mode.ENV, "cuda")
     with pytest.raises(ValueError, match="one of cpu, gpu"):
         device_mode.job_device()
+
+
+APPLY_RM_PATCHES = "from normbt_plugin.patches import apply_openrlhf_patches; apply_openrlhf_patches()"
+
+
+@pytest.mark.parametrize("mode", ["gpu", "cpu"])
+def test_a_gpu_job_without_flash_attn_says_so_at_the_start(mode):
+    from normbt_plugin.patches.openrlhf_0_11_2.flash_attn_standin import GPU_WARNING
+
+    proc = subprocess.run([sys.executable, "-c", APPLY_RM_PATCHES], capture_output=True, text=True,
+                          timeout=300, check=False, env={**os.environ, device_mode.ENV: mode})  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (GPU_WARNING[:60] in proc.stderr) == (mode == "gpu")  # on CPU the stand-in is the plan

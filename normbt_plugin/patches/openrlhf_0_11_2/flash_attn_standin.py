@@ -11,7 +11,8 @@ Without flash-attn, ``flash_attention_*`` requests (``train_rm`` forces flash_at
 and no attention mask, transformers builds the block-diagonal mask itself, so packed and padded
 batches give the same hidden states (tested).
 Upstreamable as: a lazy import of flash_attn inside the packing code path.
-Applied only when the real flash_attn is not importable.
+Applied only when the real flash_attn is not importable; in a GPU job with a warning at the start
+(a slower run nobody chose), and ``normbt doctor`` names the fix.
 """
 
 from __future__ import annotations
@@ -22,11 +23,13 @@ import importlib.machinery
 import importlib.util
 import sys
 import types
+import warnings
 
 import torch
 from einops import rearrange
 
 from normbt_plugin import collectives
+from normbt_plugin.common.device_mode import cpu_job
 from normbt_plugin.patches.openrlhf_0_11_2 import mark_patched
 
 
@@ -97,7 +100,17 @@ def _sdpa_without_flash_attn(get_model):
     return get_llm_for_sequence_regression
 
 
+GPU_WARNING = (
+    "normbt-plugin: this is a GPU job but flash-attn is not importable: models asking for "
+    "flash_attention_2 load with PyTorch's sdpa instead (slower, more memory on long sequences). "
+    "Install it: bash scripts/install-gpu.sh (see `normbt doctor`), or pass --ds.attn_implementation sdpa "
+    "to choose sdpa on purpose."
+)
+
+
 def apply() -> None:
+    if not cpu_job():  # on a GPU node the stand-in is a fallback nobody chose: said at the start
+        warnings.warn(GPU_WARNING, RuntimeWarning, stacklevel=2)
     bert_padding = _module(
         "flash_attn.bert_padding",
         index_first_axis=index_first_axis,
