@@ -121,8 +121,8 @@ class SamplingOptions:
     apply_chat_template: bool = option(False)
     input_template: str | None = option(None, "prompt template of the policy")
     rm_input_template: str | None = option(None, "prompt template of the reward models")
-    max_len: int = option(2048, "prompt + response tokens")
-    tensor_parallel_size: int = option(1, "GPUs per vLLM engine")
+    max_len: int | None = option(None, "prompt + response tokens (default: the policy's context length)")
+    tensor_parallel_size: int = option(1, "GPUs per vLLM engine (engines: the GPUs / this)")
     batch_size: int = option(16, "texts per reward-model forward")
     dtype: str = option("float32", "reward models' (and the KL passes') dtype", choices=DTYPES)
 

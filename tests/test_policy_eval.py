@@ -141,6 +141,39 @@ def test_policies_of_one_architecture_share_an_engine(tmp_path):
     assert len(engine_groups([specs[0], other], swap=True)) == 2
 
 
+def test_on_gpus_engines_times_tensor_parallel_size_use_every_gpu(tmp_path):
+    """label-pairs and eval-policy on an 8-GPU node: 8 / TP engines, each its own GPUs and a slice
+    of the prompts; together the prompts in order. On CPU one engine."""
+    from normbt_plugin.policy_studies.generation import GenerationSpec, shards
+
+    prompts = [f"p{i}" for i in range(10)]
+    spec = GenerationSpec(model="m", prompts=prompts, samples=list(range(10)), out=str(tmp_path / "o.jsonl"),
+                          max_new=8, tensor_parallel_size=2)  # fmt: skip
+    gpus = [str(i) for i in range(8)]
+    engines = shards([spec], gpus)
+    assert [g for _, g in engines] == [["0", "1"], ["2", "3"], ["4", "5"], ["6", "7"]]
+    parts = [part for specs, _ in engines for part in specs]
+    assert [p for part in parts for p in part.prompts] == prompts
+    assert [n for part in parts for n in part.samples] == list(range(10))  # per-prompt counts follow
+    assert len({part.out for part in parts}) == 4
+    assert shards([spec], None) == [([spec], None)]  # CPU: one engine
+    assert len(shards([spec], gpus[:3])) == 1  # 3 GPUs, TP 2: one engine (on GPUs 0-1)
+    with pytest.raises(EvalInputError, match="needs 2 GPUs; 1 visible"):
+        shards([spec], ["0"])
+
+
+def test_max_len_defaults_to_the_models_context_and_a_larger_one_is_refused(tiny):
+    from normbt_plugin.options import LabelPairsOptions
+    from normbt_plugin.policy_studies.generation import checked_max_len
+
+    opts = LabelPairsOptions(prompts="x", policy=str(tiny["model"]), gold_fn="m:f", out="o", max_new=64)
+    assert checked_max_len(opts, str(tiny["model"])) == 512  # its max_position_embeddings
+    with pytest.raises(EvalInputError, match="pass --max_len 512 or less"):
+        checked_max_len(LabelPairsOptions(**{**opts.__dict__, "max_len": 2048}), str(tiny["model"]))
+    with pytest.raises(EvalInputError, match="no room for a prompt"):
+        checked_max_len(LabelPairsOptions(**{**opts.__dict__, "max_len": 64}), str(tiny["model"]))
+
+
 def eval_policy(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [str(BIN / "normbt"), "eval-policy", *args], capture_output=True, text=True, timeout=300, check=False

@@ -16,11 +16,12 @@ response token ids, its text, vLLM's log-probability of each token and whether i
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import subprocess
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,14 +51,46 @@ class GenerationSpec:
     extra: dict = field(default_factory=dict)  # recorded, not used (e.g. the policy's name)
 
 
+CONTEXT_FIELDS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
+
+
+def context_length(model: str) -> int | None:
+    """The positions ``model`` has (its config's ``max_position_embeddings`` or equivalent)."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model, trust_remote_code=True)
+    config = getattr(config, "text_config", None) or config
+    return next((int(v) for k in CONTEXT_FIELDS if (v := getattr(config, k, None))), None)
+
+
+def checked_max_len(opts: SamplingOptions, model: str) -> int:
+    """``--max_len``, or the model's context length when not given; refused before vLLM starts
+    when it is larger than the model's, or leaves no room for a prompt."""
+    from normbt_plugin.rm_evaluation.pairs import EvalInputError
+
+    limit = context_length(model)
+    max_len = opts.max_len or limit
+    if max_len is None:
+        raise EvalInputError(f"{model}'s config names no context length: pass --max_len (prompt + response)")
+    if limit is not None and max_len > limit:
+        raise EvalInputError(
+            f"--max_len {max_len} is more than {model} has positions ({limit}, its config): pass "
+            f"--max_len {limit} or less (or leave it out: it defaults to the model's)"
+        )
+    if opts.max_new >= max_len:
+        raise EvalInputError(f"--max_new {opts.max_new} leaves no room for a prompt in --max_len {max_len}")
+    return max_len
+
+
 def sampling_spec(
     opts: SamplingOptions, model: str, prompts: list[Prompt], out: str | Path, samples: int | list[int],
     **extra: Any,
 ) -> GenerationSpec:  # fmt: skip
     """The generation job of a command's sampling options (``normbt_plugin.options``)."""
+    max_len = checked_max_len(opts, model)
     return GenerationSpec(
         model=model, prompts=prompts, out=str(out), samples=samples, max_new=opts.max_new,
-        temperature=opts.temperature, seed=opts.seed, max_prompt_len=opts.max_len - opts.max_new,
+        temperature=opts.temperature, seed=opts.seed, max_prompt_len=max_len - opts.max_new,
         apply_chat_template=opts.apply_chat_template, input_template=opts.input_template,
         tensor_parallel_size=opts.tensor_parallel_size, extra=extra,
     )  # fmt: skip
@@ -109,14 +142,65 @@ def engine_groups(specs: list[GenerationSpec], swap: bool) -> list[list[Generati
     return list(groups.values())
 
 
+def visible_gpus() -> list[str]:
+    """The GPUs this process may hand to engines: ``CUDA_VISIBLE_DEVICES``, else every device."""
+    if (env := os.environ.get("CUDA_VISIBLE_DEVICES")) is not None:
+        return [g.strip() for g in env.split(",") if g.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+Shard = tuple[list[GenerationSpec], list[str] | None]  # one engine's specs and its GPUs (None: CPU)
+
+
+def shards(group: list[GenerationSpec], gpus: list[str] | None) -> list[Shard]:
+    """The engines that sample ``group``. On CPU (``gpus`` None): one. On GPUs (one spec a group):
+    engines x tensor parallel size = the GPUs, each engine a contiguous slice of the prompts and
+    GPUs of its own; vLLM seeds every request, so a prompt's samples do not depend on the split."""
+    if gpus is None:
+        return [(group, None)]
+    (spec,) = group
+    tp = spec.tensor_parallel_size
+    engines = min(len(gpus) // tp, len(spec.prompts))
+    if engines < 1:
+        from normbt_plugin.rm_evaluation.pairs import EvalInputError
+
+        raise EvalInputError(f"--tensor_parallel_size {tp} needs {tp} GPUs; {len(gpus)} visible ({gpus})")
+    if engines == 1:
+        return [(group, gpus[:tp])]
+    cuts = [len(spec.prompts) * i // engines for i in range(engines + 1)]
+    out: list[Shard] = []
+    for i, (lo, hi) in enumerate(itertools.pairwise(cuts)):
+        samples = spec.samples[lo:hi] if isinstance(spec.samples, list) else spec.samples
+        part = replace(spec, prompts=spec.prompts[lo:hi], samples=samples, out=f"{spec.out}.shard{i}")
+        out.append(([part], gpus[i * tp : (i + 1) * tp]))
+    return out
+
+
+def _start(shard: Shard, env: dict[str, str], log: Path | None) -> subprocess.Popen:
+    specs, gpus = shard
+    batch = Path(specs[0].out).with_suffix(".batch.json")
+    batch.write_text(json.dumps([asdict(s) for s in specs]))
+    if gpus is not None:
+        env = {**env, "CUDA_VISIBLE_DEVICES": ",".join(gpus)}
+    with open(log, "a") if log else open(os.devnull, "w") as sink:  # the child keeps its own handle
+        return subprocess.Popen(
+            [sys.executable, "-m", "normbt_plugin.policy_studies.generation", str(batch)],
+            env=env, stdout=sink, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+
 def generate_all(specs: list[GenerationSpec], log: Path | None = None) -> list[list[Generation]]:
     """Sample every spec's model (its rows, in order); a spec whose output was made by the same spec
-    before is read back, not sampled again."""
+    before is read back, not sampled again. On GPUs each spec's prompts are split over the node's
+    GPUs (``shards``), its engines running side by side."""
 
     from normbt_plugin.common.environment import VLLM_CPU_ENV
 
     todo = [s for s in specs if not _cached(s)]
     swap = decide_job_device() == "cpu"  # the engine processes below inherit the decision
+    gpus = None if swap else visible_gpus()
     env = dict(os.environ)
     if swap:
         env = {**VLLM_CPU_ENV, **env}
@@ -129,24 +213,21 @@ def generate_all(specs: list[GenerationSpec], log: Path | None = None) -> list[l
             Path(spec.out).parent.mkdir(parents=True, exist_ok=True)
             _spec_path(spec).write_text(json.dumps(asdict(spec)))
             Path(spec.out).unlink(missing_ok=True)
-        batch = Path(group[0].out).with_suffix(".batch.json")
-        batch.write_text(json.dumps([asdict(s) for s in group]))
-        log_file = open(log, "a") if log else subprocess.DEVNULL  # noqa: SIM115 (closed below)
-        try:
-            proc = subprocess.run(
-                [sys.executable, "-m", "normbt_plugin.policy_studies.generation", str(batch)],
-                env=env, stdout=log_file, stderr=subprocess.STDOUT, check=False,
-            )  # fmt: skip
-        finally:
-            if log:
-                log_file.close()
-        missing = [s.model for s in group if not Path(s.out).exists()]
-        if proc.returncode != 0 or missing:
+        engines = shards(group, gpus)
+        codes = [proc.wait() for proc in [_start(shard, env, log) for shard in engines]]
+        parts = [s for shard_specs, _ in engines for s in shard_specs]
+        missing = [s.model for s in parts if not Path(s.out).exists()]
+        if any(codes) or missing:
             tail = Path(log).read_text()[-3000:] if log else ""
             raise RuntimeError(
-                f"vLLM generation with {', '.join(missing) or group[0].model} failed (exit {proc.returncode})"
+                f"vLLM generation with {', '.join(missing) or group[0].model} failed (exit {max(codes)})"
                 f"{tail and ':'}\n{tail}"
             )
+        if len(engines) > 1:  # one spec, its prompts in order
+            rows = [row for part in parts for row in read_generations(part.out)]
+            write_generations(rows, group[0].out + ".part").rename(group[0].out)
+            for part in parts:
+                Path(part.out).unlink()
     return [read_generations(s.out) for s in specs]
 
 
