@@ -42,9 +42,14 @@ EVAL_MAX_NEW=${EVAL_MAX_NEW:-${MAX_NEW:-1024}}
 EVAL_SEED=${EVAL_SEED:-0}
 EVAL_TP=${EVAL_TP:-1}
 EVAL_DTYPE=${EVAL_DTYPE:-float32}  # RMs and the KL forward passes; bfloat16 on GPU nodes
+dry=${DRY_RUN:-0}
+if [[ "$dry" != 1 && -n "${HOSTFILE:-}" && ! -f "$HOSTFILE" ]]; then  # before anything starts
+  echo "compare.sh: HOSTFILE=$HOSTFILE does not exist: write DeepSpeed's hostfile ('node1 slots=8' a" \
+    "line, every node of the job), or set HOSTFILE= to train the RMs on this node only" >&2
+  exit 1
+fi
 mkdir -p "$RUN_DIR"
 
-dry=${DRY_RUN:-0}
 export DRY_RUN=$dry
 times="$RUN_DIR/stage_times.tsv"            # each stage's wall time, as a table at the end
 [[ "$dry" == 1 ]] || : > "$times"

@@ -46,6 +46,9 @@ KL=${KL:-0.01}
 ESTIMATOR=${ESTIMATOR:-gae}
 NORMALIZE_REWARD=${NORMALIZE_REWARD:-1}  # uses the RM's eval mean/std (reward_norm patch fixes loading)
 PPO_APPLY_CHAT_TEMPLATE=${PPO_APPLY_CHAT_TEMPLATE:-0}
+PPO_GRAD_CKPT=${PPO_GRAD_CKPT:-0}        # 1: gradient checkpointing of the actor and critic
+PPO_PACKING=${PPO_PACKING:-0}            # 1: --ds.packing_samples (flash-attn on GPU nodes)
+PPO_SAVE_STEPS=${PPO_SAVE_STEPS:-0}      # >0: a checkpoint every N steps; a rerun of the same command resumes
 ROLLOUT_LOG=${ROLLOUT_LOG:-0}            # 1: every rollout's token ids, rewards and KL -> $OUT/rollouts
 RAY_DASHBOARD=${RAY_DASHBOARD:-}        # http://head:8265: a running cluster, the job via `ray job submit`
 
@@ -93,6 +96,12 @@ done
 [[ "$SYNC_BACKEND" == gloo ]] && args+=(--vllm.enforce_eager)
 [[ "$NORMALIZE_REWARD" == 1 ]] && args+=(--reward.normalize_enable)
 [[ "$PPO_APPLY_CHAT_TEMPLATE" == 1 ]] && args+=(--data.apply_chat_template)
+[[ "$PPO_GRAD_CKPT" == 1 ]] && args+=(--actor.gradient_checkpointing_enable)
+[[ "$PPO_PACKING" == 1 ]] && args+=(--ds.packing_samples)
+if (( PPO_SAVE_STEPS > 0 )); then   # OpenRLHF resumes from <ckpt.path>/_actor with --ckpt.load_enable
+  args+=(--ckpt.save_steps "$PPO_SAVE_STEPS" --ckpt.max_num 1)
+  [[ -d "$OUT/ckpt/_actor" && " $* " != *" --ckpt.load_enable "* ]] && args+=(--ckpt.load_enable)
+fi
 [[ "$ROLLOUT_LOG" == 1 ]] && args+=(--plugin.rollout_log "$OUT/rollouts")
 
 cmd=(python -m normbt_plugin.train_ppo "${args[@]}" "$@")

@@ -37,6 +37,7 @@ CHOSEN_KEY=${CHOSEN_KEY:-chosen}
 REJECTED_KEY=${REJECTED_KEY:-rejected}
 APPLY_CHAT_TEMPLATE=${APPLY_CHAT_TEMPLATE:-0}  # 1: message-list data through the tokenizer's template
 PACKING=${PACKING:-0}                   # 1: --ds.packing_samples (flash-attn on GPU nodes)
+GRAD_CKPT=${GRAD_CKPT:-0}               # 1: gradient checkpointing (long sequences on GPUs: normbt_plugin.common.gpu_memory)
 HOSTFILE=${HOSTFILE:-}                  # several nodes: DeepSpeed's "host slots=N" file
 NODE_RANK=${NODE_RANK:-}                # without ssh: this node's rank, and MASTER_ADDR (node 0)
 MASTER_ADDR=${MASTER_ADDR:-}
@@ -69,6 +70,7 @@ args=(
 [[ -n "$INPUT_TEMPLATE" ]] && args+=(--data.input_template "$INPUT_TEMPLATE")
 [[ "$APPLY_CHAT_TEMPLATE" == 1 ]] && args+=(--data.apply_chat_template)
 [[ "$PACKING" == 1 ]] && args+=(--ds.packing_samples)
+[[ "$GRAD_CKPT" == 1 ]] && args+=(--model.gradient_checkpointing_enable)
 resume=0
 [[ " $* " == *" --ckpt.load_enable "* ]] && resume=1
 if (( SAVE_STEPS > 0 )); then  # one whole checkpoint kept (the plugin's guard); a rerun goes on from it
@@ -90,6 +92,11 @@ fi
 if [[ "${DRY_RUN:-0}" == 1 ]]; then
   printf '%q ' "${cmd[@]}"; echo
   exit 0
+fi
+if [[ -n "$HOSTFILE" && ! -f "$HOSTFILE" ]]; then  # DeepSpeed would only warn and train on this node
+  echo "rm.sh: HOSTFILE=$HOSTFILE does not exist: write DeepSpeed's hostfile ('node1 slots=8' a line)," \
+    "or set HOSTFILE= to train on this node only" >&2
+  exit 1
 fi
 mkdir -p "$OUT"
 (( resume )) || rm -f "$OUT"/metrics/*.jsonl  # a resume appends to them

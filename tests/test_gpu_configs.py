@@ -15,6 +15,8 @@ import subprocess
 import pytest
 from conftest import RECIPE_ENV, REPO
 
+from normbt_plugin.common.gpu_memory import config_values
+
 # multinode-llama3-8b is llama3-8b-8gpu plus the several-node variables that GPU_ONLY blanks here (run,
 # it would repeat llama3-8b-8gpu); tests/test_multinode.py and tests/test_ray_cluster.py run those paths.
 GPU_CONFIGS = ["llama3-8b-8gpu", "paper-gemma2b"]
@@ -31,6 +33,7 @@ GPU_ONLY = {
     "PPO_PARAM_DTYPE": "fp32",  # vLLM's CPU engine runs float32 (its bf16 path needs AMX)
     "PPO_ATTN": "sdpa",  # PPO on CPU: no flash-attn kernels (the RM stage keeps flash_attention_2: stand-in)
     "SYNC_BACKEND": "gloo",  # NCCL is CUDA-only
+    "PPO_PACKING": "0",  # packed PPO batches need flash-attn's kernels (the CPU preflight refuses them)
 }
 # Sizes scaled to the stand-ins (same flags, smaller numbers): 64 pairs, a 512-position model.
 SIZES = {
@@ -131,3 +134,38 @@ def test_gpu_config_rm_and_ppo_stages_run_on_chat_standins(config, chat_standins
     assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
     steps = [json.loads(line) for line in (onpolicy_rm / "metrics" / "train_rank0.jsonl").open()]
     assert steps and (onpolicy_rm / "model" / "config.json").exists()
+
+
+# ------------------------------------------------------------------ memory per GPU, by arithmetic
+
+
+@pytest.mark.parametrize("config", [*GPU_CONFIGS, "multinode-llama3-8b"])
+def test_every_stage_of_every_gpu_config_fits_an_80_gb_gpu(config):
+    from normbt_plugin.common.gpu_memory import GPU_GIB, estimates, format_table
+
+    found = estimates(config_values(REPO / "recipes" / "configs" / f"{config}.env"))
+    assert {e.stage.split()[0] for e in found} >= {"RM", "PPO", "gold"}
+    assert all(e.fits() for e in found), format_table(config, found)
+    assert max(e.total for e in found) < GPU_GIB
+
+
+def test_the_arithmetic_catches_an_8b_rm_at_8192_tokens_without_gradient_checkpointing():
+    from normbt_plugin.common.gpu_memory import rm_stage
+
+    values = config_values(REPO / "recipes" / "configs" / "llama3-8b-8gpu.env", GRAD_CKPT="0")
+    assert not rm_stage(values).fits()  # what the config shipped before: 96 GiB of activations
+    assert rm_stage({**values, "GRAD_CKPT": "1"}).fits()
+
+
+def test_a_missing_hostfile_stops_the_multinode_recipe_before_anything_starts(tmp_path):
+    env = {
+        **RECIPE_ENV,
+        "CONFIG": "recipes/configs/multinode-llama3-8b.env",
+        "RUN_DIR": str(tmp_path / "run"),
+    }
+    proc = subprocess.run(["bash", "recipes/compare.sh"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=60, check=False)  # fmt: skip
+    assert proc.returncode == 1 and "HOSTFILE=recipes/configs/hostfile does not exist" in proc.stderr, (
+        proc.stderr
+    )
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written
