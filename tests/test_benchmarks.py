@@ -3,6 +3,7 @@ internals, so a change in either breaks it silently unless it is run."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -34,3 +35,22 @@ def test_eval_throughput_benchmark_times_rewardbench_on_equal_scores():
     assert re.search(r"eval-rm / rewardbench: x[0-9.]+", proc.stdout), proc.stdout
     gap = re.search(r"max \|eval-rm - rewardbench\| ([0-9.e+-]+); same pair verdict 1\.0000", proc.stdout)
     assert gap and float(gap.group(1)) <= 1e-4, proc.stdout
+
+
+@pytest.mark.slow
+def test_the_gpu_check_runs_on_cpu_and_its_ratio_is_the_one_it_prints(tmp_path):
+    """benchmarks/gpu_rm_check.py (what scripts/gpu-check.sh runs on a lent GPU) on CPU: the RM stage
+    with BT, NormBT and BT again, each run's own step times read back from its step records."""
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "gpu_rm_check.py"), "--size", "tiny", "--steps", "5",
+         "--warmup", "1", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu_rm_check.json").read_text())
+    assert [a["loss"] for a in result["arms"]] == ["bt", "normbt", "bt"]
+    assert all(a["steps"] == 5 and a["median_step_s"] > 0 for a in result["arms"])
+    bt = (result["arms"][0]["median_step_s"] + result["arms"][2]["median_step_s"]) / 2
+    assert result["ratio"] == pytest.approx(result["arms"][1]["median_step_s"] / bt)
+    assert f"normbt / bt step time: {result['ratio']:.3f}" in proc.stdout
+    assert result["nccl"] == {"nccl": "skipped (no GPU)"}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import time
 from collections import defaultdict
 from typing import Any
 
@@ -90,6 +91,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
         strategy = self.strategy  # ring attention is refused by the parser (cli_options)
         dp_group = strategy.ds_device_mesh["dp"].get_group() if dist.is_initialized() else None
         self.loss_name, self.plugin_loss = build_loss_from_args(self.args, dp_group)
+        self._last_log = time.perf_counter()
         if self.plugin_loss.uses_margin and not self.margin_loss:
             raise SystemExit(
                 f"normbt-plugin: loss {self.loss_name!r} uses a margin per pair: pass "
@@ -193,6 +195,10 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
     def save_logs_and_checkpoints(self, args, global_step, step_bar, logs_dict=None, client_states=None):
         logs_dict = dict(logs_dict or {})
         logs_dict.update(self._reduced_metrics())
+        now = time.perf_counter()  # this rank's wall time of the step (the first: since set-up)
+        logs_dict["step_seconds"], self._last_log = now - self._last_log, now
+        if torch.cuda.is_available():
+            logs_dict["gpu_peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
         client_states = dict(client_states or {})
         client_states[CLIENT_STATE_KEY] = {
             "name": self.loss_name,
