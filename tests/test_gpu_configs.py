@@ -123,9 +123,13 @@ def test_gpu_config_rm_and_ppo_stages_run_on_chat_standins(config, chat_standins
     labelled = stage(config, "onpolicy-pairs.sh", onpolicy, tmp_path / "onpolicy.log")
     assert labelled.returncode == 0, labelled.stdout[-3000:] + labelled.stderr[-3000:]
     rows = [json.loads(line) for line in pairs.open()]
+    from normbt_plugin.common.tiny import CHAT_PREAMBLE
+
+    # the whole conversation the prompt set holds (system message, earlier turn, the task), as PPO sees it
     assert rows and all(
-        r["prompt"][0]["role"] == "user" and r["chosen"][0]["role"] == "assistant" for r in rows
-    )
+        r["prompt"][:3] == CHAT_PREAMBLE and r["prompt"][3]["role"] == "user" and len(r["prompt"]) == 4
+        and r["chosen"][0]["role"] == "assistant" for r in rows
+    )  # fmt: skip
     assert all(r["chosen_gold"] > r["rejected_gold"] for r in rows)
     onpolicy_rm = tmp_path / "rm-onpolicy"
     trained = stage(config, "rm.sh", {**rm_vars, "DATASET": str(pairs), "EVAL_DATASET": str(pairs),
