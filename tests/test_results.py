@@ -1,0 +1,60 @@
+"""The headline figures docs/results.md states, recomputed from the committed records by the
+commands that made them: a change to ``normbt compare`` or ``normbt bon-study`` that moved them fails
+here (the records are results/, not regenerated)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+EVIDENCE = REPO / "results" / "smollm2-evidence"
+DOWNSTREAM = REPO / "results" / "downstream-smollm2"
+RESULTS_MD = (REPO / "docs" / "results.md").read_text()
+
+
+def normbt(*args: str) -> None:
+    proc = subprocess.run(
+        [str(BIN / "normbt"), *args], capture_output=True, text=True, timeout=600, check=False
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+def stated(diff: float, low: float, high: float) -> str:
+    return f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]"
+
+
+def test_the_smollm2_primary_and_its_guard_as_results_md_states(tmp_path):
+    runs = [str(EVIDENCE / f"rm-{loss}-seed{s}") for loss in ("bt", "normbt") for s in range(1, 6)]
+    normbt("compare", *runs, "--eval_name", "eval-humaneval.json", "--out", str(tmp_path), "--baseline", "bt",
+           "--pool", "fine=comparison,constant,negation,off_by_one,operator,swapped_args")  # fmt: skip
+    subsets = json.loads((tmp_path / "summary.json").read_text())["normbt"]["per_subset"]
+    fine, coarse = subsets["fine"]["vs_baseline"], subsets["coarse"]["vs_baseline"]
+    primary = stated(fine["diff"], fine["low"], fine["high"])
+    guard = stated(coarse["diff"], coarse["low"], coarse["high"])
+    assert primary == "+0.165 [+0.136, +0.196]" and primary in RESULTS_MD
+    assert guard == "-0.033 [-0.050, -0.018]" and guard in RESULTS_MD
+
+
+def test_the_smollm2_best_of_n_arm_as_results_md_states(tmp_path):
+    proxies = sorted(str(p) for p in DOWNSTREAM.glob("rm-onpolicy-*"))
+    normbt("bon-study", str(DOWNSTREAM / "bon" / "policy_eval.json"), *proxies, "--baseline", "bt",
+           "--n", "16", "--out", str(tmp_path))  # fmt: skip
+    effect = json.loads((tmp_path / "summary.json").read_text())["effects"]["onpolicy/normbt"]
+    arm = stated(effect["mean"], *effect["boot_ci95"])
+    assert arm == "+0.044 [-0.020, +0.111]" and arm in RESULTS_MD
+    assert effect["decision"] == "inconclusive" and effect["seeds"] == 4 and effect["seeds_to_detect"] == 24
+    committed = (DOWNSTREAM / "bon-study" / "report.md").read_text()
+    assert "| onpolicy | normbt | 4 | +0.0438 | [-0.0201, +0.1112]" in committed
+
+
+@pytest.mark.parametrize("name", ["smollm2-evidence", "downstream-smollm2"])
+def test_the_records_hold_no_models(name):
+    """results/ holds records (metrics, eval files, reports), never weights."""
+    heavy = [p for p in (REPO / "results" / name).rglob("*") if p.suffix in {".safetensors", ".bin", ".pt"}]
+    assert heavy == []
