@@ -8,6 +8,7 @@ import dataclasses
 import subprocess
 
 import pytest
+import torch
 
 from normbt_plugin.common.models import MODELS, ModelUnavailableError, Provenance, _check_file, get_model
 
@@ -82,10 +83,10 @@ def test_smollm2_trains_as_a_reward_model_on_two_ranks(smollm2, tiny, tmp_path, 
 
     test = tmp_path / "test.jsonl"
     test.write_text("".join(tiny["test"].read_text().splitlines(keepends=True)[:32]))
-    flags = ("--ds.lora.rank", "8", "--ds.lora.alpha", "16") if lora else ()
+    flags = ("--ds.lora.rank", "8", "--ds.lora.alpha", "16") if lora else ()  # LoRA: lr 1e-4, B moves
     run = train_rm(
         {**tiny, "test": test}, tmp_path / "run", "--ds.zero_stage", "2", "--data.max_samples", "16",
-        "--train.micro_batch_size", "2", "--train.batch_size", "8", "--adam.lr", "1e-5",
+        "--train.micro_batch_size", "2", "--train.batch_size", "8", "--adam.lr", "1e-4" if lora else "1e-5",
         "--data.max_len", "48", *flags, nproc=2, model=smollm2,
     )  # fmt: skip
     assert run.returncode == 0, run.output[-3000:]
@@ -95,6 +96,40 @@ def test_smollm2_trains_as_a_reward_model_on_two_ranks(smollm2, tiny, tmp_path, 
     result = evaluate_pairs(scorer, load_pairs(str(test)), progress=False)
     assert result.accuracy == pytest.approx(run.evals()[-1].acc, abs=1.5 / 32), result.accuracy
     assert (run.out_dir / "adapter" / "adapter_config.json").is_file() == lora
+    if lora:
+        assert_merged_is_base_plus_adapter(smollm2, run.out_dir)
+
+
+def assert_merged_is_base_plus_adapter(base_dir, out_dir) -> None:
+    """The saved (merged) weights are the base's plus what the adapter holds, scaling * B @ A, on every
+    LoRA target (B starts at zero: a merge that dropped the adapter would equal the base), and the
+    base's own weights elsewhere; the value head, trained in full, is the merged model's own."""
+    import json
+
+    from safetensors.torch import load_file
+
+    base, merged = load_file(base_dir / "model.safetensors"), load_file(out_dir / "model.safetensors")
+    adapter = load_file(out_dir / "adapter" / "adapter_model.safetensors")
+    config = json.loads((out_dir / "adapter" / "adapter_config.json").read_text())
+    scaling = config["lora_alpha"] / config["r"]
+    targets = {}
+    for key in adapter:
+        if ".lora_A." in key:
+            module = key.removeprefix("base_model.model.").split(".lora_A.")[0]
+            targets[f"{module}.weight"] = (adapter[key], adapter[key.replace(".lora_A.", ".lora_B.")])
+    assert targets, sorted(adapter)[:5]
+    visible = 0  # targets whose adapter moved the weights by more than float32 rounding
+    for name, (a, b) in targets.items():
+        if name not in base:  # the value head: trained in full, not merged from a base
+            continue
+        expected = scaling * (b.double() @ a.double())
+        delta = merged[name].double() - base[name].double()
+        rounding = 4 * torch.finfo(torch.float32).eps * base[name].abs().max().item()
+        assert (delta - expected).abs().max().item() <= rounding + 1e-3 * expected.abs().max().item(), name
+        visible += expected.abs().max().item() > 10 * rounding
+    assert visible, "no adapter moved its weights beyond rounding: the check would not bite"
+    untouched = [k for k in base if k in merged and k not in targets]
+    assert untouched and all(torch.equal(merged[k], base[k]) for k in untouched)
 
 
 @pytest.mark.slow
