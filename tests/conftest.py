@@ -61,6 +61,20 @@ def no_leftover_processes(request):
     )
 
 
+def assert_plot(path: Path, min_width: int = 300, min_height: int = 200) -> None:
+    """A PNG that shows data: at least ``min_width`` x ``min_height`` pixels, and coloured marks on it
+    (matplotlib draws axes, ticks and text in black and grey, data in colour: a figure whose data
+    never arrived has no coloured pixel)."""
+    import matplotlib.image as mpimg
+
+    image = mpimg.imread(path)
+    height, width = image.shape[:2]
+    assert width >= min_width and height >= min_height, (path, width, height)
+    rgb = image[..., :3].reshape(-1, 3)
+    coloured = (rgb.max(axis=1) - rgb.min(axis=1) > 0.25).mean()
+    assert coloured > 0.002, f"{path}: {coloured:.4%} coloured pixels, no data drawn"
+
+
 @pytest.fixture(scope="session")
 def openrlhf_patched():
     from normbt_plugin.patches import apply_openrlhf_patches

@@ -22,7 +22,17 @@ def test_step_overhead_benchmark_prints_its_ratios():
     )  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     ratio = re.search(r"normbt / bt: step time x([0-9.]+), peak memory x([0-9.]+)", proc.stdout)
-    assert ratio and all(float(x) > 0 for x in ratio.groups()), proc.stdout
+    rows = re.findall(r"^(bt|normbt) +([0-9.]+) +\S+ +([0-9.]+)$", proc.stdout, re.M)
+    arms = {name: (float(t), float(mib)) for name, t, mib in rows}
+    assert ratio and set(arms) == {"bt", "normbt"}, proc.stdout
+    # the ratios are those of the medians and peaks it printed, up to their printed rounding
+
+    def rounding(a: float, b: float, half_unit: float) -> float:  # error of a/b from a, b rounded
+        return half_unit / b + half_unit * a / b**2 + 5e-5
+
+    (t_bt, m_bt), (t_nb, m_nb) = arms["bt"], arms["normbt"]
+    assert abs(float(ratio.group(1)) - t_nb / t_bt) <= rounding(t_nb, t_bt, 5e-5), proc.stdout
+    assert abs(float(ratio.group(2)) - m_nb / m_bt) <= rounding(m_nb, m_bt, 0.05), proc.stdout
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import RECIPE_ENV as ENV
-from conftest import REPO
+from conftest import REPO, assert_plot
 
 CONFIGS = sorted((REPO / "recipes" / "configs").glob("*.env"))
 
@@ -223,6 +223,58 @@ def test_tiny_chain_trains_both_policies(chain):
     assert "| normbt |" in report and "| bt |" in report
 
 
+NEGATED_REWARD = """
+from normbt_plugin.common.tasks import reward_func as true_reward
+
+
+def reward_func(queries, prompts, labels):  # the task's reward, sign flipped
+    out = true_reward(queries, prompts, labels)
+    return {**out, "rewards": -out["rewards"], "scores": -out["scores"]}
+"""
+
+
+def ppo_on_the_true_reward(chain: Path, out: Path, reward_file: Path) -> list:
+    """recipes/ppo.sh with the tiny config on the chain's SFT policy, the task's true reward as
+    PPO's reward (no reward model, REINFORCE++: actor, reference and a vLLM engine), 10 steps."""
+    from normbt_plugin.runs.ppo import read_rollouts
+
+    settings = {"POLICY": chain / "policy", "PROMPTS": chain / "tiny" / "prompts.jsonl", "OUT": out,
+                "REWARD_URL": reward_file, "ROLLOUT_BS": 16, "TRAIN_BS": 16, "MAX_SAMPLES": 160}  # fmt: skip
+    exports = " ".join(f"export {k}={shlex.quote(str(v))};" for k, v in settings.items())
+    command = f"set -a; source recipes/configs/tiny-cpu.env; set +a; {exports} bash recipes/ppo.sh"
+    proc = subprocess.run(["bash", "-c", command], cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=900, check=False)  # fmt: skip
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    return read_rollouts(out / "rollouts")
+
+
+def reward_trend(rollouts: list, sign: float) -> tuple[float, float]:
+    """The slope of the steps' mean true reward over the run, and its standard error (the noise
+    between steps of this very run)."""
+    from scipy.stats import linregress
+
+    steps = sorted({r.step for r in rollouts})
+    means = [np.mean([sign * r.reward for r in rollouts if r.step == s]) for s in steps]
+    fit = linregress(steps, means)
+    return fit.slope, fit.stderr
+
+
+@pytest.mark.slow
+def test_ppo_raises_the_reward_it_optimises_and_a_flipped_sign_fails_the_same_check(chain, tmp_path):
+    """PPO's job: the true reward of its own rollouts rises over the run, by more than three standard
+    errors of the trend. The same check on a PPO whose objective points the other way (the reward's
+    sign flipped: the advantage's sign flipped with it) fails."""
+    sort_py = REPO / "recipes" / "rewards" / "sort.py"
+    negated = tmp_path / "negated.py"
+    negated.write_text(NEGATED_REWARD)
+    slope, se = reward_trend(ppo_on_the_true_reward(chain, tmp_path / "ppo", sort_py), sign=1.0)
+    assert slope > 3 * se and slope > 0, (slope, se)
+    flipped, flipped_se = reward_trend(
+        ppo_on_the_true_reward(chain, tmp_path / "flipped", negated), sign=-1.0
+    )
+    assert not (flipped > 3 * flipped_se and flipped > 0), (flipped, flipped_se)
+
+
 @pytest.mark.slow
 def test_tiny_chain_reward_models_learn_on_two_ranks_and_are_reported(chain):
     """The RM stage of the chain (two CPU ranks, ZeRO-2): both losses learn, held out and on every
@@ -243,7 +295,7 @@ def test_tiny_chain_reward_models_learn_on_two_ranks_and_are_reported(chain):
     assert "| bt | 1 |" in out and "| normbt | 1 |" in out
     assert "Accuracy by representation-distance quantile bin" in out
     assert "| fine |" in out and "| coarse |" in out  # SUBSET_KEY=kind
-    assert (chain / "report" / "accuracy_by_distance.png").stat().st_size > 5000
+    assert_plot(chain / "report" / "accuracy_by_distance.png")
     assert "wall time by stage" in out
 
 
@@ -370,7 +422,7 @@ def test_policies_judged_by_the_true_reward(chain):
     report = (chain / "report" / "report.md").read_text()
     assert "## Downstream policies" in report and "| normbt | 1 |" in report and "Best-of-N" in report
     for png in ("downstream_policies.png", "best_of_n.png"):
-        assert (chain / "report" / png).stat().st_size > 10_000, png
+        assert_plot(chain / "report" / png)
 
 
 def recipe_commands(script: str, parsers, capsys, **env: str) -> list[tuple[str, argparse.Namespace]]:
