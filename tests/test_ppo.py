@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 import shlex
 import subprocess
 import sys
@@ -537,35 +538,54 @@ def test_downstream_study_commands_parse(parsers, tmp_path, capsys):
     assert len({tuple(getattr(a, k) for k in keys) for a in ppo}) == 1  # the same for every reward
 
 
+def documented_command(*markers: str) -> str:
+    """The bash block of docs/results.md that holds every marker: the command a result came from."""
+    blocks = re.findall(r"```bash\n(.*?)```", (REPO / "docs" / "results.md").read_text(), re.S)
+    (block,) = [b for b in blocks if all(m in b for m in markers)]
+    return block.replace("\\\n", " ").strip()
+
+
 def test_downstream_study_with_a_smollm2_policy_parses(parsers, tmp_path, capsys):
-    """The best-of-N arm with a real policy: SFT starts from SmolLM2 (``normbt models get``), the RMs
-    are LoRA RMs started from the SFT policy, and the study stops after best-of-N."""
+    """The best-of-N arm with a SmolLM2 policy, by the very command docs/results.md says produced
+    results/downstream-smollm2 (only OUT moved): SFT from SmolLM2 at lr 1e-4 for 1 epoch, 8 RMs (BT
+    and NormBT, 4 seeds) fully fine-tuned from the SFT policy on 768 pairs for 1 epoch, 16 samples for
+    best-of-N, and nothing after it."""
     out = tmp_path / "study"
-    env = {"OUT": str(out), "POLICY_BASE": "smollm2-135m-instruct", "SFT_LR": "5e-5", "RM_LORA_RANK": "16",
-           "RM_SEEDS": "1 2", "ARMS": "onpolicy", "UNTIL": "bon"}  # fmt: skip
+    command = documented_command("OUT=runs/downstream-smollm2 ", "N_PAIRS=768", 'RM_SEEDS="1 2 3 4"')
+    assert "OUT=runs/downstream-smollm2 " in command
+    env = dict(re.findall(r'([A-Z_]+)=("[^"]*"|\S+)', command.split("bash recipes/downstream-study.sh")[0]))
+    env = {k: v.strip('"') for k, v in env.items()} | {"OUT": str(out)}
     commands = recipe_commands("downstream-study.sh", parsers, capsys, **env)
     (sft,) = [a for name, a in commands if name == "train_sft"]
-    assert getattr(sft, "model.model_name_or_path") == f"{out}/base" and getattr(sft, "adam.lr") == 5e-5
+    assert getattr(sft, "model.model_name_or_path") == f"{out}/base" and getattr(sft, "adam.lr") == 1e-4
+    assert getattr(sft, "train.max_epochs") == 1
     rms = [a for name, a in commands if name == "train_rm"]
-    assert len(rms) == 4 and all(getattr(a, "ds.lora.rank") == 16 for a in rms)
+    assert len(rms) == 8 and {getattr(a, "model.loss_type") for a in rms} == {"bt", "normbt"}
+    assert all(getattr(a, "ds.lora.rank") == 0 and getattr(a, "adam.lr") == 5e-5 for a in rms)
+    assert all(getattr(a, "train.max_epochs") == 1 for a in rms)
     assert {getattr(a, "model.model_name_or_path") for a in rms} == {f"{out}/policy"}
-    assert {(getattr(a, "ckpt.save_steps"), getattr(a, "ckpt.max_num")) for a in rms} == {(16, 1)}
     assert not [name for name, _ in commands if name == "train_ppo_ray"]
     proc = subprocess.run(["bash", "recipes/downstream-study.sh"], cwd=REPO, capture_output=True, text=True,
                           env={**ENV, "DRY_RUN": "1", **env}, timeout=120, check=False)  # fmt: skip
+    lines = [shlex.split(c) for c in proc.stdout.splitlines() if c]
     assert f"normbt models get smollm2-135m-instruct --out {out}/base" in proc.stdout
+    subsamples = [c for c in lines if c[:4] == ["python", "-m", "normbt_plugin.policy_studies.label_pairs",
+                                                 "subsample"] and c[6] in "1234"]  # fmt: skip
+    assert {c[5] for c in subsamples} == {"768"}  # N_PAIRS per RM seed
+    (scored,) = [c for c in lines if c[:2] == ["normbt", "eval-policy"]]
+    assert scored[scored.index("--bon_samples") + 1] == "16"
     # seeds added later: their own best-of-N folder, pooled with the one run before by bon-study
     (out / "bon").mkdir(parents=True)
     (out / "bon" / "policy_eval.json").write_text("{}")
     more = subprocess.run(["bash", "recipes/downstream-study.sh"], cwd=REPO, capture_output=True, text=True,
-                          env={**ENV, "DRY_RUN": "1", **env, "RM_SEEDS": "3 4", "BON_DIR": "bon-3-4"},
+                          env={**ENV, "DRY_RUN": "1", **env, "RM_SEEDS": "5 6", "BON_DIR": "bon-5-6"},
                           timeout=120, check=False)  # fmt: skip
     lines = {c[1]: c for c in map(shlex.split, more.stdout.splitlines()) if c and c[0] == "normbt"}
     scored = lines["eval-policy"]
-    assert scored[-1] == f"{out}/bon-3-4" and f"onpolicy-bt-seed3={out}/rm-onpolicy-bt-seed3/model" in scored
+    assert scored[-1] == f"{out}/bon-5-6" and f"onpolicy-bt-seed5={out}/rm-onpolicy-bt-seed5/model" in scored
     assert not any("seed1" in a for a in scored)  # only the new seeds are scored
     study = lines["bon-study"]
-    assert study[2] == f"{out}/bon-3-4/policy_eval.json"
+    assert study[2] == f"{out}/bon-5-6/policy_eval.json"
     assert study[study.index("--also") + 1] == f"{out}/bon/policy_eval.json"
 
 
