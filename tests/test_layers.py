@@ -181,3 +181,14 @@ def test_the_losses_page_option_table_is_the_options_dataclass():
             value = float(value)
         assert value == f.default, (f.name, text, f.default)
     assert not documented, f"docs/losses.md documents options that do not exist: {sorted(documented)}"
+
+
+def test_the_internals_patch_table_names_every_patch_once():
+    """docs/internals.md's patch table is the registry's list: a patch added without its row, or a
+    row left for a patch that is gone, fails here."""
+    from normbt_plugin.patches.openrlhf_0_11_2 import PATCHES
+
+    text = (REPO / "docs" / "internals.md").read_text()
+    rows = re.findall(r"^\| `([a-z0-9_]+)` \|", text, re.M)
+    patch_rows = [r for r in rows if r in PATCHES or (ADAPTER / "openrlhf_0_11_2" / f"{r}.py").exists()]
+    assert sorted(patch_rows) == sorted(PATCHES)
