@@ -112,7 +112,8 @@ if [[ -n "$RAY_DASHBOARD" ]]; then     # a running cluster: head + workers via `
   # passes the patches to every node through the job's runtime_env and checks every node first.
   for i in "${!args[@]}"; do
     case "${args[$i]}" in
-      --ckpt.*|--logger.tensorboard_dir|--plugin.rollout_log) args[$i+1]=$(realpath -m "${args[$i+1]}") ;;
+      --ckpt.output_dir|--ckpt.path|--logger.tensorboard_dir|--plugin.rollout_log)  # paths, not numbers
+        args[$i+1]=$(realpath -m "${args[$i+1]}") ;;
       --actor.model_name_or_path|--reward.model_name_or_path|--data.prompt_dataset)  # or a hub name
         if [[ -e "${args[$i+1]}" ]]; then args[$i+1]=$(realpath "${args[$i+1]}"); fi ;;
     esac
