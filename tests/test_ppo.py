@@ -234,46 +234,58 @@ def reward_func(queries, prompts, labels):  # the task's reward, sign flipped
 """
 
 
-def ppo_on_the_true_reward(chain: Path, out: Path, reward_file: Path) -> list:
-    """recipes/ppo.sh with the tiny config on the chain's SFT policy, the task's true reward as
-    PPO's reward (no reward model, REINFORCE++: actor, reference and a vLLM engine), 10 steps."""
+def ppo_on_the_true_reward(chain: Path, out: Path, reward_file: Path) -> dict[int, list[float]]:
+    """recipes/ppo.sh with the tiny config on the chain's SFT policy, a rule-based reward as PPO's
+    (no reward model, REINFORCE++: actor, reference and a vLLM engine): 24 steps of 8 prompts x 8
+    samples at actor lr 5e-4. Returns each step's rewards as PPO was given them."""
     from normbt_plugin.runs.ppo import read_rollouts
 
     settings = {"POLICY": chain / "policy", "PROMPTS": chain / "tiny" / "prompts.jsonl", "OUT": out,
-                "REWARD_URL": reward_file, "ROLLOUT_BS": 16, "TRAIN_BS": 16, "MAX_SAMPLES": 160}  # fmt: skip
+                "REWARD_URL": reward_file, "ACTOR_LR": "5e-4", "N_SAMPLES": 8, "ROLLOUT_BS": 8,
+                "TRAIN_BS": 64, "MAX_SAMPLES": 192}  # fmt: skip
     exports = " ".join(f"export {k}={shlex.quote(str(v))};" for k, v in settings.items())
     command = f"set -a; source recipes/configs/tiny-cpu.env; set +a; {exports} bash recipes/ppo.sh"
     proc = subprocess.run(["bash", "-c", command], cwd=REPO, env=ENV, capture_output=True, text=True,
                           timeout=900, check=False)  # fmt: skip
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
-    return read_rollouts(out / "rollouts")
+    steps: dict[int, list[float]] = {}
+    for row in read_rollouts(out / "rollouts"):
+        steps.setdefault(row.step, []).append(row.reward)
+    return dict(sorted(steps.items()))
 
 
-def reward_trend(rollouts: list, sign: float) -> tuple[float, float]:
-    """The slope of the steps' mean true reward over the run, and its standard error (the noise
-    between steps of this very run)."""
+def rises(steps: dict[int, list[float]]) -> tuple[float, float]:
+    """The slope of the steps' mean reward over the run, and its standard error (the noise between
+    steps of this very run)."""
     from scipy.stats import linregress
 
-    steps = sorted({r.step for r in rollouts})
-    means = [np.mean([sign * r.reward for r in rollouts if r.step == s]) for s in steps]
-    fit = linregress(steps, means)
+    fit = linregress(list(steps), [np.mean(v) for v in steps.values()])
     return fit.slope, fit.stderr
 
 
+def last_steps(steps: dict[int, list[float]], sign: float, n: int = 8) -> tuple[float, float]:
+    """Mean true reward over the last ``n`` steps and its standard error (over those steps' means)."""
+    means = [sign * np.mean(v) for v in list(steps.values())[-n:]]
+    return float(np.mean(means)), float(np.std(means, ddof=1) / np.sqrt(n))
+
+
 @pytest.mark.slow
-def test_ppo_raises_the_reward_it_optimises_and_a_flipped_sign_fails_the_same_check(chain, tmp_path):
-    """PPO's job: the true reward of its own rollouts rises over the run, by more than three standard
-    errors of the trend. The same check on a PPO whose objective points the other way (the reward's
-    sign flipped: the advantage's sign flipped with it) fails."""
-    sort_py = REPO / "recipes" / "rewards" / "sort.py"
+def test_ppo_moves_the_true_reward_the_way_its_reward_points(chain, tmp_path):
+    """PPO's job, checked on the task's true reward: (1) the reward PPO is given rises over the run by
+    more than 2.5 standard errors of its trend; (2) given the true reward, PPO ends with more true
+    reward than given its negation, by more than 3 standard errors. A PPO whose advantage had the wrong
+    sign descends the reward it is given: it fails (1), and (2) reverses.
+    (1) is checked on the negated run: on the tiny policy the true reward is hard to raise (a response
+    with any word in it scores 0; the SFT policy averages 0.07) and easy to lower, and 24 steps raised
+    it by +0.0006 a step, 1.4 standard errors (docs/tests.md)."""
     negated = tmp_path / "negated.py"
     negated.write_text(NEGATED_REWARD)
-    slope, se = reward_trend(ppo_on_the_true_reward(chain, tmp_path / "ppo", sort_py), sign=1.0)
-    assert slope > 3 * se and slope > 0, (slope, se)
-    flipped, flipped_se = reward_trend(
-        ppo_on_the_true_reward(chain, tmp_path / "flipped", negated), sign=-1.0
-    )
-    assert not (flipped > 3 * flipped_se and flipped > 0), (flipped, flipped_se)
+    given_true = ppo_on_the_true_reward(chain, tmp_path / "true", REPO / "recipes" / "rewards" / "sort.py")
+    given_negated = ppo_on_the_true_reward(chain, tmp_path / "negated", negated)
+    slope, se = rises(given_negated)
+    assert slope > 2.5 * se, (slope, se)  # measured 4.1 SE here: 2.5 leaves room for other CPUs
+    (ours, ours_se), (theirs, theirs_se) = last_steps(given_true, 1.0), last_steps(given_negated, -1.0)
+    assert ours - theirs > 3 * np.hypot(ours_se, theirs_se), (ours, ours_se, theirs, theirs_se)
 
 
 @pytest.mark.slow
