@@ -4,7 +4,7 @@ with BT and with NormBT on the same random-initialised Llama and data, step time
 memory side by side.
 
     bash scripts/gpu-check.sh --prepare      # here: the wheels a bare GPU machine lacks -> .gpu-wheels/
-    bash scripts/gpu-check.sh                # there: installs them, runs this script (about 5 minutes)
+    bash scripts/gpu-check.sh                # there: installs them, runs this script (not yet timed on a GPU)
     python benchmarks/gpu_rm_check.py --size tiny --steps 6     # anywhere (CPU: fp32, gloo)
 
 Step time: the median of each run's ``step_seconds`` after ``--warmup`` steps (the plugin's step
