@@ -153,9 +153,7 @@ def cmd_losses() -> int:
 def cmd_diagnose(o: options.DiagnoseOptions) -> int:
     from normbt_plugin.rm_evaluation.diagnostics import diagnose as run
 
-    summary = run(
-        o.model, o.data, o.out, pairs=o.pairs, mu=o.mu, input_template=o.input_template, max_len=o.max_len
-    )
+    summary = run(o)
     print(json.dumps(summary, indent=1))
     print(f"wrote {o.out}/gradient_vs_distance.png and gradients.json")
     return 0
@@ -163,15 +161,12 @@ def cmd_diagnose(o: options.DiagnoseOptions) -> int:
 
 def cmd_compare(o: options.CompareOptions) -> int:
     from normbt_plugin.policy_studies.report import downstream_section
-    from normbt_plugin.rm_evaluation.report import Section, build_report, parse_pools
+    from normbt_plugin.rm_evaluation.report import Section, build_report
 
     def downstream(base: str) -> Section:  # the policies PPO made, against the report's baseline
         return downstream_section(o.policy_eval, base, o.note)
 
-    report = build_report(
-        o.runs, o.out, baseline=o.baseline, eval_name=o.eval_name, pools=parse_pools(o.pool),
-        downstream=downstream if o.policy_eval else None,
-    )  # fmt: skip
+    report = build_report(o, downstream=downstream if o.policy_eval else None)
     print(report.read_text())
     print(f"wrote {report} and its plots")
     return 0
@@ -180,16 +175,7 @@ def cmd_compare(o: options.CompareOptions) -> int:
 def cmd_curves(o: options.CurvesOptions) -> int:
     from normbt_plugin.policy_studies.curves import run_curves
 
-    report = run_curves(
-        o.runs,
-        o.tokenizer,
-        o.gold_fn,
-        o.out,
-        exact_fn=o.exact_fn,
-        baseline=o.baseline,
-        window=o.window,
-        grid_points=o.grid,
-    )
+    report = run_curves(o)
     print(report.read_text())
     return 0
 
@@ -244,8 +230,7 @@ def cmd_standardize(o: options.StandardizeOptions) -> int:
 def cmd_bon_study(o: options.BonStudyOptions) -> int:
     from normbt_plugin.policy_studies.bon_study import bon_study
 
-    evals = [o.policy_eval, *(o.also or [])]
-    bon_study(evals, o.runs, o.out, baseline=o.baseline, n=o.n, margin=o.margin, pairs=o.pairs)
+    bon_study(o)
     print((Path(o.out) / "report.md").read_text())
     return 0
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normbt_plugin import collectives
+from normbt_plugin.options import option
 from normbt_plugin.stats import DISTANCES, normbt_weight, pair_distance
 
 ENTRY_POINT_GROUP = "normbt_plugin.losses"
@@ -43,11 +44,6 @@ class LossSpec:
     options: type | None  # a dataclass whose fields are the loss's options (CLI: --<name>.<field>)
     doc: str
     aliases: tuple[str, ...] = ()
-
-
-def option(default: Any, help: str) -> Any:
-    """A loss option: a dataclass field whose help text shows in the launcher's --help."""
-    return field(default=default, metadata={"help": help})
 
 
 _REGISTRY: dict[str, LossSpec] = {}
@@ -348,26 +344,27 @@ class BSRLoss(BTLoss):
 # --------------------------------------------------------------------------------------------
 
 
-_NORMBT_BASES = ("bt", "margin", "label_smoothing", "center", "bsr")
-
-
 @dataclass
 class NormBTOptions:
     beta: float = option(0.9, "EMA decay of the mean pair distance mu")
     eps: float = option(1e-6, "stabiliser relative to mu: w = mu / (dist + eps * mu)")
     init: str = option("first_batch", "EMA start: 'first_batch' (mu_0 = its mean) or a number")
     update: str = option(
-        "before", "'before': weight a batch with the mu it just updated; 'after': the previous mu"
+        "before",
+        "'before': weight a batch with the mu it just updated; 'after': the previous mu",
+        choices=["before", "after"],
     )
     distance: str = option(
-        "l2", "'l2' (the paper), 'unit_l2' (L2 of the unit-normalised states) or 'cosine' (1 - cos)"
+        "l2",
+        "'l2' (the paper), 'unit_l2' (L2 of the unit-normalised states) or 'cosine' (1 - cos)",
+        choices=list(DISTANCES),
     )
     weight_cap: float = option(0.0, "cap on each pair's weight; 0 disables (the paper's setting)")
     use_ema: bool = option(True, "false: w = batch mean / dist (the paper's no-EMA ablation)")
-    base: str = option("bt", "loss that is weighted per pair: bt, margin, label_smoothing, center, bsr")
-    label_smoothing_epsilon: float = option(0.1, "epsilon when base is label_smoothing")
-    center_coef: float = option(0.01, "coef when base is center")
-    bsr_coef: float = option(1e-3, "lambda when base is bsr (its batch term is added unweighted)")
+    base: str = option(
+        "bt",
+        "the registered per-pair loss that is weighted (its own options: --<base>.*), e.g. label_smoothing",
+    )
     sync: bool = option(True, "average distances over data-parallel ranks (same mu everywhere)")
     identical_tol: float = option(
         1e-3, "pairs with dist <= tol * mu count as identical: weight 1, not in the mean"
@@ -387,9 +384,23 @@ class NormBTOptions:
             raise ValueError(f"normbt identical_tol must be >= 0, got {self.identical_tol}")
         if self.weight_cap < 0:
             raise ValueError(f"normbt weight_cap must be >= 0 (0 disables), got {self.weight_cap}")
-        if self.base not in _NORMBT_BASES:
-            raise ValueError(f"normbt base must be one of {', '.join(_NORMBT_BASES)}, got {self.base!r}")
+        self.base_spec()  # a registered per-pair loss
         self.init_mu()  # 'first_batch' or a positive number
+
+    def base_spec(self) -> LossSpec:
+        """The registered loss ``base`` names: one that weights per pair without hidden states."""
+        try:
+            spec = loss_spec(self.base)
+        except KeyError as exc:
+            raise ValueError(f"normbt base: {exc.args[0]}") from None
+        factory = spec.factory
+        if not (isinstance(factory, type) and issubclass(factory, PreferenceLoss)) or factory.needs_hidden:
+            per_pair = [s.name for s in registered_losses() if _per_pair_loss(s)]
+            raise ValueError(
+                f"normbt base must be a per-pair loss without hidden states ({', '.join(per_pair)}), "
+                f"got {self.base!r}"
+            )
+        return spec
 
     def init_mu(self) -> float | None:
         """The EMA's start: None for 'first_batch', else the number ``init`` names."""
@@ -406,6 +417,11 @@ class NormBTOptions:
         return mu
 
 
+def _per_pair_loss(spec: LossSpec) -> bool:
+    f = spec.factory
+    return isinstance(f, type) and issubclass(f, PreferenceLoss) and not f.needs_hidden
+
+
 @register_loss("normbt", options=NormBTOptions)
 class NormBTLoss(PreferenceLoss):
     """NormBT: each pair's loss divided by its representation distance, rescaled by an EMA of the mean.
@@ -415,14 +431,24 @@ class NormBTLoss(PreferenceLoss):
     Pairs with (near) identical representations (dist <= identical_tol * mu, e.g. chosen ==
     rejected up to padding noise) have no real gradient to rescale: dividing by their distance
     would amplify numerical noise. They get weight 1 and stay out of the mean distance.
+
+    The family: a variant overrides ``weights(dist, mu)`` and registers with an options class
+    that extends ``NormBTOptions`` (``PartialNormBTLoss`` below); the distances, the EMA, its sync
+    over ranks, the identical pairs, the cap, the base loss and the checkpointed state are shared.
     """
 
     needs_hidden = True
     state_metrics = ("normbt_mu",)
 
     def __init__(
-        self, options: NormBTOptions | None = None, *, process_group: Any = None, **values: Any
+        self,
+        options: NormBTOptions | None = None,
+        *,
+        base_options: Any = None,
+        process_group: Any = None,
+        **values: Any,
     ) -> None:
+        """``base_options``: the base loss's options object (or a dict of them); default its defaults."""
         super().__init__(options, **values)
         o: NormBTOptions = self.options
         self.init_mu = o.init_mu()
@@ -430,12 +456,11 @@ class NormBTLoss(PreferenceLoss):
         self.weight_cap, self.use_ema, self.sync = o.weight_cap, o.use_ema, o.sync
         self.identical_tol = o.identical_tol
         self.process_group = process_group
-        base_options = {
-            "label_smoothing": {"epsilon": o.label_smoothing_epsilon},
-            "center": {"coef": o.center_coef},
-            "bsr": {"coef": o.bsr_coef},
-        }.get(o.base, {})
-        self.base: PreferenceLoss = build_loss(o.base, **base_options)
+        base = o.base_spec().factory
+        if isinstance(base_options, dict):
+            self.base: PreferenceLoss = base(**base_options)
+        else:
+            self.base = base(base_options)
         self.uses_margin = self.base.uses_margin
         # mu and the step count live on the loss's device (a NaN mu: not set yet), so a call never
         # waits for the device; ``mu`` and ``steps`` read them on the host for logs and checkpoints.
@@ -507,7 +532,7 @@ class NormBTLoss(PreferenceLoss):
         else:
             scale = self._mu
         scale = torch.where(scale.isnan(), batch_mean, scale).float()  # eval before any training
-        weight = torch.where(valid & ~scale.isnan(), normbt_weight(d, scale, self.eps), torch.ones_like(d))
+        weight = torch.where(valid & ~scale.isnan(), self.weights(d, scale), torch.ones_like(d))
         if self.weight_cap > 0:
             weight = weight.clamp(max=self.weight_cap)
 
@@ -533,6 +558,11 @@ class NormBTLoss(PreferenceLoss):
         }
         return loss, metrics
 
+    def weights(self, dist: Tensor, mu: Tensor) -> Tensor:
+        """Each valid pair's weight from its distance ``[B]`` and the scale ``mu`` (0-d): the one
+        place a variant changes. NormBT: mu / (dist + eps mu)."""
+        return normbt_weight(dist, mu, self.eps)
+
     def state_dict(self) -> dict[str, Any]:
         return {"mu": self.mu, "steps": self.steps}
 
@@ -543,3 +573,55 @@ class NormBTLoss(PreferenceLoss):
         mu = state.get("mu")
         self._pending = (None if mu is None else float(mu), int(state.get("steps", 0)))
         self._mu = self._steps = None
+
+
+# --------------------------------------------------------------------------------------------
+# NormBT variants aimed at its cost on easy pairs (docs/results.md, "NormBT variants")
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class PartialNormBTOptions(NormBTOptions):
+    alpha: float = option(
+        0.5, "how much of the normalisation: w = (mu / dist)^alpha (1: NormBT, toward 0: BT)"
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.alpha <= 1.0:
+            raise ValueError(f"normbt_partial alpha must be in (0, 1], got {self.alpha}")
+
+
+@register_loss("normbt_partial", options=PartialNormBTOptions)
+class PartialNormBTLoss(NormBTLoss):
+    """NormBT in part: w = (mu / dist)^alpha, between BT (alpha -> 0) and NormBT (alpha = 1).
+
+    Why: on SmolLM2 NormBT's coarse pairs (distance far above mu) get weights far below 1 and lose
+    accuracy where the whole distance scale shrank; alpha < 1 lifts those weights toward 1 while
+    keeping the fine pairs' up-weighting, compressed: a pair 10x closer than mu gets 10^alpha.
+    """
+
+    def weights(self, dist: Tensor, mu: Tensor) -> Tensor:
+        return super().weights(dist, mu).pow(self.options.alpha)
+
+
+@dataclass
+class FloorNormBTOptions(NormBTOptions):
+    floor: float = option(0.5, "least weight of a pair: w = max(mu / dist, floor) (0: NormBT)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.floor <= 1.0:
+            raise ValueError(f"normbt_floor floor must be in [0, 1], got {self.floor}")
+
+
+@register_loss("normbt_floor", options=FloorNormBTOptions)
+class FloorNormBTLoss(NormBTLoss):
+    """NormBT whose far pairs keep a floor of BT's gradient: w = max(mu / dist, floor).
+
+    Why: NormBT's lost easy pairs are far ones (coarse, distance far above mu) whose weight fell
+    toward 0; the floor keeps at least ``floor`` of their BT gradient, fine pairs untouched.
+    """
+
+    def weights(self, dist: Tensor, mu: Tensor) -> Tensor:
+        return super().weights(dist, mu).clamp(min=self.options.floor)

@@ -1,7 +1,10 @@
-"""Each ``normbt`` command's options, declared once: a dataclass whose fields carry the default and
-the help (as the losses' ``option()`` and TRL's config classes do). ``cli.py`` builds each parser
-from its class (``add_options``) and hands the function the filled-in object (``from_args``);
-Python callers build the same object by name. Standard library only: ``normbt --help`` stays fast.
+"""Every option the plugin declares, declared one way: a dataclass whose fields carry the default
+and the help (``option()``, as TRL's config classes do). The ``normbt`` commands' options, train_rm's
+and train_ppo's ``--plugin.*`` flags and each registered loss's ``--<loss>.*`` options (``losses.py``)
+are such classes. ``add_options`` builds the flags of a class into a parser (under a prefix for the
+trainers' dotted flags), ``from_args`` hands the function the filled-in object, and Python callers
+build the same object by name. Standard library only: core (``losses.py``) imports it, and
+``normbt --help`` stays fast.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 DTYPES = ("float32", "bfloat16", "float16")
+BASELINE = "bt"  # the loss the reports compare the others with, unless told otherwise
 
 
 def option(default: Any = MISSING, help: str = "", **argparse_kwargs: Any) -> Any:
@@ -23,8 +27,25 @@ def option(default: Any = MISSING, help: str = "", **argparse_kwargs: Any) -> An
     return field(default=default, metadata={"help": help, "argparse": argparse_kwargs})
 
 
-def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
-    """One argument per field of ``cls``: the type from its annotation, a bool as a switch."""
+def str2bool(text: str) -> bool:
+    lowered = text.lower()
+    if lowered in ("1", "true", "yes", "on"):
+        return True
+    if lowered in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_options(
+    parser: argparse.ArgumentParser | argparse._ArgumentGroup,
+    cls: type,
+    *,
+    prefix: str = "",
+    bool_values: bool = False,
+) -> None:
+    """One argument per field of ``cls``, ``--{prefix}{field}``: the type from its annotation
+    (``X | None`` as ``X``, ``list[X]`` as repeated ``X``), a bool as a switch or, with
+    ``bool_values``, as ``--flag true|false`` (for flags whose default may be true)."""
     hints = typing.get_type_hints(cls)
     groups: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -42,7 +63,10 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
         kind = hints[f.name]
         if isinstance(kind, types.UnionType):  # X | None
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
-        if kind is bool:
+        if kind is bool and bool_values:
+            kwargs.setdefault("metavar", "{true,false}")
+            kwargs["type"] = str2bool
+        elif kind is bool:
             kwargs["action"] = "store_true"
         elif typing.get_origin(kind) is list:
             kwargs["type"] = typing.get_args(kind)[0]
@@ -55,11 +79,42 @@ def add_options(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["required"] = True
         else:
             kwargs["default"] = None if f.default is MISSING else f.default
-        target.add_argument(f"--{f.name}", **kwargs)
+        if prefix and "type" in kwargs and "metavar" not in kwargs and "choices" not in kwargs:
+            kwargs["metavar"] = getattr(kwargs["type"], "__name__", "VALUE").upper()
+        target.add_argument(f"--{prefix}{f.name}", **kwargs)
 
 
-def from_args(cls: type, args: argparse.Namespace) -> Any:
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+def from_args(cls: type, args: Any, prefix: str = "") -> Any:
+    """The ``cls`` object of what ``add_options(..., cls, prefix=prefix)`` parsed into ``args``: the
+    parser's flat namespace (``"normbt.beta"``) or the nested one OpenRLHF makes of it (``.normbt.beta``);
+    a field the namespace lacks keeps its default."""
+
+    def lookup(name: str) -> Any:
+        if hasattr(args, name):
+            return getattr(args, name)
+        node = args
+        for part in name.split("."):
+            node = getattr(node, part)
+        return node
+
+    values = {}
+    for f in dataclasses.fields(cls):
+        try:
+            values[f.name] = lookup(f"{prefix}{f.name}")
+        except AttributeError:
+            if f.default is MISSING:
+                raise
+    return cls(**values)
+
+
+def check_choices(obj: Any) -> None:
+    """Refuse a field value outside its ``choices`` (what argparse checks, for Python callers)."""
+    for f in dataclasses.fields(obj):
+        choices = f.metadata.get("argparse", {}).get("choices")
+        value = getattr(obj, f.name)
+        if choices is not None and value is not None and value not in choices:
+            name = type(obj).__name__.removesuffix("Options").lower() or type(obj).__name__
+            raise ValueError(f"{name} {f.name} must be one of {', '.join(map(str, choices))}, got {value!r}")
 
 
 # ---------------------------------------------------------------- reward models on pairs
@@ -193,7 +248,7 @@ class CompareOptions:
         help="run folders (metrics/, tensorboard/, eval.json)", positional=True, nargs="+"
     )
     out: str = option(help="report folder (report.md, PNGs, summary.json)")
-    baseline: str = option("bt", "loss the others are compared with")
+    baseline: str = option(BASELINE, "loss the others are compared with")
     eval_name: str = option("eval.json", "eval-rm result file in each run")
     policy_eval: str | None = option(None, "normbt eval-policy's policy_eval.json: downstream section")
     note: str | None = option(None, "one line at the top of the downstream section (what the run can show)")
@@ -217,7 +272,7 @@ class CurvesOptions:
     exact_fn: str | None = option(
         None, "success indicator (same form), e.g. normbt_plugin.common.tasks:exact"
     )
-    baseline: str = option("bt", "label the others are compared with")
+    baseline: str = option(BASELINE, "label the others are compared with")
     window: int = option(4, "PPO steps per curve point")
     grid: int = option(6, "matched-KL points (0 .. smallest max KL)")
     out: str = option()
@@ -237,7 +292,7 @@ class BonStudyOptions:
         None, "another eval-policy run's policy_eval.json on the same samples: its proxies join (more seeds)",
         action="append", metavar="POLICY_EVAL",
     )  # fmt: skip
-    baseline: str = option("bt", "loss the others are compared with")
+    baseline: str = option(BASELINE, "loss the others are compared with")
     n: int = option(16, "the primary metric's N")
     margin: float = option(0.03, "equivalence margin of the decision rule")
     pairs: str | None = option(None, "the held-out pairs eval-rm scored (label-pairs output)")
@@ -251,3 +306,49 @@ class ModelsGetOptions:
     name: str = option(help="a name from `normbt models list`", positional=True)
     out: str = option(help="the folder to write")
     dropout: float | None = option(None, "dropout to set (MiniLM: 0 unless given)")
+
+
+# ---------------------------------------------------------------- the trainers' --plugin.* flags
+
+
+@dataclass(kw_only=True)
+class RmPluginOptions:
+    """normbt-plugin's flags of train_rm (``--plugin.<field>``)"""
+
+    eval_distance_bins: int = option(
+        5, "eval accuracy by representation-distance quantile bin: number of bins (0: off)"
+    )
+    metrics_dir: str | None = option(
+        None, "also write each step's metrics per rank as JSON lines into this folder"
+    )
+    label: str | None = option(None, "name of this run's variant in reports (default: the loss name)")
+    stop_after_steps: int = option(
+        0,
+        "end the run after this many optimizer steps, as a preemption would (no final save; checkpoint "
+        "with --ckpt.save_steps, resume with --ckpt.load_enable); 0: off",
+    )
+    value_head_layernorm: bool = option(
+        False,
+        "a parameter-free LayerNorm before the value head (a comparator for NormBT); saved in the model's "
+        "config and rebuilt by every OpenRLHF load (patch value_head_norm)",
+    )
+    disable_dropout: bool = option(
+        False,
+        "set the model's dropout rates to 0 for training (dropout noise enters the pair distance NormBT "
+        "divides by; Llama-style models have none, BERT-style 0.1)",
+    )
+
+
+@dataclass(kw_only=True)
+class PpoPluginOptions:
+    """normbt-plugin's flags of train_ppo_ray (``--plugin.<field>``)"""
+
+    rollout_log: str | None = option(
+        None,
+        "append every rollout sample's prompt, token ids, reward and KL to the reference to "
+        "DIR/rollouts.jsonl (patch rollout_log, in the PPO controller)",
+        metavar="DIR",
+    )
+
+
+PLUGIN_PREFIX = "plugin."

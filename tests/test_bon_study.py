@@ -10,6 +10,7 @@ import pytest
 from conftest import assert_plot
 
 from normbt_plugin.common.intervals import nested_bootstrap, seeds_needed
+from normbt_plugin.options import BonStudyOptions
 from normbt_plugin.policy_studies.bon_study import (
     Proxy,
     bon_study,
@@ -57,7 +58,11 @@ def test_a_better_ranker_helps_an_identical_one_makes_no_difference_and_the_2x2_
         same = gold + rng.normal(0, 0.3, gold.shape)
         proxies[f"perturb-bt-seed{seed}"] = proxies[f"perturb-normbt-seed{seed}"] = same
     runs = [str(tmp_path / f"rm-{name}") for name in proxies]
-    result = bon_study(policy_eval(tmp_path, proxies, gold), runs, tmp_path / "out", n=16)
+    result = bon_study(
+        BonStudyOptions(
+            policy_eval=policy_eval(tmp_path, proxies, gold), runs=runs, out=tmp_path / "out", n=16
+        )
+    )
     helps, same = result["effects"]["onpolicy/normbt"], result["effects"]["perturb/normbt"]
     assert helps["decision"] == "helps" and helps["seeds"] == 6 and helps["boot_ci95"][0] > 0.05
     assert same["decision"] == "no difference" and same["mean"] == 0 and same["boot_ci90"] == (0.0, 0.0)
@@ -129,10 +134,10 @@ def test_bon_study_refuses_unnamed_proxies_and_a_missing_n(tmp_path):
     gold = np.random.default_rng(0).random((4, 16))
     path = policy_eval(tmp_path, {"bt-1": gold}, gold)
     with pytest.raises(EvalInputError, match="<arm>-<loss>-seed<k>"):
-        bon_study(path, [], tmp_path / "out")
+        bon_study(BonStudyOptions(policy_eval=path, runs=[], out=tmp_path / "out"))
     named = policy_eval(tmp_path, {"onpolicy-bt-seed1": gold}, gold)
     with pytest.raises(EvalInputError, match="--n 3 is not among"):
-        bon_study(named, [], tmp_path / "out", n=3)
+        bon_study(BonStudyOptions(policy_eval=named, runs=[], out=tmp_path / "out", n=3))
 
 
 def test_seeds_added_by_a_later_run_pool_into_one_analysis(tmp_path):
@@ -146,20 +151,22 @@ def test_seeds_added_by_a_later_run_pool_into_one_analysis(tmp_path):
     whole = policy_eval(tmp_path / "whole", proxies, gold)
     first = policy_eval(tmp_path / "seeds-1-2", {k: proxies[k] for k in names[:4]}, gold)
     later = policy_eval(tmp_path / "seeds-3-4", {k: proxies[k] for k in names[4:]}, gold)
-    one = bon_study(whole, [], tmp_path / "one", n=16)
-    pooled = bon_study([first, later], [], tmp_path / "pooled", n=16)
+    one = bon_study(BonStudyOptions(policy_eval=whole, runs=[], out=tmp_path / "one", n=16))
+    pooled = bon_study(
+        BonStudyOptions(policy_eval=first, also=[later], runs=[], out=tmp_path / "pooled", n=16)
+    )
     assert pooled["effects"]["onpolicy/normbt"]["seeds"] == 4
     assert pooled == one
     other_samples = policy_eval(tmp_path / "other", {names[4]: proxies[names[4]]}, gold[::-1])
     with pytest.raises(EvalInputError, match="not on the samples of"):
-        bon_study([first, other_samples], [], tmp_path / "x")
+        bon_study(BonStudyOptions(policy_eval=first, also=[other_samples], runs=[], out=tmp_path / "x"))
     again = policy_eval(tmp_path / "again", {names[0]: proxies[names[0]]}, gold)
     with pytest.raises(EvalInputError, match=r"\['onpolicy-bt-seed1'\] are in both"):
-        bon_study([first, again], [], tmp_path / "x")
+        bon_study(BonStudyOptions(policy_eval=first, also=[again], runs=[], out=tmp_path / "x"))
     bare = PolicyEval(reference="initial", gold="fn:gold", gold_fn="gold", prompts=50, samples=1, max_new=8,
                       temperature=1.0, seed=0, tie_tol=0.0, policies={}).write(tmp_path / "bare")  # fmt: skip
     with pytest.raises(EvalInputError, match="has no best-of-N"):
-        bon_study([first, bare], [], tmp_path / "x")
+        bon_study(BonStudyOptions(policy_eval=first, also=[bare], runs=[], out=tmp_path / "x"))
 
 
 def test_pairs_of_drops_ties_and_duplicates_and_orders_by_the_gold(tmp_path):

@@ -24,11 +24,15 @@ def test_launcher_help_lists_loss_options_beside_openrlhf_flags():
     proc = run(sys.executable, "-m", "normbt_plugin.train_rm", "--help")
     assert proc.returncode == 0, proc.stderr
     for flag in ("--model.loss_type", "--ds.zero_stage", "--normbt.beta", "--normbt.weight_cap",
-                 "--label_smoothing.epsilon", "--center.coef", "--bsr.coef", "--normbt.bsr_coef",
+                 "--label_smoothing.epsilon", "--center.coef", "--bsr.coef", "--normbt.base",
+                 "--normbt_partial.alpha", "--normbt_floor.floor",
                  "--plugin.eval_distance_bins"):  # fmt: skip
         assert flag in proc.stdout
     help_text = " ".join(proc.stdout.split())  # argparse wraps lines
-    assert "registry: bsr, bt, center, label_smoothing, logexp, margin, normbt, sigmoid" in help_text
+    registry = (
+        "bsr, bt, center, label_smoothing, logexp, margin, normbt, normbt_floor, normbt_partial, sigmoid"
+    )
+    assert f"registry: {registry}" in help_text
 
 
 def test_doctor_reports_versions_and_patches():

@@ -12,6 +12,7 @@ import pytest
 from conftest import assert_plot
 
 from normbt_plugin.common.intervals import bootstrap_ci, paired_difference
+from normbt_plugin.options import CompareOptions, DiagnoseOptions
 from normbt_plugin.rm_evaluation.benchmark_scores import (
     REWARDBENCH_COUNTS,
     REWARDBENCH_SECTIONS,
@@ -164,7 +165,9 @@ def test_eval_rm_rewardbench_format_end_to_end(trained_pair, tiny, tmp_path):
 def test_compare_report_from_two_real_runs(trained_pair, tmp_path):
     import matplotlib.image
 
-    report = build_report([str(p) for p in trained_pair.values()], str(tmp_path / "report"))
+    report = build_report(
+        CompareOptions(runs=[str(p) for p in trained_pair.values()], out=str(tmp_path / "report"))
+    )
     text = report.read_text()
     assert "| bt | 1 |" in text and "| normbt | 1 |" in text and "fine" in text
     for name in ("accuracy_per_subset.png", "accuracy_by_distance.png", "training_curves.png"):
@@ -203,7 +206,7 @@ def test_compare_pairs_subsets_and_baseline_distance_bins(tmp_path):
     base = np.where(fine, np.arange(n) % 2, 1.0)
     runs = [_fake_run(tmp_path / f"bt{s}", "bt", s, base, distance, subset) for s in (1, 2)]
     runs += [_fake_run(tmp_path / f"nb{s}", "normbt", s, np.ones(n), distance * 3, subset) for s in (1, 2)]
-    build_report(runs, str(tmp_path / "report"))
+    build_report(CompareOptions(runs=runs, out=str(tmp_path / "report")))
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())["normbt"]
     vs_fine = summary["per_subset"]["fine"]["vs_baseline"]
     assert vs_fine["diff"] == pytest.approx(0.5, abs=0.02)  # 26 of 51 fine pairs gained
@@ -238,7 +241,7 @@ def test_compare_pools_subsets_the_way_a_primary_metric_needs(tmp_path):
     distance = np.linspace(0.1, 10, n)
     runs = [_fake_run(tmp_path / f"bt{s}", "bt", s, base, distance, subset) for s in (1, 2)]
     runs += [_fake_run(tmp_path / f"nb{s}", "normbt", s, other, distance, subset) for s in (1, 2)]
-    build_report(runs, str(tmp_path / "report"), pools=parse_pools(["fine=a,b"]))
+    build_report(CompareOptions(runs=runs, out=str(tmp_path / "report"), pool=["fine=a,b"]))
     summary = json.loads((tmp_path / "report" / "summary.json").read_text())
     fine = summary["normbt"]["per_subset"]["fine"]
     assert fine["accuracy"] == pytest.approx(0.75) and fine["per_seed"] == [0.75, 0.75]
@@ -246,7 +249,7 @@ def test_compare_pools_subsets_the_way_a_primary_metric_needs(tmp_path):
     assert summary["bt"]["per_subset"]["fine"]["accuracy"] == pytest.approx(0.5)
     assert "| fine | 80 |" in (tmp_path / "report" / "report.md").read_text()
     with pytest.raises(EvalInputError, match="none of"):
-        build_report(runs, str(tmp_path / "r2"), pools=parse_pools(["fine=x,y"]))
+        build_report(CompareOptions(runs=runs, out=str(tmp_path / "r2"), pool=["fine=x,y"]))
     with pytest.raises(EvalInputError, match="NAME=SUBSET"):
         parse_pools(["fine"])
 
@@ -256,14 +259,18 @@ def test_compare_refuses_runs_on_different_pairs(tmp_path):
     bt = _fake_run(tmp_path / "bt", "bt", 1, np.ones(20), distance, ["fine"] * 20)
     other = _fake_run(tmp_path / "other", "center", 1, np.ones(5), distance[:5], ["fine"] * 5)
     with pytest.raises(EvalInputError, match="different pair sets"):
-        build_report([bt, other], str(tmp_path / "r"))
+        build_report(CompareOptions(runs=[bt, other], out=str(tmp_path / "r")))
 
 
 @pytest.mark.slow
 def test_gradient_diagnostic_on_a_real_run(trained_pair, tiny, tmp_path):
     from normbt_plugin.rm_evaluation.diagnostics import diagnose
 
-    summary = diagnose(str(trained_pair["bt"] / "model"), str(tiny["test"]), str(tmp_path), pairs=24)
+    summary = diagnose(
+        DiagnoseOptions(
+            model=str(trained_pair["bt"] / "model"), data=str(tiny["test"]), out=str(tmp_path), pairs=24
+        )
+    )
     result = json.loads((tmp_path / "gradients.json").read_text())["per_pair"]
     bt, nb, dist = (np.asarray(result[k]) for k in ("bt_grad", "normbt_grad", "distance"))
     weight = summary["mu"] / (dist + 1e-6 * summary["mu"])

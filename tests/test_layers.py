@@ -20,17 +20,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "normbt_plugin"
 ADAPTER = PACKAGE / "patches"
-CORE = {"losses", "stats", "hidden", "rank_metrics", "collectives"}  # torch and numpy only
+# torch and numpy only; options: every option's declaration (the losses', the commands'), stdlib only
+CORE = {"losses", "stats", "hidden", "rank_metrics", "collectives", "options"}
 BASE = {"runs", "common"}  # the typed run files; machine facts, models, the tiny task, vLLM weights
 # each room and what it may import (core, and itself, always)
 ROOMS = {
     "runs": set(),
     "common": set(),
-    "options": set(),  # every normbt subcommand's options, which the studies take
     "patches": BASE,
     "launchers": BASE | {"patches"},
-    "rm_evaluation": BASE | {"patches", "options"},
-    "policy_studies": BASE | {"patches", "options", "rm_evaluation"},
+    "rm_evaluation": BASE | {"patches"},
+    "policy_studies": BASE | {"patches", "rm_evaluation"},
 }
 ENTRY_POINTS = {"__init__", "cli", "train_rm", "train_ppo", "train_sft", "autopatch"}  # import anything
 
@@ -181,6 +181,18 @@ def test_the_losses_page_option_table_is_the_options_dataclass():
             value = float(value)
         assert value == f.default, (f.name, text, f.default)
     assert not documented, f"docs/losses.md documents options that do not exist: {sorted(documented)}"
+    # and the losses table has a row for every registered loss, naming the options it adds
+    from normbt_plugin.losses import registered_losses
+
+    text = (REPO / "docs" / "losses.md").read_text()
+    normbt = {f.name for f in dataclasses.fields(NormBTOptions)}  # in the table above
+    for spec in registered_losses():
+        row = re.search(rf"^\| `{spec.name}`.*$", text, re.M)
+        assert row, f"docs/losses.md's losses table lacks {spec.name}"
+        options = dataclasses.fields(spec.options) if spec.options else ()
+        inherited = normbt if spec.options and issubclass(spec.options, NormBTOptions) else set()
+        for name in {f.name for f in options} - inherited:
+            assert f"--{spec.name}.{name}" in row.group(), (spec.name, name)
 
 
 def test_the_internals_patch_table_names_every_patch_once():

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from normbt_plugin import available_losses, build_loss, register_loss, unregister_loss
 from normbt_plugin import losses as losses_module
 from normbt_plugin.losses import (
-    _NORMBT_BASES,
+    FloorNormBTLoss,
     NormBTLoss,
+    PartialNormBTLoss,
     PreferenceLoss,
     host_metrics,
     registered_losses,
@@ -293,7 +294,7 @@ def test_cosine_distance_weight_cap_and_stacked_bases():
         ("center", build_loss("center", coef=0.05)),
         ("bsr", build_loss("bsr", coef=0.3)),
     ):
-        loss = NormBTLoss(base=base, label_smoothing_epsilon=0.2, center_coef=0.05, bsr_coef=0.3)
+        loss = NormBTLoss(base=base, base_options=ref.options)
         value, _ = loss(c, r, h_c, h_r, margin=m)
         d = torch.linalg.vector_norm(h_c - h_r, dim=-1)
         weight = loss.mu / (d + 1e-6 * loss.mu)
@@ -370,6 +371,8 @@ def test_state_dict_roundtrip_and_eval_mode():
         ({"distance": "l1"}, "distance"),
         ({"init": "zero"}, "init"),
         ({"base": "normbt"}, "base"),
+        ({"base": "normbt_floor"}, "per-pair loss"),
+        ({"base": "nonesuch"}, "unknown reward-model loss"),
         ({"weight_cap": -1.0}, "weight_cap"),
     ],
 )
@@ -378,9 +381,10 @@ def test_bad_options_are_clear_errors(kwargs, message):
         NormBTLoss(**kwargs)
 
 
-# every registered loss, and NormBT on each of its bases
+# every registered loss, and NormBT on each per-pair loss as its base
+PER_PAIR = [s.name for s in registered_losses() if not s.factory.needs_hidden]
 DEVICE_FREE = [(spec.name, {}) for spec in registered_losses()] + [
-    ("normbt", {"base": base}) for base in _NORMBT_BASES
+    ("normbt", {"base": base}) for base in PER_PAIR
 ]
 
 
@@ -416,3 +420,117 @@ def test_step_metrics_reduce_by_name_and_a_losss_states_by_their_latest_value():
     out = reduce_metrics(local, states)
     assert out == {"loss": 2.0, "normbt_dist_min": 0.2, "normbt_dist_max": 4.0, "normbt_mu": 1.5}
     assert reduce_metrics(local)["normbt_mu"] == 1.25  # not declared a state: averaged
+
+
+# ---------------------------------------------------------------- the NormBT family
+
+
+def test_a_variant_is_a_weights_override_with_its_own_options_and_flags(tmp_path):
+    """A NormBT variant written as a user would: an options class extending NormBTOptions and a
+    ``weights`` override. It gets the registry, the EMA and its state, bad options refused, and
+    train_rm's ``--<name>.*`` flags (every NormBT option included, optional and choice types too)."""
+    from dataclasses import dataclass
+
+    from normbt_plugin.losses import NormBTOptions
+    from normbt_plugin.options import option
+    from normbt_plugin.patches.openrlhf_0_11_2.cli_options import add_plugin_arguments, loss_options_from_args
+
+    @dataclass
+    class SquaredOptions(NormBTOptions):
+        power: float = option(2.0, "w = (mu / dist)^power")
+        tag: str | None = option(None, "an optional string")
+        mode: str = option("a", "a choice", choices=["a", "b"])
+
+    @register_loss("test_squared", options=SquaredOptions)
+    class Squared(NormBTLoss):
+        def weights(self, dist, mu):
+            return super().weights(dist, mu) ** self.options.power
+
+    try:
+        gen = torch.Generator().manual_seed(0)
+        h_c, h_r = torch.randn(5, 8, generator=gen), torch.randn(5, 8, generator=gen)
+        c, r = torch.randn(5, generator=gen), torch.randn(5, generator=gen)
+        loss = build_loss("test_squared", power=2.0, base="label_smoothing", base_options={"epsilon": 0.2})
+        value, metrics = loss(c, r, h_c, h_r)
+        d = torch.linalg.vector_norm(h_c - h_r, dim=-1)
+        w = (loss.mu / (d + 1e-6 * loss.mu)) ** 2
+        smooth = build_loss("label_smoothing", epsilon=0.2).per_pair(c, r, None)
+        torch.testing.assert_close(value, (w * smooth).mean())
+        assert host_metrics(metrics)["normbt_weight_max"] == pytest.approx(w.max().item(), rel=1e-5)
+        assert loss.state_dict() == {"mu": loss.mu, "steps": 1}
+        with pytest.raises(ValueError, match="beta"):
+            build_loss("test_squared", beta=2.0)
+
+        import argparse
+
+        parser = argparse.ArgumentParser()
+        parser.add_argument("--model.loss_type")
+        add_plugin_arguments(parser)
+        parsed = parser.parse_args(
+            ["--model.loss_type", "test_squared", "--test_squared.power", "3", "--test_squared.tag", "x",
+             "--test_squared.mode", "b", "--test_squared.use_ema", "false", "--test_squared.base", "bsr",
+             "--bsr.coef", "0.25"]
+        )  # fmt: skip
+        from normbt_plugin.losses import loss_spec
+
+        kwargs = loss_options_from_args(loss_spec("test_squared"), parsed)
+        o = kwargs["options"]
+        assert (o.power, o.tag, o.mode, o.use_ema, o.base) == (3.0, "x", "b", False, "bsr")
+        assert kwargs["base_options"].coef == 0.25
+        with pytest.raises(SystemExit):  # a choice outside the list: argparse's own error
+            parser.parse_args(["--model.loss_type", "test_squared", "--test_squared.mode", "c"])
+    finally:
+        unregister_loss("test_squared")
+
+
+def test_partial_and_floor_variants_weights():
+    """normbt_partial: (mu/d)^alpha (alpha 1 is NormBT); normbt_floor: max(mu/d, floor) (0 is NormBT);
+    both between BT and NormBT on every pair, and their options refused outside their ranges."""
+    gen = torch.Generator().manual_seed(1)
+    h_c, h_r = torch.randn(6, 8, generator=gen), torch.randn(6, 8, generator=gen)
+    h_c[0] = h_r[0] + 0.05 * torch.randn(8, generator=gen)  # a close pair
+    h_c[1] = h_r[1] + 10 * torch.randn(8, generator=gen)  # a far pair
+    c, r = torch.randn(6, generator=gen), torch.randn(6, generator=gen)
+
+    def weights(loss):
+        loss(c, r, h_c, h_r)
+        d = torch.linalg.vector_norm(h_c - h_r, dim=-1)
+        return loss.weights(d, torch.tensor(loss.mu)), loss.mu / (d + 1e-6 * loss.mu)
+
+    w_partial, full = weights(PartialNormBTLoss(alpha=0.5))
+    torch.testing.assert_close(w_partial, full.pow(0.5))
+    w_floor, full = weights(FloorNormBTLoss(floor=0.5))
+    torch.testing.assert_close(w_floor, full.clamp(min=0.5))
+    assert full[1] < 0.5 and w_floor[1] == 0.5 and w_floor[0] == full[0]  # the far pair lifted only
+    for variant in (w_partial, w_floor):  # between BT (1) and NormBT on every pair
+        assert bool(((variant - 1) * (variant - full) <= 1e-6).all())
+    torch.testing.assert_close(
+        PartialNormBTLoss(alpha=1.0)(c, r, h_c, h_r)[0], NormBTLoss()(c, r, h_c, h_r)[0]
+    )
+    torch.testing.assert_close(FloorNormBTLoss(floor=0.0)(c, r, h_c, h_r)[0], NormBTLoss()(c, r, h_c, h_r)[0])
+    for bad in ({"alpha": 0.0}, {"alpha": 1.5}):
+        with pytest.raises(ValueError, match="alpha"):
+            PartialNormBTLoss(**bad)
+    with pytest.raises(ValueError, match="floor"):
+        FloorNormBTLoss(floor=-0.1)
+
+
+def test_variants_gradient_property():
+    """The value head's per-pair gradient, equal errors over a 100x distance span: BT's is
+    proportional to dist, NormBT's flat; normbt_partial's goes as mu^alpha dist^(1 - alpha), and
+    normbt_floor's is NormBT's below mu / floor and floor x BT's beyond."""
+    torch.manual_seed(0)
+    w = torch.randn(32, dtype=torch.float64)
+    distances = torch.logspace(-1, 1, 8, dtype=torch.float64)
+    error = torch.full((8,), -0.05, dtype=torch.float64)
+    h_c, h_r = pairs_at_distances(distances, error, w)
+    sig = 1 - torch.sigmoid(error)
+
+    partial = PartialNormBTLoss(alpha=0.5, init="2.0", update="after")
+    got = per_pair_head_grads(partial, h_c, h_r, w)
+    torch.testing.assert_close(got, 2.0**0.5 * distances**0.5 * sig, rtol=1e-4, atol=0)
+
+    floor = FloorNormBTLoss(floor=0.5, init="2.0", update="after")
+    got = per_pair_head_grads(floor, h_c, h_r, w)
+    expected = torch.where(distances < 2.0 / 0.5, 2.0 * torch.ones_like(distances), 0.5 * distances) * sig
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=0)

@@ -240,11 +240,11 @@ def test_baseline_losses_train(run_train_rm, loss):
 
 
 def test_normbt_on_bsr_pulls_the_reward_mean_towards_zero(run_train_rm):
-    """NormBT with BSR as its base through the RM stage, a larger lambda given on the command line:
+    """NormBT with BSR as its base through the RM stage, BSR's lambda given by BSR's own flag:
     the batch term pulls the reward mean towards 0 (compared with plain NormBT on the same pairs)."""
     plain = run_train_rm("--ds.zero_stage", "2", "--train.max_epochs", "2", name="nb-plain")
     bsr = run_train_rm("--ds.zero_stage", "2", "--train.max_epochs", "2", "--normbt.base", "bsr",
-                       "--normbt.bsr_coef", "0.5", name="nb-bsr")  # fmt: skip
+                       "--bsr.coef", "0.5", name="nb-bsr")  # fmt: skip
     assert plain.returncode == 0 and bsr.returncode == 0, bsr.output[-3000:]
     assert all(math.isfinite(r["bsr_reward_mean"]) for r in bsr.records())
     assert "bsr_reward_mean" not in plain.records()[-1]

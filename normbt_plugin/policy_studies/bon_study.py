@@ -33,6 +33,7 @@ import numpy as np
 from scipy import stats
 
 from normbt_plugin.common.intervals import nested_bootstrap, seeds_needed, t_interval
+from normbt_plugin.options import BonStudyOptions
 from normbt_plugin.rm_evaluation.pairs import EvalInputError
 from normbt_plugin.runs.policy_eval import BestOfN, PolicyEval
 from normbt_plugin.runs.rm_eval import EVAL, RmEval
@@ -189,20 +190,11 @@ def gap_accuracy(correct: np.ndarray, gaps: np.ndarray, edges: np.ndarray) -> li
     ]
 
 
-def bon_study(
-    policy_evals: str | Path | list[str | Path],
-    runs: list[str],
-    out: str | Path,
-    *,
-    baseline: str = "bt",
-    n: int = 16,
-    margin: float = 0.03,
-    pairs: str | None = None,
-) -> dict[str, Any]:
-    """The analysis (``summary.json``, ``report.md``, ``best_of_n.png``) under ``out``, of one
-    eval-policy run's best-of-N or several pooled (``pooled_best_of_n``)."""
-    paths = policy_evals if isinstance(policy_evals, list) else [policy_evals]
-    bon = pooled_best_of_n(paths)  # raises without a best-of-N
+def bon_study(o: BonStudyOptions) -> dict[str, Any]:
+    """The analysis (``summary.json``, ``report.md``, ``best_of_n.png``) under ``o.out``, of one
+    eval-policy run's best-of-N or several pooled (``o.also``: ``pooled_best_of_n``)."""
+    runs, baseline, n, margin, pairs, out = o.runs, o.baseline, o.n, o.margin, o.pairs, o.out
+    bon = pooled_best_of_n([o.policy_eval, *(o.also or [])])  # raises without a best-of-N
     proxies = load_proxies(bon, runs)
     ns = list(bon.n)
     if n not in ns:

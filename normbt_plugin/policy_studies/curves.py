@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from normbt_plugin.common.intervals import finite_mean_ci, finite_t_p
+from normbt_plugin.options import CurvesOptions
 from normbt_plugin.rm_evaluation.pairs import EvalInputError
 from normbt_plugin.runs.ppo import ROLLOUTS, RunRecord, read_rollouts
 
@@ -327,33 +328,24 @@ def main() -> None:
     RunRecord(args.label, args.rm_seed, args.ppo_seed).write(args.run)
 
 
-def run_curves(
-    runs: list[str],
-    tokenizer: str,
-    gold_fn: str,
-    out: str | Path,
-    *,
-    exact_fn: str | None = None,
-    baseline: str = "bt",
-    window: int = 4,
-    grid_points: int = 6,
-) -> Path:
+def run_curves(o: CurvesOptions) -> Path:
+    """``normbt curves``: the report (``curves.md``), ``curves.json`` and the plot under ``o.out``."""
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(tokenizer)
+    tok = AutoTokenizer.from_pretrained(o.tokenizer)
 
     def decode(ids: list[int]) -> str:
         return tok.decode(ids, skip_special_tokens=True)
 
-    true, exact = load_function(gold_fn), load_function(exact_fn) if exact_fn else None
-    curves = [curve_from_rollouts(Path(r), decode, true, exact, window) for r in runs]
+    true, exact = load_function(o.gold_fn), load_function(o.exact_fn) if o.exact_fn else None
+    curves = [curve_from_rollouts(Path(r), decode, true, exact, o.window) for r in o.runs]
     # the RMs are compared with each other; the ceiling (no RM seed) only as the baseline if asked
-    rm_curves = [c for c in curves if c.label == baseline or c.rm_seed is not None]
-    if not any(c.label == baseline for c in rm_curves):
+    rm_curves = [c for c in curves if c.label == o.baseline or c.rm_seed is not None]
+    if not any(c.label == o.baseline for c in rm_curves):
         labels = sorted({c.label for c in curves})
-        raise EvalInputError(f"--baseline {baseline!r} is not among the runs' labels {labels}")
-    result = matched_kl(rm_curves, baseline, common_grid(rm_curves, grid_points))
-    out = Path(out)
+        raise EvalInputError(f"--baseline {o.baseline!r} is not among the runs' labels {labels}")
+    result = matched_kl(rm_curves, o.baseline, common_grid(rm_curves, o.grid))
+    out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)
     plot_curves(curves, out / "reward_vs_kl.png")
     (out / "curves.json").write_text(json.dumps({

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from scipy import stats
 
+from normbt_plugin.options import DiagnoseOptions
 from normbt_plugin.rm_evaluation.pairs import load_pairs
 from normbt_plugin.rm_evaluation.scoring import RewardScorer
 from normbt_plugin.stats import normbt_weight, pair_distance, quantile_bins
@@ -39,41 +40,37 @@ def per_pair_gradients(scorer: RewardScorer, prompts, chosen, rejected) -> dict[
     return {"bt_grad": np.array(grad_norm), "distance": np.array(distance), "error": np.array(error)}
 
 
-def diagnose(
-    model: str,
-    data: str,
-    out: str,
-    *,
-    pairs: int = 128,
-    mu: float | None = None,
-    eps: float = 1e-6,
-    input_template: str | None = None,
-    max_len: int = 512,
-    seed: int = 0,
-) -> dict:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    data_pairs = load_pairs(data)
+def diagnose(o: DiagnoseOptions, *, eps: float = 1e-6, seed: int = 0) -> dict:
+    """``normbt diagnose``: per-pair gradients of ``o.pairs`` sampled pairs, their summary, the plot
+    (``gradient_vs_distance.png``) and the records (``gradients.json``) under ``o.out``."""
+    data_pairs = load_pairs(o.data)
     rng = np.random.default_rng(seed)
-    index = rng.choice(len(data_pairs), size=min(pairs, len(data_pairs)), replace=False)
-    scorer = RewardScorer(model, loader="auto", max_len=max_len, input_template=input_template)
+    index = rng.choice(len(data_pairs), size=min(o.pairs, len(data_pairs)), replace=False)
+    scorer = RewardScorer(o.model, loader="auto", max_len=o.max_len, input_template=o.input_template)
     res = per_pair_gradients(
         scorer,
         [data_pairs.prompts[i] for i in index],
         [data_pairs.chosen[i] for i in index],
         [data_pairs.rejected[i] for i in index],
     )
-    mu = float(np.mean(res["distance"])) if mu is None else mu
-    weight = normbt_weight(res["distance"], mu, eps)
-    res["normbt_grad"] = weight * res["bt_grad"]
-    kinds = np.asarray(data_pairs.subsets)[index] if data_pairs.subsets else None
+    mu = float(np.mean(res["distance"])) if o.mu is None else o.mu
+    res["normbt_grad"] = normbt_weight(res["distance"], mu, eps) * res["bt_grad"]
+    summary, err_bin, edges = gradient_summary(res, mu)
+    out_dir = Path(o.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plot_gradients(res, summary, err_bin, edges, out_dir / "gradient_vs_distance.png")
+    records = {k: v.tolist() for k, v in res.items()}
+    if data_pairs.subsets:
+        records["subset"] = np.asarray(data_pairs.subsets)[index].tolist()
+    (out_dir / "gradients.json").write_text(json.dumps({"summary": summary, "per_pair": records}))
+    return summary
 
-    # prediction-error bins (terciles of |sigmoid(d) - 1|), correlation with distance within each
+
+def gradient_summary(res: dict[str, np.ndarray], mu: float) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Spearman of each gradient with distance, overall and within prediction-error terciles
+    (|sigmoid(d) - 1|), and log-log Pearson of BT's; with each pair's tercile and the edges."""
     edges, err_bin = quantile_bins(res["error"], 3)
-    summary: dict = {"pairs": int(len(index)), "mu": mu, "error_bin_edges": edges.tolist(), "spearman": {}}
+    summary: dict = {"pairs": len(res["error"]), "mu": mu, "error_bin_edges": edges.tolist(), "spearman": {}}
     for name in ("bt_grad", "normbt_grad"):
         overall = stats.spearmanr(res["distance"], res[name])
         summary["spearman"][name] = {"all": float(overall.statistic)}
@@ -85,9 +82,18 @@ def diagnose(
     summary["pearson_log_bt_grad_vs_log_distance"] = float(
         stats.pearsonr(np.log(res["distance"]), np.log(res["bt_grad"])).statistic
     )
+    return summary, err_bin, edges
 
-    out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+
+def plot_gradients(
+    res: dict[str, np.ndarray], summary: dict, err_bin: np.ndarray, edges: np.ndarray, path: Path
+) -> None:
+    """BT's and NormBT's per-pair gradient norm against distance, coloured by error tercile."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
     for ax, name, title in zip(axes, ("bt_grad", "normbt_grad"), ("BT", "NormBT"), strict=True):
         for b in range(3):
@@ -109,10 +115,5 @@ def diagnose(
     axes[0].set_ylabel("gradient norm, all parameters")
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out_dir / "gradient_vs_distance.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
-    records = {k: v.tolist() for k, v in res.items()}
-    if kinds is not None:
-        records["subset"] = kinds.tolist()
-    (out_dir / "gradients.json").write_text(json.dumps({"summary": summary, "per_pair": records}))
-    return summary

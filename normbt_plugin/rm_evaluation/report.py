@@ -24,6 +24,7 @@ import numpy as np
 from scipy import stats
 
 from normbt_plugin.common.intervals import bootstrap_ci, ci_text, interval, paired_difference
+from normbt_plugin.options import CompareOptions
 from normbt_plugin.rm_evaluation.pairs import EvalInputError
 from normbt_plugin.runs import rm as rm_run
 from normbt_plugin.runs.rm_eval import EVAL, RmEval
@@ -110,27 +111,21 @@ def parse_pools(entries: list[str] | None) -> dict[str, list[str]]:
     return pools
 
 
-def build_report(
-    paths: list[str],
-    out_dir: str,
-    baseline: str = "bt",
-    eval_name: str = EVAL,
-    downstream: Callable[[str], Section] | None = None,
-    pools: dict[str, list[str]] | None = None,
-) -> Path:
-    """The Markdown report (``report.md``), its plots and ``summary.json`` of RM runs (and, given
-    ``downstream``, the section on the policies PPO made from them, called with the baseline): one
-    section function each."""
+def build_report(o: CompareOptions, downstream: Callable[[str], Section] | None = None) -> Path:
+    """``normbt compare``: the Markdown report (``report.md``), its plots and ``summary.json`` of RM
+    runs (and, given ``downstream``, the section on the policies PPO made from them, called with the
+    baseline): one section function each."""
+    pools = parse_pools(o.pool)
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = load_runs(paths, eval_name)
+    runs = load_runs(o.runs, o.eval_name)
     groups = _group(runs)
-    out = Path(out_dir)
+    out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)
-    base = baseline if baseline in groups else next(iter(groups))
+    base = o.baseline if o.baseline in groups else next(iter(groups))
     summary: dict[str, Any] = {loss: {} for loss in groups}
     lines = [
         "# Reward-model comparison",

@@ -12,109 +12,64 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import os
 import warnings
 from collections.abc import Callable, Iterator
+from typing import Any
 
 from normbt_plugin.common.device_mode import cpu_job
-from normbt_plugin.losses import available_losses, loss_spec, registered_losses
+from normbt_plugin.losses import LossSpec, available_losses, loss_spec, registered_losses
+from normbt_plugin.options import (
+    PLUGIN_PREFIX,
+    PpoPluginOptions,
+    RmPluginOptions,
+    add_options,
+    from_args,
+)
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
 
 LOSS_FLAG = "--model.loss_type"  # the parser of train_rm
 PPO_FLAG = "--actor.model_name_or_path"  # the parser of train_ppo_ray
 
 
-def _str2bool(text: str) -> bool:
-    lowered = text.lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
-
-
-_TYPES = {"float": float, "int": int, "str": str, "bool": _str2bool}
-
-
 def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     """``--<loss>.<option>`` for every registered loss with options, and ``--plugin.*``."""
     loss_action = parser._option_string_actions[LOSS_FLAG]
     loss_action.help = f"reward-model loss from normbt_plugin's registry: {', '.join(available_losses())}"
-    group = parser.add_argument_group("normbt-plugin")
-    group.add_argument(
-        "--plugin.eval_distance_bins",
-        type=int,
-        default=5,
-        help="eval accuracy by representation-distance quantile bin: number of bins (0: off)",
-    )
-    group.add_argument(
-        "--plugin.metrics_dir",
-        type=str,
-        default=None,
-        help="also write each step's metrics per rank as JSON lines into this folder",
-    )
-    group.add_argument(
-        "--plugin.label",
-        type=str,
-        default=None,
-        help="name of this run's variant in reports (default: the loss name)",
-    )
-    group.add_argument(
-        "--plugin.stop_after_steps",
-        type=int,
-        default=0,
-        help="end the run after this many optimizer steps, as a preemption would (no final "
-        "save; checkpoint with --ckpt.save_steps, resume with --ckpt.load_enable); 0: off",
-    )
-    group.add_argument(
-        "--plugin.value_head_layernorm",
-        action="store_true",
-        help="a parameter-free LayerNorm before the value head (a comparator for NormBT); saved in "
-        "the model's config and rebuilt by every OpenRLHF load (patch value_head_norm)",
-    )
-    group.add_argument(
-        "--plugin.disable_dropout",
-        action="store_true",
-        help="set the model's dropout rates to 0 for training (dropout noise enters the pair "
-        "distance NormBT divides by; Llama-style models have none, BERT-style 0.1)",
-    )
+    add_options(parser.add_argument_group("normbt-plugin"), RmPluginOptions, prefix=PLUGIN_PREFIX)
     for spec in registered_losses():
-        if spec.options is None:
-            continue
-        group = parser.add_argument_group(
-            f"{spec.name} loss options (--model.loss_type {spec.name})", spec.doc
-        )
-        for f in dataclasses.fields(spec.options):
-            type_name = f.type if isinstance(f.type, str) else f.type.__name__
-            group.add_argument(
-                f"--{spec.name}.{f.name}",
-                type=_TYPES[type_name],
-                default=f.default,
-                metavar="{true,false}" if type_name == "bool" else type_name.upper(),
-                help=f"{f.metadata.get('help', '')} (default: {f.default})",
+        if spec.options is not None:
+            group = parser.add_argument_group(
+                f"{spec.name} loss options (--model.loss_type {spec.name})", spec.doc
             )
+            add_options(group, spec.options, prefix=f"{spec.name}.", bool_values=True)
 
 
 def add_ppo_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     """``--plugin.*`` for train_ppo_ray."""
-    group = parser.add_argument_group("normbt-plugin")
-    group.add_argument(
-        "--plugin.rollout_log",
-        type=str,
-        default=None,
-        metavar="DIR",
-        help="append every rollout sample's prompt, token ids, reward and KL to the reference to "
-        "DIR/rollouts.jsonl (patch rollout_log, in the PPO controller)",
-    )
+    add_options(parser.add_argument_group("normbt-plugin"), PpoPluginOptions, prefix=PLUGIN_PREFIX)
 
 
 def apply_ppo_plugin_arguments(parsed: argparse.Namespace) -> None:
     """The PPO flags reach the Ray workers as the environment the launcher gives them."""
     from normbt_plugin.patches.openrlhf_0_11_2 import rollout_log
 
-    if getattr(parsed, "plugin.rollout_log", None):
-        os.environ[rollout_log.ENV] = os.path.abspath(getattr(parsed, "plugin.rollout_log"))
+    flags: PpoPluginOptions = from_args(PpoPluginOptions, parsed, PLUGIN_PREFIX)
+    if flags.rollout_log:
+        os.environ[rollout_log.ENV] = os.path.abspath(flags.rollout_log)
+
+
+def loss_options_from_args(spec: LossSpec, parsed: argparse.Namespace) -> dict[str, Any]:
+    """The keyword options of ``spec``'s loss from its ``--<loss>.*`` flags: its options object and,
+    for a loss built over another (NormBT's ``base``), that loss's own from ``--<base>.*``."""
+    if spec.options is None:
+        return {}
+    options = from_args(spec.options, parsed, f"{spec.name}.")
+    kwargs: dict[str, Any] = {"options": options}
+    base = getattr(options, "base", None)
+    if base is not None and (base_spec := loss_spec(base)).options is not None:
+        kwargs["base_options"] = from_args(base_spec.options, parsed, f"{base_spec.name}.")
+    return kwargs
 
 
 def check_plugin_arguments(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
@@ -123,12 +78,10 @@ def check_plugin_arguments(parser: argparse.ArgumentParser, parsed: argparse.Nam
         spec = loss_spec(getattr(parsed, "model.loss_type"))
     except KeyError as exc:
         parser.error(f"argument {LOSS_FLAG}: {exc.args[0]}")
-    if spec.options is not None:  # the loss's options checked now, before a model is loaded
-        values = {f.name: getattr(parsed, f"{spec.name}.{f.name}") for f in dataclasses.fields(spec.options)}
-        try:
-            spec.options(**values)
-        except (ValueError, TypeError) as exc:
-            parser.error(f"--{spec.name}.* options: {exc}")
+    try:  # the loss's options (and its base's) checked now, before a model is loaded
+        loss_options_from_args(spec, parsed)
+    except (ValueError, TypeError, KeyError) as exc:
+        parser.error(f"--{spec.name}.* options: {exc.args[0] if isinstance(exc, KeyError) else exc}")
     if getattr(parsed, "ds.ring_attn_size", 1) > 1:
         parser.error(
             "argument --ds.ring_attn_size: normbt-plugin does not support ring attention: it "
@@ -179,7 +132,8 @@ def _check(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:
         check_plugin_arguments(parser, parsed)
         from normbt_plugin.patches.openrlhf_0_11_2 import value_head_norm
 
-        value_head_norm.request_layernorm(bool(getattr(parsed, "plugin.value_head_layernorm", False)))
+        flags: RmPluginOptions = from_args(RmPluginOptions, parsed, PLUGIN_PREFIX)
+        value_head_norm.request_layernorm(flags.value_head_layernorm)
 
 
 def extended_parser() -> contextlib.AbstractContextManager[None]:

@@ -16,7 +16,6 @@ Upstreamable as: a loss registry in ``openrlhf.models.loss`` and ``return_output
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import time
 from collections import defaultdict
@@ -30,6 +29,7 @@ from openrlhf.utils.deepspeed import deepspeed as ds_strategy
 from normbt_plugin.hidden import active_dropout, disable_dropout, eos_hidden_states
 from normbt_plugin.losses import PreferenceLoss, host_metrics, loss_spec
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
+from normbt_plugin.patches.openrlhf_0_11_2.cli_options import loss_options_from_args
 from normbt_plugin.patches.openrlhf_0_11_2.value_head_norm import normed_head
 from normbt_plugin.rank_metrics import format_bins, gather_distance_bins, reduce_metrics
 from normbt_plugin.runs.rm import RunMeta, RunRecorder
@@ -46,12 +46,7 @@ def needed() -> bool:
 def build_loss_from_args(args: Any, process_group: Any = None) -> tuple[str, PreferenceLoss]:
     """The loss named by ``--model.loss_type`` with its ``--<name>.<option>`` flags."""
     spec = loss_spec(args.model.loss_type)
-    options = {}
-    if spec.options is not None:
-        namespace = getattr(args, spec.name, None)
-        for f in dataclasses.fields(spec.options):
-            if namespace is not None and hasattr(namespace, f.name):
-                options[f.name] = getattr(namespace, f.name)
+    options = loss_options_from_args(spec, args)
     if "process_group" in inspect.signature(spec.factory).parameters:
         options["process_group"] = process_group
     return spec.name, spec.factory(**options)
