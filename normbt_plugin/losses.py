@@ -233,6 +233,13 @@ class PreferenceLoss:
             metrics.update(term[1])
         return loss, metrics
 
+    def step_by_optimizer(self) -> None:
+        """A trainer's promise to call ``end_step()`` after each optimizer step (stateful losses then
+        move their state per step, not per micro-batch)."""
+
+    def end_step(self) -> None:
+        """Called by the trainer after each optimizer step."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
@@ -426,7 +433,8 @@ def _per_pair_loss(spec: LossSpec) -> bool:
 class NormBTLoss(PreferenceLoss):
     """NormBT: each pair's loss divided by its representation distance, rescaled by an EMA of the mean.
 
-    dist_i = ||h_c,i - h_r,i|| (detached); mu_t = beta mu_{t-1} + (1 - beta) mean(dist);
+    dist_i = ||h_c,i - h_r,i|| (detached); mu_t = beta mu_{t-1} + (1 - beta) mean(dist), the mean
+    over step t's pairs (every rank, every micro-batch: see ``step_by_optimizer``);
     w_i = mu_t / (dist_i + eps mu_t); L = mean_i w_i * base_loss_i.
     Pairs with (near) identical representations (dist <= identical_tol * mu, e.g. chosen ==
     rejected up to padding noise) have no real gradient to rescale: dividing by their distance
@@ -467,6 +475,8 @@ class NormBTLoss(PreferenceLoss):
         self._mu: Tensor | None = None
         self._steps: Tensor | None = None
         self._pending: tuple[float | None, int] = (self.init_mu, 0)  # host state, moved on first use
+        self._by_optimizer = False
+        self._step_stats: Tensor | None = None  # [sum, count] of this optimizer step's distances so far
 
     def _state_on(self, device: torch.device) -> tuple[Tensor, Tensor]:
         if self._mu is None or self._mu.device != device:
@@ -485,16 +495,34 @@ class NormBTLoss(PreferenceLoss):
 
     @property
     def steps(self) -> int:
-        """How many training batches updated the EMA."""
+        """How many steps updated the EMA (optimizer steps in a trainer, else training calls)."""
         return self._pending[1] if self._steps is None else int(self._steps.item())
 
-    def _global_mean(self, dist_: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-        """Mean of the valid distances over all data-parallel ranks (sum and count reduced)."""
+    def _global_stats(self, dist_: Tensor, valid: Tensor) -> Tensor:
+        """Sum and count of the valid distances over all data-parallel ranks (float64 ``[2]``)."""
         stats = torch.stack([torch.where(valid, dist_, 0.0).double().sum(), valid.sum().double()])
-        if self.sync:
-            stats = collectives.all_reduce(stats, group=self.process_group)
-        total, count = stats.unbind()
-        return total / count, count  # NaN where no pair is valid anywhere
+        return collectives.all_reduce(stats, group=self.process_group) if self.sync else stats
+
+    def _folded(self, mu: Tensor, step: Tensor) -> Tensor:
+        """mu after a step whose valid distances sum and count to ``step``: the EMA's update (the
+        step's mean where mu is unset); mu itself where the step has no valid pair."""
+        mean = step[0] / step[1]
+        updated = torch.where(mu.isnan(), mean, self.beta * mu + (1.0 - self.beta) * mean)
+        return torch.where(step[1] > 0, updated, mu)
+
+    def step_by_optimizer(self) -> None:
+        """From now on mu moves once per optimizer step, at ``end_step()`` (which the trainer calls
+        after each), by the mean over all of the step's pairs: the same data gives the same mu however
+        it is split into micro-batches. Without it (a loss used on its own) every call is a step."""
+        self._by_optimizer = True
+
+    def end_step(self) -> None:
+        """Fold the optimizer step's distances into mu (see ``step_by_optimizer``)."""
+        if self._step_stats is None:
+            return
+        mu, steps = self._state_on(self._step_stats.device)
+        self._mu, self._steps = self._folded(mu, self._step_stats), steps + (self._step_stats[1] > 0).long()
+        self._step_stats = None
 
     def __call__(
         self,
@@ -518,19 +546,25 @@ class NormBTLoss(PreferenceLoss):
         # before the first update, the identical-pair tolerance is relative to this batch's mean
         reference = torch.where(mu.isnan(), d.double().mean(), mu)
         valid = d > self.identical_tol * reference
-        batch_mean, n_valid = self._global_mean(d, valid)
+        stats = self._global_stats(d, valid)  # [sum, count] of the valid distances, every rank
+        batch_mean = stats[0] / stats[1]  # NaN where no pair is valid anywhere
 
         if self.training:  # a batch with a non-finite value or no valid pair leaves the EMA alone
-            ok = (n_valid > 0) & (nonfinite_hidden == 0) & (nonfinite_rewards == 0)
-            updated = torch.where(mu.isnan(), batch_mean, self.beta * mu + (1.0 - self.beta) * batch_mean)
-            self._mu = torch.where(ok, updated, mu)
-            self._steps = steps + ok.long()
+            ok = (stats[1] > 0) & (nonfinite_hidden == 0) & (nonfinite_rewards == 0)
+            step = torch.where(ok, stats, 0.0) + (0.0 if self._step_stats is None else self._step_stats)
+            running, provisional = step[0] / step[1], self._folded(mu, step)  # the step so far
+            if self._by_optimizer:
+                self._step_stats = step
+            else:  # every call is a step
+                self._mu, self._steps = provisional, steps + (step[1] > 0).long()
+        else:  # eval reads mu, never moves it
+            running, provisional = batch_mean, mu
         if not self.use_ema:
-            scale = batch_mean
+            scale = running
         elif self.update == "after":
-            scale = torch.where(mu.isnan(), self._mu, mu)
+            scale = torch.where(mu.isnan(), provisional, mu)
         else:
-            scale = self._mu
+            scale = provisional
         scale = torch.where(scale.isnan(), batch_mean, scale).float()  # eval before any training
         weight = torch.where(valid & ~scale.isnan(), self.weights(d, scale), torch.ones_like(d))
         if self.weight_cap > 0:
@@ -542,7 +576,7 @@ class NormBTLoss(PreferenceLoss):
         if (term := self.base.batch_term(chosen_reward, reject_reward)) is not None:
             loss, batch_metrics = loss + term[0], term[1]  # a batch term has no pair to weight
         metrics = {
-            "normbt_mu": self._mu,
+            "normbt_mu": provisional,  # at a step's last call, the step's mu
             "normbt_dist_mean": d.mean(),
             "normbt_dist_min": d.min(),
             "normbt_dist_max": d.max(),
@@ -572,7 +606,7 @@ class NormBTLoss(PreferenceLoss):
             raise ValueError(f"unexpected NormBT state keys {sorted(unknown)}")
         mu = state.get("mu")
         self._pending = (None if mu is None else float(mu), int(state.get("steps", 0)))
-        self._mu = self._steps = None
+        self._mu = self._steps = self._step_stats = None
 
 
 # --------------------------------------------------------------------------------------------

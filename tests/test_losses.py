@@ -534,3 +534,34 @@ def test_variants_gradient_property():
     got = per_pair_head_grads(floor, h_c, h_r, w)
     expected = torch.where(distances < 2.0 / 0.5, 2.0 * torch.ones_like(distances), 0.5 * distances) * sig
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=0)
+
+
+@pytest.mark.parametrize("update", ["after", "before"])
+def test_mu_follows_the_optimizer_step_not_the_micro_batch(update):
+    """The same pairs as one batch a step, or as 4 micro-batches of 2 with ``end_step()`` after
+    each optimizer step: the same mu after every step; with ``update='after'`` the same weights
+    too (from the second step: the first has no previous mu), with 'before' the step's last
+    micro-batch's weights (the earlier ones see the step's mean so far)."""
+    gen = torch.Generator().manual_seed(3)
+    steps = [(torch.randn(8, 16, generator=gen), torch.randn(8, 16, generator=gen) * 2) for _ in range(5)]
+    whole, split = NormBTLoss(update=update), NormBTLoss(update=update)
+    split.step_by_optimizer()
+    for t, (h_c, h_r) in enumerate(steps):
+        w_whole = host_metrics(whole(torch.zeros(8), torch.zeros(8), h_c, h_r)[1])
+        w_split = [host_metrics(split(torch.zeros(2), torch.zeros(2), h_c[i : i + 2], h_r[i : i + 2])[1])
+                   for i in range(0, 8, 2)]  # fmt: skip
+        assert split.steps == t  # mu has not moved inside the step
+        split.end_step()
+        assert split.mu == pytest.approx(whole.mu, rel=1e-12) and split.steps == whole.steps == t + 1
+        assert w_split[-1]["normbt_mu"] == pytest.approx(whole.mu, rel=1e-12)  # the logged mu
+        last = w_split[-1]["normbt_weight_max"]
+        if update == "after" and t > 0:
+            assert max(m["normbt_weight_max"] for m in w_split) == pytest.approx(w_whole["normbt_weight_max"])
+            assert min(m["normbt_weight_min"] for m in w_split) == pytest.approx(w_whole["normbt_weight_min"])
+        elif update == "before":  # the last micro-batch sees the whole step's mean
+            d = torch.linalg.vector_norm(h_c[6:] - h_r[6:], dim=-1)
+            assert last == pytest.approx((whole.mu / (d + 1e-6 * whole.mu)).max().item(), rel=1e-6)
+    state = split.state_dict()
+    resumed = NormBTLoss(update=update)
+    resumed.load_state_dict(state)
+    assert resumed.mu == split.mu and resumed.steps == 5

@@ -452,3 +452,23 @@ def test_value_head_layernorm_is_trained_saved_and_rebuilt(run_train_rm, tiny):
     torch.testing.assert_close(torch.from_numpy(rewards), read @ weight, atol=1e-4, rtol=1e-4)
     with pytest.raises(EvalInputError, match="value_head_layernorm"):
         RewardScorer(str(run.out_dir), loader="hf")
+
+
+def test_normbt_mu_and_weights_do_not_depend_on_the_micro_batch_split(run_train_rm):
+    """The same pairs through the real trainer as one micro-batch of 8 a step, or as 4 accumulated
+    micro-batches of 2: NormBT's logged mu after every step is the same, and (``update after``, mu
+    started at a number so the first step has one too) so are each step's smallest, largest and
+    mean weights: the models differ only by float summation order. Before mu followed the optimizer
+    step, the split run's mu moved 4 times a step and this failed."""
+    common = ("--train.batch_size", "8", "--normbt.update", "after", "--normbt.init", "1.5",
+              "--train.max_epochs", "1", "--plugin.eval_distance_bins", "0")  # fmt: skip
+    whole = run_train_rm(*common, "--train.micro_batch_size", "8", name="whole")
+    split = run_train_rm(*common, "--train.micro_batch_size", "2", name="split")
+    assert whole.returncode == 0 and split.returncode == 0, split.output[-3000:]
+    # the first 8 steps: later, Adam (lr 2e-3) grows the summation-order difference (2e-3 by step 32);
+    # per micro-batch, mu was 1% off by the second step
+    a, b = whole.records()[:8], split.records()[:8]
+    assert len(a) == len(b) == 8
+    for key in ("normbt_mu", "normbt_weight_max", "normbt_weight_min", "normbt_weight_mean"):
+        pairs = [(x[key], y[key]) for x, y in zip(a, b, strict=True)]
+        assert all(y == pytest.approx(x, rel=2e-4) for x, y in pairs), (key, pairs)

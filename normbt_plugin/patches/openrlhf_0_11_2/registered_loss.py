@@ -86,6 +86,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
         strategy = self.strategy  # ring attention is refused by the parser (cli_options)
         dp_group = strategy.ds_device_mesh["dp"].get_group() if dist.is_initialized() else None
         self.loss_name, self.plugin_loss = build_loss_from_args(self.args, dp_group)
+        self.plugin_loss.step_by_optimizer()  # end_step() in save_logs_and_checkpoints
         self._last_log = time.perf_counter()
         if self.plugin_loss.uses_margin and not self.margin_loss:
             raise SystemExit(
@@ -188,6 +189,7 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
         return reduce_metrics(local, self.plugin_loss.state_metrics)
 
     def save_logs_and_checkpoints(self, args, global_step, step_bar, logs_dict=None, client_states=None):
+        self.plugin_loss.end_step()  # called at every optimizer step's end, before logs, eval and saves
         logs_dict = dict(logs_dict or {})
         logs_dict.update(self._reduced_metrics())
         now = time.perf_counter()  # this rank's wall time of the step (the first: since set-up)
