@@ -249,7 +249,7 @@ class CompareOptions:
     )
     out: str = option(help="report folder (report.md, PNGs, summary.json)")
     baseline: str = option(BASELINE, "loss the others are compared with")
-    eval_name: str = option("eval.json", "eval-rm result file in each run")
+    eval_name: str | None = option(None, "eval-rm result file in each run (default: the recipes' eval.json)")
     policy_eval: str | None = option(None, "normbt eval-policy's policy_eval.json: downstream section")
     note: str | None = option(None, "one line at the top of the downstream section (what the run can show)")
     pool: list[str] | None = option(

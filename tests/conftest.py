@@ -102,7 +102,7 @@ class Run:
         return rm_run.read_steps(self.metrics_dir, rank)
 
     def evals(self) -> list[rm_run.EvalRecord]:
-        assert (self.metrics_dir / rm_run.EVAL).exists(), self.output[-3000:]
+        assert (self.metrics_dir / rm_run.EVAL_LOG).exists(), self.output[-3000:]
         return rm_run.read_evals(self.metrics_dir)
 
 

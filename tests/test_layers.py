@@ -204,3 +204,24 @@ def test_the_internals_patch_table_names_every_patch_once():
     rows = re.findall(r"^\| `([a-z0-9_]+)` \|", text, re.M)
     patch_rows = [r for r in rows if r in PATCHES or (ADAPTER / "openrlhf_0_11_2" / f"{r}.py").exists()]
     assert sorted(patch_rows) == sorted(PATCHES)
+
+
+def test_the_openrlhf_version_is_one_fact():
+    """The supported OpenRLHF is the versioned patch folder; every other place that names a version
+    (the GPU extra's pin, install-cpu's lock input, both locks) names that one."""
+    from normbt_plugin.patches import SUPPORTED_OPENRLHF
+
+    (supported,) = SUPPORTED_OPENRLHF
+    pins = {
+        "pyproject.toml": re.findall(
+            r'"openrlhf(?:\[\w+\])?==([\w.]+)"', (REPO / "pyproject.toml").read_text()
+        ),
+        "scripts/install-cpu.sh": re.findall(
+            r"\bopenrlhf==([\w.]+)", (REPO / "scripts/install-cpu.sh").read_text()
+        ),
+        **{
+            lock: re.findall(r"^openrlhf==([\w.]+)", (REPO / lock).read_text(), re.M)
+            for lock in ("requirements-cpu.lock", "requirements-gpu.lock")
+        },
+    }
+    assert all(found == [supported] for found in pins.values()), (supported, pins)

@@ -17,11 +17,17 @@ import importlib
 import os
 from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 DISABLE_ENV = "NORMBT_PLUGIN_DISABLE"
-SUPPORTED_OPENRLHF = {"0.11.2": "normbt_plugin.patches.openrlhf_0_11_2"}
+# the supported versions are the versioned patch folders present: openrlhf_0_11_2/ -> "0.11.2"
+SUPPORTED_OPENRLHF = {
+    folder.name.removeprefix("openrlhf_").replace("_", "."): f"{__name__}.{folder.name}"
+    for folder in sorted(Path(__file__).parent.glob("openrlhf_*"))
+    if (folder / "__init__.py").is_file()
+}
 
 _active: list[str] = []
 

@@ -33,6 +33,7 @@ import numpy as np
 from normbt_plugin.options import LabelPairsOptions
 from normbt_plugin.policy_studies.generation import generate_all, sampling_spec
 from normbt_plugin.rm_evaluation.pairs import EvalInputError
+from normbt_plugin.runs import files
 from normbt_plugin.runs.generations import Generation, Prompt, prompt_task
 
 
@@ -115,7 +116,7 @@ def summary_path(out: str | Path) -> Path:
 
 
 def read_summary(out: str | Path) -> LabelSummary:
-    return LabelSummary(**json.loads(summary_path(out).read_text()))
+    return files.read(LabelSummary, summary_path(out), "normbt label-pairs")
 
 
 def pairs_of(
@@ -210,7 +211,7 @@ def label_pairs(opts: LabelPairsOptions) -> LabelSummary:
         prompts_without_pair=empty,
         gold_mean=float(scores.mean()), gold_std=float(scores.std()),
     )  # fmt: skip
-    summary_path(out).write_text(json.dumps(dataclasses.asdict(summary), indent=1))
+    files.write(summary, summary_path(out))
     return summary
 
 

@@ -42,6 +42,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from normbt_plugin.runs import files
+
 MARGIN = {"fine": 1 / 3, "coarse": 1.0}  # as the stdlib pairs (Llama 2's graded strengths)
 _COMPARE = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
             ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn,
@@ -241,7 +243,7 @@ def build_humaneval_pairs(out: str | Path, *, seed: int = 0, per_bug: int = 1, a
     card_path = out / "card.json"
     todo = problems()[:limit]
     if card_path.is_file():
-        card = Card(**json.loads(card_path.read_text()))
+        card = files.read(Card, card_path, "python -m normbt_plugin.rm_evaluation.humaneval")
         if (card.seed, card.problems) == (seed, len(todo)):
             return card
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
@@ -262,7 +264,7 @@ def build_humaneval_pairs(out: str | Path, *, seed: int = 0, per_bug: int = 1, a
     )  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     (out / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    card_path.write_text(json.dumps(asdict(card), indent=1) + "\n")
+    files.write(card, card_path)
     return card
 
 

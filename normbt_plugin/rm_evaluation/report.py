@@ -121,7 +121,7 @@ def build_report(o: CompareOptions, downstream: Callable[[str], Section] | None 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = load_runs(o.runs, o.eval_name)
+    runs = load_runs(o.runs, o.eval_name or EVAL)
     groups = _group(runs)
     out = Path(o.out)
     out.mkdir(parents=True, exist_ok=True)

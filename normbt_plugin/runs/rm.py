@@ -23,7 +23,7 @@ from normbt_plugin.runs import files
 from normbt_plugin.stats import DistanceBin
 
 META = "meta.json"
-EVAL = "eval.jsonl"
+EVAL_LOG = "eval.jsonl"  # the trainer's evals, one line each (not eval-rm's eval.json: runs/rm_eval.py)
 
 
 def train_file(rank: int) -> str:
@@ -85,7 +85,7 @@ def read_steps(folder: str | Path, rank: int = 0) -> list[dict[str, Any]]:
 
 def read_evals(folder: str | Path) -> list[EvalRecord]:
     """The evaluations during training, in order; [] if none."""
-    path = Path(folder) / EVAL
+    path = Path(folder) / EVAL_LOG
     return files.read_lines(EvalRecord, path, "the RM stage") if path.exists() else []
 
 
@@ -115,4 +115,4 @@ class RunRecorder:
     def eval(self, step: int, bins: list[DistanceBin]) -> None:
         if self.folder is not None and self.rank == 0:
             acc = sum(b.acc * b.n for b in bins if b.n) / sum(b.n for b in bins)
-            self._append(EVAL, dataclasses.asdict(EvalRecord(step, acc, bins)))
+            self._append(EVAL_LOG, dataclasses.asdict(EvalRecord(step, acc, bins)))

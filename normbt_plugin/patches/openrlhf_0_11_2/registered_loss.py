@@ -130,9 +130,9 @@ class PluginRewardModelTrainer(_UpstreamTrainer):
             self.strategy.print(
                 f"normbt-plugin: WARNING: the model trains with dropout ({len(rates)} rates > 0, "
                 f"max {max(rates.values())}): the chosen-rejected distance {self.loss_name} reads "
-                "then includes dropout noise, which can swamp the distance of close pairs (MiniLM: "
-                "the same text twice about 3.6 apart, a one-token bug 0.2). Pass "
-                "--plugin.disable_dropout to train without it."
+                "then includes dropout noise, which can swamp the distance of close pairs "
+                "(docs/losses.md, --plugin.disable_dropout). Pass --plugin.disable_dropout to train "
+                "without it."
             )
 
     def _run_meta(self) -> RunMeta:
