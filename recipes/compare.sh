@@ -55,23 +55,18 @@ times="$RUN_DIR/stage_times.tsv"            # each stage's wall time, as a table
 [[ "$dry" == 1 ]] || : > "$times"
 # scripts/demo.sh passes the set-up's wall time: a fresh machine's first run pays it too
 [[ "$dry" == 1 || -z "${SETUP_SECONDS:-}" ]] || printf 'set-up (install-cpu.sh)\t%s\n' "$SETUP_SECONDS" >> "$times"
-run() {  # run "$log" cmd...: quiet into a log, its tail on failure, its wall time into $times
-  local log=$1 start=$EPOCHREALTIME; shift
-  if [[ "$dry" == 1 && "$1" == bash ]]; then "$@"; return; fi  # the recipe prints its command
-  if [[ "$dry" == 1 ]]; then printf '%q ' "$@"; echo; return; fi
-  "$@" > "$log" 2>&1 || { echo "compare.sh: failed, see $log" >&2; tail -30 "$log" >&2; exit 1; }
-  stage_time "$times" "$(basename "${log%.log}")" "$start"
-}
+who=compare.sh
+run() { stage_run "$who" "$RUN_DIR/logs" "$times" "$@"; }  # run NAME DONE cmd...: see stage-times.sh
 
 if [[ "${EVIDENCE:-0}" == 1 ]]; then
   echo "compare.sh: stdlib preference pairs and MiniLM-L6 -> $RUN_DIR/data"
-  run "$RUN_DIR.data.log" python -m normbt_plugin.rm_evaluation.evidence --out "$RUN_DIR/data" \
+  run data "$RUN_DIR/data/card.json" python -m normbt_plugin.rm_evaluation.evidence --out "$RUN_DIR/data" \
     --n_train "$N_TRAIN" --n_test "$N_TEST" --coarse "${COARSE:-shuffle}" --dropout "${DROPOUT:-0}"
   export MODEL="$RUN_DIR/data/minilm" DATASET="$RUN_DIR/data/train.jsonl"
   export EVAL_DATASET="$RUN_DIR/data/test.jsonl"
 elif [[ "${TINY:-0}" == 1 ]]; then
   echo "compare.sh: building the tiny model, tokenizer and data offline -> $RUN_DIR/tiny"
-  run "$RUN_DIR/tiny.log" python -m normbt_plugin.common.tiny --out "$RUN_DIR/tiny" --n_train "$N_TRAIN" \
+  run tiny "$RUN_DIR/tiny/eval_prompts.jsonl" python -m normbt_plugin.common.tiny --out "$RUN_DIR/tiny" --n_train "$N_TRAIN" \
     --n_test "$N_TEST" --heads "${TINY_HEADS:-4}"
   export MODEL="$RUN_DIR/tiny/model" DATASET="$RUN_DIR/tiny/train.jsonl"
   export EVAL_DATASET="$RUN_DIR/tiny/test.jsonl" PROMPTS="$RUN_DIR/tiny/prompts.jsonl"
@@ -80,7 +75,7 @@ elif [[ "${TINY:-0}" == 1 ]]; then
   # the policy's prompts as PPO and eval-policy give them
   if [[ "$PPO" == 1 ]]; then  # a policy that has seen the task, so its samples are not noise
     echo "compare.sh: SFT of the tiny policy on the chosen responses -> $RUN_DIR/policy"
-    run "$RUN_DIR/policy.log" python -m normbt_plugin.train_sft --model.model_name_or_path "$MODEL" \
+    run policy "$RUN_DIR/policy/config.json" python -m normbt_plugin.train_sft --model.model_name_or_path "$MODEL" \
       --data.dataset "$DATASET" --data.input_key prompt --data.output_key chosen \
       --data.input_template '{}' \
       --data.max_len "$MAX_LEN" --train.max_epochs "$SFT_EPOCHS" --train.micro_batch_size 8 \
@@ -94,7 +89,7 @@ if [[ "$ONPOLICY" == 1 ]]; then  # on-policy RM data: the SFT policy's samples, 
   pairs="$RUN_DIR/onpolicy/pairs.jsonl"
   [[ "$dry" == 1 ]] ||
     echo "compare.sh: on-policy pairs from ${POLICY:-$MODEL}, judged by ${GOLD_RM:-$GOLD_FN} -> $pairs"
-  POLICY=${POLICY:-$MODEL} OUT=$pairs run "$RUN_DIR/onpolicy.log" bash recipes/onpolicy-pairs.sh
+  POLICY=${POLICY:-$MODEL} OUT=$pairs run onpolicy "$pairs" bash recipes/onpolicy-pairs.sh
   export DATASET=$pairs PROMPT_KEY=prompt   # label-pairs writes prompt/chosen/rejected
 fi
 
@@ -114,14 +109,16 @@ for seed in $SEEDS; do
     flags=()
     [[ "$spec" == *:* ]] && IFS=, read -r -a flags <<< "${spec#*:}"
     out="$RUN_DIR/rm-$label-seed$seed"
-    LOSS=$loss LABEL=$label SEED=$seed OUT=$out run "$out.log" bash recipes/rm.sh "${flags[@]}"
+    LOSS=$loss LABEL=$label SEED=$seed OUT=$out run "rm-$label-seed$seed" "$out/model/config.json" \
+      bash recipes/rm.sh "${flags[@]}"
     [[ "$dry" == 1 ]] || echo "compare.sh: trained $label ($loss ${flags[*]}) seed $seed in $out"
-    run "$out.eval.log" normbt eval-rm --model "$out/model" \
-      --data "${EVAL_DATA:-${EVAL_DATASET:?set EVAL_DATA or EVAL_DATASET}}" "${eval_flags[@]}" --out "$out/eval.json"
+    evaluated="$out/eval.json"
+    run "eval-$label-seed$seed" "$evaluated" normbt eval-rm --model "$out/model" \
+      --data "${EVAL_DATA:-${EVAL_DATASET:?set EVAL_DATA or EVAL_DATASET}}" "${eval_flags[@]}" --out "$evaluated"
     runs+=("$out")
     if [[ "$PPO" == 1 ]]; then
       ppo_out="$RUN_DIR/ppo-$label-seed$seed"
-      RM="$out/model" OUT=$ppo_out PPO_SEED=$seed run "$ppo_out.log" bash recipes/ppo.sh
+      RM="$out/model" OUT=$ppo_out PPO_SEED=$seed run "ppo-$label-seed$seed" "$ppo_out/model/config.json" bash recipes/ppo.sh
       [[ "$dry" == 1 ]] || echo "compare.sh: PPO on $label seed $seed -> $ppo_out/model"
       ppo_runs+=("$ppo_out")
     fi
@@ -133,14 +130,14 @@ if (( ${#ppo_runs[@]} )); then
   if [[ "${TINY:-0}" == 1 && -z "$GOLD_RM" && -z "$GOLD_FN" ]]; then  # a judge trained apart
     gold="$RUN_DIR/gold"
     [[ "$dry" == 1 ]] || echo "compare.sh: an independent gold RM (own tokenizer, init, data; seed $GOLD_SEED) -> $gold"
-    run "$gold.data.log" python -m normbt_plugin.common.tiny --out "$gold/data" --seed "$GOLD_SEED" \
+    run gold-data "$gold/data/eval_prompts.jsonl" python -m normbt_plugin.common.tiny --out "$gold/data" --seed "$GOLD_SEED" \
       --n_train "$GOLD_N_TRAIN" --n_test "$N_TEST" --heads 4
     MODEL="$gold/data/model" DATASET="$gold/data/train.jsonl" EVAL_DATASET="$gold/data/test.jsonl" \
       LOSS=bt LABEL=gold SEED=$GOLD_SEED EPOCHS=$GOLD_EPOCHS BS=32 MICRO_BS=8 OUT=$gold \
-      run "$gold.log" bash recipes/rm.sh
-    run "$gold.eval.log" normbt eval-rm --model "$gold/model" --data "$EVAL_DATASET" "${eval_flags[@]}" \
+      run gold "$gold/model/config.json" bash recipes/rm.sh
+    run gold-eval "$gold/eval.json" normbt eval-rm --model "$gold/model" --data "$EVAL_DATASET" "${eval_flags[@]}" \
       --out "$gold/eval.json"
-    [[ "$dry" == 1 ]] || grep -m1 "accuracy" "$gold.eval.log" | sed 's/^/compare.sh: gold RM on the eval pairs: /'
+    [[ "$dry" == 1 ]] || grep -m1 "accuracy" "$RUN_DIR/logs/gold-eval.log" | sed 's/^/compare.sh: gold RM on the eval pairs: /'
     GOLD_RM="$gold/model"
   fi
   policy_flags=(--policy "initial=$POLICY")
@@ -155,7 +152,7 @@ if (( ${#ppo_runs[@]} )); then
   else
     policy_flags+=(--gold "${GOLD_RM:?set GOLD_RM (a gold reward model) or GOLD_FN (a true reward) to judge}")
   fi
-  run "$RUN_DIR/policy-eval.log" normbt eval-policy "${policy_flags[@]}" \
+  run policy-eval "$RUN_DIR/policy-eval/policy_eval.json" normbt eval-policy "${policy_flags[@]}" \
     --prompts "${EVAL_PROMPTS:?set EVAL_PROMPTS to held-out prompts}" --prompt_key "$EVAL_PROMPT_KEY" \
     --n_prompts "$EVAL_N_PROMPTS" --samples "$EVAL_SAMPLES" --bon_samples "$BON_SAMPLES" \
     --bon_prompts "$BON_PROMPTS" --max_new "$EVAL_MAX_NEW" \
@@ -175,6 +172,6 @@ if [[ "$dry" == 1 ]]; then
   printf '%q ' normbt compare "${runs[@]}" "${compare_args[@]}"; echo
   exit 0
 fi
-run "$RUN_DIR/report.log" normbt compare "${runs[@]}" "${compare_args[@]}"
-cat "$RUN_DIR/report.log"
+run report "" normbt compare "${runs[@]}" "${compare_args[@]}"
+cat "$RUN_DIR/logs/report.log"
 stage_table "$times" compare.sh

@@ -57,13 +57,17 @@ ESTIMATOR=${ESTIMATOR:-reinforce_baseline}       # no critic: the reward is the 
 TUNE_LRS=${TUNE_LRS-1e-4 2e-4 5e-4}               # learning rates tried on the standardised ceiling
 ACTOR_LR=${ACTOR_LR:-1e-4}                       # the one chosen there (docs/results.md)
 KL=${KL:-0.005}
-UNTIL=${UNTIL:-all}                              # stop after: pairs, rms, bon, tune or all
+UNTIL=${UNTIL:-all}                              # stop after a stop point (--help lists them) or all
+gold_fn=normbt_plugin.common.tasks:gold_reward     # the task's true reward (label-pairs, best-of-N, PPO)
+exact_fn=normbt_plugin.common.tasks:exact          # its success indicator (the curves)
 dry=${DRY_RUN:-0}
+check_until "$0"
 export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DRY_RUN=$dry
 mkdir -p "$OUT"
 times="$OUT/stage_times.tsv"
 [[ "$dry" == 1 ]] || touch "$times"
-run() { stage_run downstream-study "$OUT/logs" "$times" "$@"; }  # run NAME DONE cmd...: see stage-times.sh
+who=downstream-study
+run() { stage_run "$who" "$OUT/logs" "$times" "$@"; }  # run NAME DONE cmd...: see stage-times.sh
 
 # the task and the SFT policy
 tiny="$OUT/tiny"
@@ -82,7 +86,7 @@ run sft "$OUT/policy/config.json" python -m normbt_plugin.train_sft --model.mode
   --ckpt.path "$OUT/policy.ckpt"
 
 # on-policy pairs: the SFT policy's own samples, paired by the true reward
-label=(normbt label-pairs --policy "$OUT/policy" --gold_fn normbt_plugin.common.tasks:gold_reward
+label=(normbt label-pairs --policy "$OUT/policy" --gold_fn "$gold_fn"
        --samples "$RM_SAMPLES" --pairs_per_prompt "$PAIRS_PER_PROMPT" --max_new 24 --max_len 64)
 run pairs-train "$OUT/pairs/onpolicy.jsonl" "${label[@]}" --prompts "$tiny/rm_prompts.jsonl" --seed 1 \
   --out "$OUT/pairs/onpolicy.jsonl"
@@ -91,7 +95,7 @@ run pairs-test "$OUT/pairs/onpolicy-test.jsonl" "${label[@]}" --prompts "$tiny/r
 run pairs-test-512 "$OUT/pairs/onpolicy-test-512.jsonl" python -m normbt_plugin.policy_studies.label_pairs subsample \
   "$OUT/pairs/onpolicy-test.jsonl" 512 0 "$OUT/pairs/onpolicy-test-512.jsonl"  # the RM stage's own eval
 declare -A pool=([onpolicy]="$OUT/pairs/onpolicy.jsonl" [perturb]="$tiny/train.jsonl")
-[[ "$UNTIL" == pairs ]] && exit 0
+stop_point pairs
 
 # reward models: from the SFT policy, per arm and seed its own subsample, the losses paired by seed
 rm_env=(MODEL="$OUT/policy" EVAL_DATASET="$OUT/pairs/onpolicy-test-512.jsonl" NPROC=1 EPOCHS="$RM_EPOCHS" LR="$RM_LR"
@@ -115,14 +119,14 @@ for arm in $ARMS; do
   done
 done
 
-[[ "$UNTIL" == rms ]] && exit 0
+stop_point rms
 
 # best-of-N from the SFT policy on held-out prompts, every RM a proxy; the primary analysis
 proxies=()
 for rm in "${rms[@]}"; do proxies+=(--proxy "${rm##*/rm-}=$rm/model"); done
 bon="$OUT/$BON_DIR"
 run "$BON_DIR" "$bon/policy_eval.json" normbt eval-policy --policy "sft=$OUT/policy" "${proxies[@]}" \
-  --gold_fn normbt_plugin.common.tasks:gold_reward --prompts "$tiny/eval_prompts.jsonl" --n_prompts "$BON_PROMPTS" \
+  --gold_fn "$gold_fn" --prompts "$tiny/eval_prompts.jsonl" --n_prompts "$BON_PROMPTS" \
   --samples 1 --bon_samples "$BON_SAMPLES" --max_new 24 --max_len 64 --out "$bon"
 also=()  # best-of-N of seeds run before (same policy, prompts and sampling seed): one pooled analysis
 for other in "$OUT"/bon*/policy_eval.json; do
@@ -130,7 +134,7 @@ for other in "$OUT"/bon*/policy_eval.json; do
 done
 run bon-study "" normbt bon-study "$bon/policy_eval.json" "${also[@]}" "$OUT"/rm-*/ --baseline bt --n 16 \
   --pairs "$OUT/pairs/onpolicy-test.jsonl" --out "$OUT/bon-study"
-[[ "$UNTIL" == bon ]] && { [[ "$dry" == 1 ]] || stage_table "$times" downstream-study; exit 0; }
+stop_point bon
 
 # PPO, confirmatory: every reward standardised on the SFT policy's samples, the same settings for all
 (( ${#PPO_RM_SEEDS} + ${#CEILING_SEEDS} )) || { [[ "$dry" == 1 ]] || stage_table "$times" downstream-study; exit 0; }
@@ -158,10 +162,10 @@ done
 if [[ -n "$TUNE_LRS" ]]; then
   tuned=("${ppo_runs[@]}") ppo_runs=()
   run tune-curves "" normbt curves "${tuned[@]}" --tokenizer "$OUT/policy" \
-    --gold_fn normbt_plugin.common.tasks:gold_reward --exact_fn normbt_plugin.common.tasks:exact \
+    --gold_fn "$gold_fn" --exact_fn "$exact_fn" \
     --baseline "tune-lr${TUNE_LRS%% *}" --window 4 --out "$OUT/tune-curves"
 fi
-[[ "$UNTIL" == tune ]] && { [[ "$dry" == 1 ]] || stage_table "$times" downstream-study; exit 0; }
+stop_point tune
 for seed in $CEILING_SEEDS; do ppo true "" "$seed" REWARD_URL="$OUT/ppo-rewards/true.py"; done
 for loss in $LOSSES; do
   for rm_seed in $PPO_RM_SEEDS; do
@@ -172,7 +176,7 @@ for loss in $LOSSES; do
   done
 done
 run curves "" normbt curves "${ppo_runs[@]}" --tokenizer "$OUT/policy" \
-  --gold_fn normbt_plugin.common.tasks:gold_reward --exact_fn normbt_plugin.common.tasks:exact \
+  --gold_fn "$gold_fn" --exact_fn "$exact_fn" \
   --baseline bt --window 4 --out "$OUT/curves"
 [[ "$dry" == 1 ]] && exit 0
 cat "$OUT/bon-study/report.md" "$OUT/curves/curves.md"

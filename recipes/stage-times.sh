@@ -1,9 +1,11 @@
 # Sourced by the chaining recipes: each stage's wall time into a TSV, and the table of them; a
 # resumable stage runner; --help generated from a script's own assignments.
 #   start=$EPOCHREALTIME; ...; stage_time "$times" NAME "$start";   stage_table "$times" "$label"
-#   stage_run WHO LOGS TIMES NAME DONE cmd...;   recipe_help "$0"
-recipe_help() {  # recipe_help SCRIPT: its header comment (after the shebang), then every VAR=${VAR:-default}
+#   stage_run WHO LOGS TIMES NAME DONE cmd...;   stop_point NAME;   check_until "$0";   recipe_help "$0"
+recipe_help() {  # recipe_help SCRIPT: its header comment (after the shebang), its stop points, then every
+  # VAR=${VAR:-default}
   awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$1"; echo
+  [[ -z "$(stop_points "$1")" ]] || { echo "Stop points (UNTIL=NAME ends the run there): $(stop_points "$1")all"; echo; }
   echo "Environment (defaults; the environment wins):"
   awk 'match($0, /^[A-Z_][A-Z0-9_]*=\$\{[A-Z_][A-Z0-9_]*(:-|-|:\?)/) {
     name = substr($0, 1, index($0, "=") - 1); rest = substr($0, RLENGTH + 1)
@@ -37,4 +39,18 @@ stage_table() {  # stage_table FILE WHO: the stages' wall times, longest first, 
     END {printf "| stage | wall (s) | share |\n|---|---:|---:|\n";
          for (i = 1; i <= NR; i++) printf "| %s | %.1f | %.0f%% |\n", name[i], t[i], 100*t[i]/total;
          printf "| total | %.1f | |\n", total}'
+}
+stop_points() {  # stop_points SCRIPT: the names of its stop_point lines, in order
+  awk '$1 == "stop_point" {printf "%s ", $2}' "$1"
+}
+check_until() {  # check_until SCRIPT: UNTIL (default all) is one of SCRIPT's stop points, before any stage runs
+  local points; points=$(stop_points "$1")
+  [[ " $points all " == *" ${UNTIL:-all} "* ]] && return 0
+  echo "$(basename "$1"): UNTIL=$UNTIL is not a stop point; its stop points: ${points}all" >&2
+  exit 2
+}
+stop_point() {  # stop_point NAME: with UNTIL=NAME the recipe ends here, its stage table printed ($times, $who)
+  [[ "${UNTIL:-all}" == "$1" ]] || return 0
+  [[ "${DRY_RUN:-0}" == 1 || -z "${times:-}" ]] || stage_table "$times" "${who:-$(basename "$0")}"
+  exit 0
 }

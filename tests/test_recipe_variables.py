@@ -100,3 +100,21 @@ def test_help_lists_every_variable_a_recipe_reads(recipe):
     shown = bash(f"bash {recipe} --help")
     listed = re.findall(r"^  ([A-Z_][A-Z0-9_]*)[= ]", shown, re.M)
     assert listed == names, (recipe.name, set(names) ^ set(listed))
+
+
+def test_stop_points_are_the_stop_point_lines():
+    """A recipe's UNTIL values are its ``stop_point`` lines: --help lists them in order, an unknown
+    UNTIL stops before any stage with that list, and each stop point ends a dry run there."""
+    script = REPO / "recipes" / "downstream-study.sh"
+    points = re.findall(r"^stop_point (\w+)$", script.read_text(), re.M)
+    assert points == ["pairs", "rms", "bon", "tune"]
+    help_text = bash("bash recipes/downstream-study.sh --help")
+    assert f"Stop points (UNTIL=NAME ends the run there): {' '.join(points)} all" in help_text
+    env = {"PATH": "/usr/bin:/bin", "DRY_RUN": "1", "UNTIL": "nonesuch"}
+    proc = subprocess.run(["bash", str(script)], cwd=REPO, capture_output=True, text=True, timeout=60,
+                          env=env, check=False)  # fmt: skip
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert "UNTIL=nonesuch is not a stop point; its stop points: pairs rms bon tune all" in proc.stderr
+    lengths = [len(bash("bash recipes/downstream-study.sh", {"DRY_RUN": "1", "UNTIL": p}).splitlines())
+               for p in [*points, "all"]]  # fmt: skip
+    assert lengths == sorted(lengths) and len(set(lengths)) == len(lengths), lengths
