@@ -373,6 +373,12 @@ class NormBTOptions:
         "the registered per-pair loss that is weighted (its own options: --<base>.*), e.g. label_smoothing",
     )
     sync: bool = option(True, "average distances over data-parallel ranks (same mu everywhere)")
+    ema_every: str = option(
+        "step",
+        "'step': mu moves once per optimizer step, by all its pairs; 'call': at every micro-batch (the rule "
+        "of the results committed before 2026-12-07)",
+        choices=["step", "call"],
+    )
     identical_tol: float = option(
         1e-3, "pairs with dist <= tol * mu count as identical: weight 1, not in the mean"
     )
@@ -385,6 +391,8 @@ class NormBTOptions:
             raise ValueError(f"normbt eps must be > 0, got {self.eps}")
         if self.update not in ("before", "after"):
             raise ValueError(f"normbt update must be 'before' or 'after', got {self.update!r}")
+        if self.ema_every not in ("step", "call"):
+            raise ValueError(f"normbt ema_every must be 'step' or 'call', got {self.ema_every!r}")
         if self.distance not in DISTANCES:
             raise ValueError(f"normbt distance must be 'l2', 'unit_l2' or 'cosine', got {self.distance!r}")
         if self.identical_tol < 0:
@@ -513,8 +521,9 @@ class NormBTLoss(PreferenceLoss):
     def step_by_optimizer(self) -> None:
         """From now on mu moves once per optimizer step, at ``end_step()`` (which the trainer calls
         after each), by the mean over all of the step's pairs: the same data gives the same mu however
-        it is split into micro-batches. Without it (a loss used on its own) every call is a step."""
-        self._by_optimizer = True
+        it is split into micro-batches. Without it (a loss used on its own), or with ``ema_every='call'``,
+        every call is a step."""
+        self._by_optimizer = self.options.ema_every == "step"
 
     def end_step(self) -> None:
         """Fold the optimizer step's distances into mu (see ``step_by_optimizer``)."""

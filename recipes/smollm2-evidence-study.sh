@@ -40,6 +40,7 @@ MICRO_BS=${MICRO_BS:-4}
 NPROC=${NPROC:-1}
 PARAM_DTYPE=${PARAM_DTYPE:-fp32}                # bf16 only where the CPU has it natively (lscpu: avx512_bf16)
 SAVE_STEPS=${SAVE_STEPS:-16}                    # an RM checkpoint every N steps: a stopped study resumes mid-RM
+EMA_EVERY=${EMA_EVERY:-call}                    # NormBT-family mu: 'call' (every micro-batch), the committed runs' rule
 dry=${DRY_RUN:-0}
 export PATH="$PWD/.venv/bin:$PATH" DRY_RUN=$dry
 mkdir -p "$OUT"
@@ -70,8 +71,10 @@ train() {  # train LOSS SEED: one RM, eval-rm on the stdlib test pairs (per kind
   if [[ "$dry" != 1 && -e "$rm/eval.json" && -e "$rm/eval-humaneval.json" ]]; then
     echo "smollm2-evidence: rm-$loss-seed$seed (evaluated before)"; return
   fi
+  local family=()  # the NormBT family's EMA rule (losses.md, ema_every)
+  [[ "$loss" == normbt* ]] && family=(--"$loss".ema_every "$EMA_EVERY")
   run "rm-$loss-seed$seed" "$rm/model/config.json" env "${rm_env[@]}" LOSS="$loss" SEED="$seed" OUT="$rm" \
-    bash recipes/rm.sh "${lora[@]}"
+    bash recipes/rm.sh "${lora[@]}" "${family[@]}"
   run "eval-$loss-seed$seed" "$rm/eval.json" normbt eval-rm --model "$rm/model" --data "$data/test.jsonl" \
     --subset_key kind --max_len "$MAX_LEN" --out "$rm/eval.json"
   run "humaneval-$loss-seed$seed" "$rm/eval-humaneval.json" normbt eval-rm --model "$rm/model" \

@@ -565,3 +565,17 @@ def test_mu_follows_the_optimizer_step_not_the_micro_batch(update):
     resumed = NormBTLoss(update=update)
     resumed.load_state_dict(state)
     assert resumed.mu == split.mu and resumed.steps == 5
+
+
+def test_ema_every_call_is_the_earlier_rule():
+    """``ema_every='call'``: a trainer's ``step_by_optimizer`` changes nothing, mu moves at every call
+    (the rule the results committed before 2026-12-07 ran with)."""
+    gen = torch.Generator().manual_seed(4)
+    batches = [(torch.randn(2, 8, generator=gen), torch.randn(2, 8, generator=gen)) for _ in range(4)]
+    per_call, plain = NormBTLoss(ema_every="call"), NormBTLoss()
+    per_call.step_by_optimizer()
+    for h_c, h_r in batches:
+        per_call(torch.zeros(2), torch.zeros(2), h_c, h_r)
+        plain(torch.zeros(2), torch.zeros(2), h_c, h_r)
+    per_call.end_step()
+    assert per_call.steps == plain.steps == 4 and per_call.mu == plain.mu
