@@ -24,7 +24,7 @@ if [[ "${1:-}" == "-h" || "${1:-}" == "--help" ]]; then recipe_help "$0"; exit 0
 OUT=${OUT:-runs/smollm2-evidence}
 MAIN=${MAIN-bt normbt}                          # losses at MAIN_SEEDS
 MAIN_SEEDS=${MAIN_SEEDS-1 2 3 4 5}
-OTHERS=${OTHERS-label_smoothing bsr}            # comparators at OTHER_SEEDS
+OTHERS=${OTHERS-label_smoothing bsr}            # comparators at OTHER_SEEDS (label=loss:--flag=value,... a variant)
 OTHER_SEEDS=${OTHER_SEEDS-1 2 3}
 N_TRAIN=${N_TRAIN:-800}                         # stdlib pairs (about half fine, half coarse), split by module
 N_TEST=${N_TEST:-400}
@@ -64,20 +64,22 @@ rm_env=(MODEL="$model" DATASET="$data/train.jsonl" EVAL_DATASET="$train_eval" NP
         LR="$LR" BS="$BS" MICRO_BS="$MICRO_BS" MAX_LEN="$MAX_LEN" PROMPT_KEY=prompt PARAM_DTYPE="$PARAM_DTYPE"
         SAVE_STEPS="$SAVE_STEPS")
 runs=()
-train() {  # train LOSS SEED: one RM, eval-rm on the stdlib test pairs (per kind) and HumanEval (per bug)
-  local loss=$1 seed=$2 rm="$OUT/rm-$1-seed$2"
+train() {  # train ENTRY SEED: one RM, eval-rm on the stdlib test pairs (per kind) and HumanEval (per bug);
+  # ENTRY is a loss name, or label=loss:--flag=value,... for a variant (as compare.sh's LOSSES)
+  local label=${1%%=*} spec=${1#*=} seed=$2 flags=()
+  local loss=${spec%%:*} rm="$OUT/rm-$label-seed$2"
+  [[ "$spec" == *:* ]] && IFS=, read -r -a flags <<< "${spec#*:}"
   runs+=("$rm")
   # a run evaluated before (here, or its records restored from results/smollm2-evidence): nothing to redo
   if [[ "$dry" != 1 && -e "$rm/eval.json" && -e "$rm/eval-humaneval.json" ]]; then
-    echo "smollm2-evidence: rm-$loss-seed$seed (evaluated before)"; return
+    echo "smollm2-evidence: rm-$label-seed$seed (evaluated before)"; return
   fi
-  local family=()  # the NormBT family's EMA rule (losses.md, ema_every)
-  [[ "$loss" == normbt* ]] && family=(--"$loss".ema_every "$EMA_EVERY")
-  run "rm-$loss-seed$seed" "$rm/model/config.json" env "${rm_env[@]}" LOSS="$loss" SEED="$seed" OUT="$rm" \
-    bash recipes/rm.sh "${lora[@]}" "${family[@]}"
-  run "eval-$loss-seed$seed" "$rm/eval.json" normbt eval-rm --model "$rm/model" --data "$data/test.jsonl" \
+  [[ "$loss" == normbt* ]] && flags+=(--"$loss".ema_every "$EMA_EVERY")  # the NormBT family's EMA rule
+  run "rm-$label-seed$seed" "$rm/model/config.json" env "${rm_env[@]}" LOSS="$loss" LABEL="$label" SEED="$seed" \
+    OUT="$rm" bash recipes/rm.sh "${lora[@]}" "${flags[@]}"
+  run "eval-$label-seed$seed" "$rm/eval.json" normbt eval-rm --model "$rm/model" --data "$data/test.jsonl" \
     --subset_key kind --max_len "$MAX_LEN" --out "$rm/eval.json"
-  run "humaneval-$loss-seed$seed" "$rm/eval-humaneval.json" normbt eval-rm --model "$rm/model" \
+  run "humaneval-$label-seed$seed" "$rm/eval-humaneval.json" normbt eval-rm --model "$rm/model" \
     --data "$OUT/humaneval/test.jsonl" --subset_key bug --max_len "$MAX_LEN" --out "$rm/eval-humaneval.json"
 }
 for seed in $MAIN_SEEDS; do for loss in $MAIN; do train "$loss" "$seed"; done; done
