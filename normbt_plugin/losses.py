@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from normbt_plugin import collectives
-from normbt_plugin.options import option
+from normbt_plugin.options import add_options, from_args, option
 from normbt_plugin.stats import DISTANCES, normbt_weight, pair_distance
 
 ENTRY_POINT_GROUP = "normbt_plugin.losses"
@@ -125,6 +125,29 @@ def resolve_loss_name(name: str) -> str:
 
 def loss_spec(name: str) -> LossSpec:
     return _REGISTRY[resolve_loss_name(name)]
+
+
+def add_loss_arguments(parser: Any) -> None:
+    """``--<loss>.<option>`` for every registered loss with options, one argument group each (a
+    trainer's parser: OpenRLHF's train_rm, TRL's reward script); bools take true/false."""
+    for spec in registered_losses():
+        if spec.options is not None:
+            group = parser.add_argument_group(f"{spec.name} loss options (loss {spec.name})", spec.doc)
+            add_options(group, spec.options, prefix=f"{spec.name}.", bool_values=True)
+
+
+def loss_options_from_args(spec: LossSpec, parsed: Any) -> dict[str, Any]:
+    """The keyword options of ``spec``'s loss from its ``--<loss>.*`` flags (what ``add_loss_arguments``
+    parsed; a flat or OpenRLHF's nested namespace): its options object and, for a loss built over
+    another (NormBT's ``base``), that loss's own from ``--<base>.*``."""
+    if spec.options is None:
+        return {}
+    options = from_args(spec.options, parsed, f"{spec.name}.")
+    kwargs: dict[str, Any] = {"options": options}
+    base = getattr(options, "base", None)
+    if base is not None and (base_spec := loss_spec(base)).options is not None:
+        kwargs["base_options"] = from_args(base_spec.options, parsed, f"{base_spec.name}.")
+    return kwargs
 
 
 def build_loss(name: str, **options: Any) -> PreferenceLoss:

@@ -40,6 +40,7 @@ def test_doctor_reports_versions_and_patches():
     assert proc.returncode == 0, proc.stderr
     rows = {line[:18].strip(): line[18:].strip() for line in proc.stdout.splitlines()}
     assert rows["openrlhf"] == "0.11.2 (supported: 0.11.2)" and rows["vLLM"] == "yes"
+    assert rows["trl"] == "1.16.0 (normbt_plugin.trl_adapter)"
     assert rows["bytecode"] == "compiled (torch, transformers, deepspeed, openrlhf, vllm, ray)"
     assert rows["patches, RM stage"].endswith("registered_loss, value_head_norm, lora_value_head")
     ppo_patches = "cpu_ppo, vllm_cpu, free_port, value_head_norm, lora_value_head, reward_norm"

@@ -31,6 +31,7 @@ ROOMS = {
     "launchers": BASE | {"patches"},
     "rm_evaluation": BASE | {"patches"},
     "policy_studies": BASE | {"patches", "rm_evaluation"},
+    "trl_adapter": BASE,  # TRL's RewardTrainer with the registry's losses
 }
 ENTRY_POINTS = {"__init__", "cli", "train_rm", "train_ppo", "train_sft", "autopatch"}  # import anything
 
@@ -69,6 +70,17 @@ def test_only_the_adapter_imports_openrlhf_or_a_versioned_folder():
         for p in sources(REPO / "benchmarks")
         for name in imports(p)
         if "openrlhf_0_" in name
+    ]
+    assert not offenders, offenders
+
+
+def test_only_the_trl_adapter_imports_trl():
+    offenders = [
+        f"{p.relative_to(REPO)}: {name}"
+        for p in sources(PACKAGE, REPO / "recipes", REPO / "benchmarks")
+        if PACKAGE / "trl_adapter" not in p.parents
+        for name in imports(p)
+        if name.split(".")[0] == "trl"
     ]
     assert not offenders, offenders
 

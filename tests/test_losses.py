@@ -431,9 +431,9 @@ def test_a_variant_is_a_weights_override_with_its_own_options_and_flags(tmp_path
     train_rm's ``--<name>.*`` flags (every NormBT option included, optional and choice types too)."""
     from dataclasses import dataclass
 
-    from normbt_plugin.losses import NormBTOptions
+    from normbt_plugin.losses import NormBTOptions, loss_options_from_args
     from normbt_plugin.options import option
-    from normbt_plugin.patches.openrlhf_0_11_2.cli_options import add_plugin_arguments, loss_options_from_args
+    from normbt_plugin.patches.openrlhf_0_11_2.cli_options import add_plugin_arguments
 
     @dataclass
     class SquaredOptions(NormBTOptions):

@@ -15,10 +15,9 @@ import contextlib
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any
 
 from normbt_plugin.common.device_mode import cpu_job
-from normbt_plugin.losses import LossSpec, available_losses, loss_spec, registered_losses
+from normbt_plugin.losses import add_loss_arguments, available_losses, loss_options_from_args, loss_spec
 from normbt_plugin.options import (
     PLUGIN_PREFIX,
     PpoPluginOptions,
@@ -37,12 +36,7 @@ def add_plugin_arguments(parser: argparse.ArgumentParser) -> None:
     loss_action = parser._option_string_actions[LOSS_FLAG]
     loss_action.help = f"reward-model loss from normbt_plugin's registry: {', '.join(available_losses())}"
     add_options(parser.add_argument_group("normbt-plugin"), RmPluginOptions, prefix=PLUGIN_PREFIX)
-    for spec in registered_losses():
-        if spec.options is not None:
-            group = parser.add_argument_group(
-                f"{spec.name} loss options (--model.loss_type {spec.name})", spec.doc
-            )
-            add_options(group, spec.options, prefix=f"{spec.name}.", bool_values=True)
+    add_loss_arguments(parser)
 
 
 def add_ppo_plugin_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,19 +51,6 @@ def apply_ppo_plugin_arguments(parsed: argparse.Namespace) -> None:
     flags: PpoPluginOptions = from_args(PpoPluginOptions, parsed, PLUGIN_PREFIX)
     if flags.rollout_log:
         os.environ[rollout_log.ENV] = os.path.abspath(flags.rollout_log)
-
-
-def loss_options_from_args(spec: LossSpec, parsed: argparse.Namespace) -> dict[str, Any]:
-    """The keyword options of ``spec``'s loss from its ``--<loss>.*`` flags: its options object and,
-    for a loss built over another (NormBT's ``base``), that loss's own from ``--<base>.*``."""
-    if spec.options is None:
-        return {}
-    options = from_args(spec.options, parsed, f"{spec.name}.")
-    kwargs: dict[str, Any] = {"options": options}
-    base = getattr(options, "base", None)
-    if base is not None and (base_spec := loss_spec(base)).options is not None:
-        kwargs["base_options"] = from_args(base_spec.options, parsed, f"{base_spec.name}.")
-    return kwargs
 
 
 def check_plugin_arguments(parser: argparse.ArgumentParser, parsed: argparse.Namespace) -> None:

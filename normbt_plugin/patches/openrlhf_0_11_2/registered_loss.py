@@ -27,9 +27,8 @@ from openrlhf.trainer import rm_trainer
 from openrlhf.utils.deepspeed import deepspeed as ds_strategy
 
 from normbt_plugin.hidden import active_dropout, disable_dropout, eos_hidden_states
-from normbt_plugin.losses import PreferenceLoss, host_metrics, loss_spec
+from normbt_plugin.losses import PreferenceLoss, host_metrics, loss_options_from_args, loss_spec
 from normbt_plugin.patches.openrlhf_0_11_2 import is_patched, mark_patched
-from normbt_plugin.patches.openrlhf_0_11_2.cli_options import loss_options_from_args
 from normbt_plugin.patches.openrlhf_0_11_2.value_head_norm import normed_head
 from normbt_plugin.rank_metrics import format_bins, gather_distance_bins, reduce_metrics
 from normbt_plugin.runs.rm import RunMeta, RunRecorder
