@@ -222,28 +222,65 @@ def bon_study(o: BonStudyOptions) -> dict[str, Any]:
         "baseline": baseline, "margin": margin, "oracle": oracle.tolist(), "cells": {}, "effects": {},
     }  # fmt: skip
     for (arm, loss), group in sorted(groups.items()):
-        fits = [gao[p.name] for p in group]
-        spreads = [within_prompt_spread(p.scores) for p in group]
-        cell: dict[str, Any] = {
-            "seeds": sorted(p.seed for p in group),
-            "curve": np.mean([p.bon.mean(axis=0) for p in group], axis=0).tolist(),
-            "at_n": _mean_ci([float(p.bon[:, column].mean()) for p in group]),
-            "gao_a": _mean_ci([a for a, _ in fits]), "gao_b": _mean_ci([b for _, b in fits]),
-            "within_share": _mean_ci([s["within_share"] for s in spreads]),
-            "rank_agreement": _mean_ci([rank_agreement(p.scores, gold) for p in group]),
-        }  # fmt: skip
-        evaluated = [p.evaluation for p in group if p.evaluation is not None]
-        if evaluated:
-            cell["accuracy"] = _mean_ci([e.accuracy for e in evaluated])
-            bins = [e.distance_bins for e in evaluated if e.distance_bins]
-            if bins:
-                cell["accuracy_by_distance"] = np.nanmean([[b.acc for b in x] for x in bins], axis=0).tolist()
-            if gaps is not None:
-                by_gap = [gap_accuracy(e.correct, gaps, edges) for e in evaluated]
-                by_gap = [x for x in by_gap if x]
-                if by_gap:
-                    cell["accuracy_by_gap"] = np.nanmean(by_gap, axis=0).tolist()
-        result["cells"][f"{arm}/{loss}"] = cell
+        result["cells"][f"{arm}/{loss}"] = _cell(group, gao, gold, column, gaps, edges)
+    result["effects"] = _effects(groups, arms, losses, baseline, gao, column, margin)
+    if len(arms) == 2:  # the 2x2: does the loss effect depend on where the pairs came from?
+        interaction = _interaction(groups, arms, losses, baseline, column)
+        if interaction:
+            result["interaction"] = interaction
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps(result, indent=1))
+    plot_bon(result, out / "best_of_n.png")
+    (out / "report.md").write_text(format_report(result))
+    return result
+
+
+def _cell(
+    group: list[Proxy],
+    gao: dict[str, tuple[float, float]],
+    gold: np.ndarray,
+    column: int,
+    gaps: np.ndarray | None,
+    edges: np.ndarray | None,
+) -> dict[str, Any]:
+    """One arm x loss: its best-of-N curve, the value at N, Gao's fit, the proxies' spread and rank
+    agreement with the gold, and its eval-rm accuracy (by distance, by the judge's gap)."""
+    fits = [gao[p.name] for p in group]
+    spreads = [within_prompt_spread(p.scores) for p in group]
+    cell: dict[str, Any] = {
+        "seeds": sorted(p.seed for p in group),
+        "curve": np.mean([p.bon.mean(axis=0) for p in group], axis=0).tolist(),
+        "at_n": _mean_ci([float(p.bon[:, column].mean()) for p in group]),
+        "gao_a": _mean_ci([a for a, _ in fits]), "gao_b": _mean_ci([b for _, b in fits]),
+        "within_share": _mean_ci([s["within_share"] for s in spreads]),
+        "rank_agreement": _mean_ci([rank_agreement(p.scores, gold) for p in group]),
+    }  # fmt: skip
+    evaluated = [p.evaluation for p in group if p.evaluation is not None]
+    if evaluated:
+        cell["accuracy"] = _mean_ci([e.accuracy for e in evaluated])
+        bins = [e.distance_bins for e in evaluated if e.distance_bins]
+        if bins:
+            cell["accuracy_by_distance"] = np.nanmean([[b.acc for b in x] for x in bins], axis=0).tolist()
+        if gaps is not None:
+            by_gap = [gap_accuracy(e.correct, gaps, edges) for e in evaluated]
+            by_gap = [x for x in by_gap if x]
+            if by_gap:
+                cell["accuracy_by_gap"] = np.nanmean(by_gap, axis=0).tolist()
+    return cell
+
+
+def _effects(
+    groups: dict[tuple[str, str], list[Proxy]],
+    arms: list[str],
+    losses: list[str],
+    baseline: str,
+    gao: dict[str, tuple[float, float]],
+    column: int,
+    margin: float,
+) -> dict[str, Any]:
+    """Per arm and loss, the paired effect against the baseline (the decision), with Gao's fit's."""
+    effects: dict[str, Any] = {}
     for arm in arms:
         for loss in losses:
             if loss == baseline or (arm, loss) not in groups or (arm, baseline) not in groups:
@@ -257,24 +294,26 @@ def bon_study(o: BonStudyOptions) -> dict[str, Any]:
             ]
             effect["gao_a_diff"] = _mean_ci([x[0] for x in fit_diff])
             effect["gao_b_diff"] = _mean_ci([x[1] for x in fit_diff])
-            result["effects"][f"{arm}/{loss}"] = effect
-    if len(arms) == 2:  # the 2x2: does the loss effect depend on where the pairs came from?
-        for loss in losses:
-            if loss == baseline or not all((arm, k) in groups for arm in arms for k in (loss, baseline)):
-                continue
-            seeds = sorted(
-                set(_seeds(groups, arms[0], loss, baseline)) & set(_seeds(groups, arms[1], loss, baseline))
-            )
-            per = [_seed_diff(groups, arms[0], loss, baseline, column, s)
-                   - _seed_diff(groups, arms[1], loss, baseline, column, s) for s in seeds]  # fmt: skip
-            if per:
-                result["interaction"] = {"loss": loss, "arms": arms, **_mean_ci(per), "per_seed": per}
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps(result, indent=1))
-    plot_bon(result, out / "best_of_n.png")
-    (out / "report.md").write_text(format_report(result))
-    return result
+            effects[f"{arm}/{loss}"] = effect
+    return effects
+
+
+def _interaction(
+    groups: dict[tuple[str, str], list[Proxy]], arms: list[str], losses: list[str], baseline: str, column: int
+) -> dict[str, Any] | None:
+    """The 2x2's interaction: the loss effect in one arm minus the other's, paired by seed."""
+    interaction = None
+    for loss in losses:
+        if loss == baseline or not all((arm, k) in groups for arm in arms for k in (loss, baseline)):
+            continue
+        seeds = sorted(
+            set(_seeds(groups, arms[0], loss, baseline)) & set(_seeds(groups, arms[1], loss, baseline))
+        )
+        per = [_seed_diff(groups, arms[0], loss, baseline, column, s)
+               - _seed_diff(groups, arms[1], loss, baseline, column, s) for s in seeds]  # fmt: skip
+        if per:
+            interaction = {"loss": loss, "arms": arms, **_mean_ci(per), "per_seed": per}
+    return interaction
 
 
 def _seeds(groups: dict, arm: str, loss: str, baseline: str) -> list[int]:

@@ -245,46 +245,13 @@ def evaluate_policies(opts: EvalPolicyOptions) -> PolicyEval:
     from normbt_plugin.policy_studies.curves import load_function
 
     out, gold, samples, bon_samples = Path(opts.out), opts.gold, opts.samples, opts.bon_samples
-    policies = parse_named(opts.policy, "policy")
-    proxies = parse_named(opts.proxy or [], "proxy")
-    prompts = load_prompts(
-        opts.prompts, opts.prompt_key, opts.split, opts.n_prompts, opts.apply_chat_template
-    )
+    policies, proxies, prompts, reference = _checked_inputs(opts)
     gold_fn = load_function(opts.gold_fn) if opts.gold_fn else None
-    if gold is None and gold_fn is None:
-        raise EvalInputError("name a judge: --gold (a reward model) and/or --gold_fn (module:function)")
-    reference = opts.reference or next(iter(policies))
-    if reference not in policies:
-        raise EvalInputError(f"--reference {reference!r} is not one of the policies {sorted(policies)}")
-    # fail before any generation on a path that is not what it should be
-    for path in [*([gold] if gold else []), *proxies.values()]:
-        check_reward_model(path)
-    for name, path in policies.items():
-        check_policy(name, path)
 
     def scorer(path: str) -> RewardScorer:  # loaded after generation: vLLM has the GPU until then
         return RewardScorer.for_samples(path, opts)
 
-    n_bon = min(opts.bon_prompts or len(prompts), len(prompts)) if bon_samples else 0
-    if bon_samples and bon_samples < samples:
-        raise EvalInputError(f"--bon_samples ({bon_samples}) must be at least --samples ({samples})")
-    specs = []
-    for name in policies:
-        # the reference also draws best-of-N's K samples on the first prompts
-        counts = [bon_samples if name == reference and i < n_bon else samples for i in range(len(prompts))]
-        print(
-            f"eval-policy: sampling {name} ({len(prompts)} prompts x {samples}"
-            + (f"; best-of-N: {n_bon} x {bon_samples})" if name == reference and n_bon else ")"),
-            flush=True,
-        )
-        path = out / "generations" / f"{name}.jsonl"
-        specs.append(sampling_spec(opts, policies[name], prompts, path, counts, name=name))
-    generations = dict(zip(policies, generate_all(specs, log=out / "generations" / "vllm.log"), strict=True))
-    bon_rows = None
-    if n_bon:
-        bon_rows = generations[reference][:n_bon]
-        generations[reference] = [replace(r, samples=r.samples[:samples]) for r in generations[reference]]
-
+    generations, bon_rows = _sample_policies(opts, policies, prompts, reference, out)
     result = PolicyEval(
         reference=reference, gold=gold or f"fn:{opts.gold_fn}", gold_fn=opts.gold_fn, prompts=len(prompts),
         samples=samples, max_new=opts.max_new, temperature=opts.temperature, seed=opts.seed,
@@ -321,32 +288,18 @@ def evaluate_policies(opts: EvalPolicyOptions) -> PolicyEval:
             if name == reference
             else sequence_logprobs(policies[name], [rows], opts.temperature, opts.batch_size, opts.dtype)[0]
         )
-        engine = np.array([[s.engine_logprob for s in r.samples] for r in rows])
-        lengths = np.array([[len(s.ids) for s in r.samples] for r in rows], dtype=np.float64)
-        truncated = np.array([[s.truncated for s in r.samples] for r in rows], dtype=np.float64)
-        kl = (logp - logp_ref[name]).mean(axis=1)
-        result.policies[name] = PolicyResult(
-            path=policies[name],
-            gold_mean=float(gold_scores[name].mean()),
-            kl=float(kl.mean()),
-            length=float(lengths.mean()),
-            truncated=float(truncated.mean()),
-            # vLLM's own log-probs vs transformers' (temperature 1 only): the sampler is the model
-            engine_logprob_gap=float(np.abs(engine - logp).max()) if opts.temperature == 1.0 else None,
-            per_prompt=PerPrompt(
-                gold=gold_scores[name].mean(axis=1).tolist(),
-                kl=kl.tolist(),
-                length=lengths.mean(axis=1).tolist(),
-                true=true_scores[name].mean(axis=1).tolist() if gold_fn else None,
-            ),
-            gold_per_sample=gold_scores[name].tolist(),
-            texts=texts[name],
-            true_mean=float(true_scores[name].mean()) if gold_fn else None,
-            wins={},
+        result.policies[name] = _policy_result(
+            opts,
+            policies[name],
+            rows,
+            logp,
+            logp_ref[name],
+            gold_scores[name],
+            true_scores.get(name),
+            texts[name],
         )
-    names = list(policies)
-    for a in names:
-        for b in names:
+    for a in policies:
+        for b in policies:
             if a != b:
                 per_prompt = win_rate(gold_scores[a], gold_scores[b], texts[a], texts[b], opts.tie_tol)
                 result.policies[a].wins[b] = Wins(float(per_prompt.mean()), per_prompt.tolist())
@@ -354,26 +307,119 @@ def evaluate_policies(opts: EvalPolicyOptions) -> PolicyEval:
     if proxy_k:  # each RM's reward scale on the reference's samples, raw and as PPO normalises it
         result.proxy_scale = {name: reward_scale(scores, proxies[name]) for name, scores in proxy_k.items()}
     if gold_k is not None:
-        ns = [n for n in (2**i for i in range(int(math.log2(bon_samples)) + 1))]
-        if ns[-1] != bon_samples:
-            ns.append(bon_samples)
-        curves = {"oracle (gold)": best_of_n(gold_k, gold_k, ns)}
-        curves.update({name: best_of_n(scores, gold_k, ns) for name, scores in proxy_k.items()})
-        if gold and true_k is not None:  # the same choices judged by the true reward
-            curves["oracle (true)"] = best_of_n(true_k, true_k, ns)
-            curves.update({f"{name} (true)": best_of_n(sc, true_k, ns) for name, sc in proxy_k.items()})
-        result.best_of_n = BestOfN(
-            n=ns,
-            kl=[bon_kl(n) for n in ns],
-            prompts=len(bon_rows),
-            samples=bon_samples,
-            curves={k: Curve(v.mean(axis=0).tolist(), v.tolist()) for k, v in curves.items()},
-            # every sample's reward [prompts, K]: the gold's and each proxy's (variance, correlation)
-            gold_scores=gold_k.tolist(),
-            proxy_scores={name: scores.tolist() for name, scores in proxy_k.items()},
-        )
+        result.best_of_n = _best_of_n_result(gold_k, proxy_k, true_k if gold else None, bon_samples)
     result.write(out)
     return result
+
+
+def _checked_inputs(opts: EvalPolicyOptions) -> tuple[dict[str, str], dict[str, str], list, str]:
+    """The policies, proxies, prompts and reference, every path checked before any generation."""
+    policies = parse_named(opts.policy, "policy")
+    proxies = parse_named(opts.proxy or [], "proxy")
+    prompts = load_prompts(
+        opts.prompts, opts.prompt_key, opts.split, opts.n_prompts, opts.apply_chat_template
+    )
+    if opts.gold is None and opts.gold_fn is None:
+        raise EvalInputError("name a judge: --gold (a reward model) and/or --gold_fn (module:function)")
+    reference = opts.reference or next(iter(policies))
+    if reference not in policies:
+        raise EvalInputError(f"--reference {reference!r} is not one of the policies {sorted(policies)}")
+    if opts.bon_samples and opts.bon_samples < opts.samples:
+        raise EvalInputError(
+            f"--bon_samples ({opts.bon_samples}) must be at least --samples ({opts.samples})"
+        )
+    # fail before any generation on a path that is not what it should be
+    for path in [*([opts.gold] if opts.gold else []), *proxies.values()]:
+        check_reward_model(path)
+    for name, path in policies.items():
+        check_policy(name, path)
+    return policies, proxies, prompts, reference
+
+
+def _sample_policies(
+    opts: EvalPolicyOptions, policies: dict[str, str], prompts: list, reference: str, out: Path
+) -> tuple[dict[str, list], list | None]:
+    """Every policy's samples (vLLM), and the reference's best-of-N samples (its first prompts, K each)."""
+    samples, bon_samples = opts.samples, opts.bon_samples
+    n_bon = min(opts.bon_prompts or len(prompts), len(prompts)) if bon_samples else 0
+    specs = []
+    for name in policies:
+        # the reference also draws best-of-N's K samples on the first prompts
+        counts = [bon_samples if name == reference and i < n_bon else samples for i in range(len(prompts))]
+        print(
+            f"eval-policy: sampling {name} ({len(prompts)} prompts x {samples}"
+            + (f"; best-of-N: {n_bon} x {bon_samples})" if name == reference and n_bon else ")"),
+            flush=True,
+        )
+        path = out / "generations" / f"{name}.jsonl"
+        specs.append(sampling_spec(opts, policies[name], prompts, path, counts, name=name))
+    generations = dict(zip(policies, generate_all(specs, log=out / "generations" / "vllm.log"), strict=True))
+    bon_rows = None
+    if n_bon:
+        bon_rows = generations[reference][:n_bon]
+        generations[reference] = [replace(r, samples=r.samples[:samples]) for r in generations[reference]]
+    return generations, bon_rows
+
+
+def _policy_result(
+    opts: EvalPolicyOptions,
+    path: str,
+    rows: list,
+    logp: np.ndarray,
+    logp_ref: np.ndarray,
+    gold: np.ndarray,
+    true: np.ndarray | None,
+    texts: list[list[str]],
+) -> PolicyResult:
+    """One policy's gold (and true) reward, KL to the reference, lengths, and the sampler check."""
+    engine = np.array([[s.engine_logprob for s in r.samples] for r in rows])
+    lengths = np.array([[len(s.ids) for s in r.samples] for r in rows], dtype=np.float64)
+    truncated = np.array([[s.truncated for s in r.samples] for r in rows], dtype=np.float64)
+    kl = (logp - logp_ref).mean(axis=1)
+    return PolicyResult(
+        path=path,
+        gold_mean=float(gold.mean()),
+        kl=float(kl.mean()),
+        length=float(lengths.mean()),
+        truncated=float(truncated.mean()),
+        # vLLM's own log-probs vs transformers' (temperature 1 only): the sampler is the model
+        engine_logprob_gap=float(np.abs(engine - logp).max()) if opts.temperature == 1.0 else None,
+        per_prompt=PerPrompt(
+            gold=gold.mean(axis=1).tolist(),
+            kl=kl.tolist(),
+            length=lengths.mean(axis=1).tolist(),
+            true=true.mean(axis=1).tolist() if true is not None else None,
+        ),
+        gold_per_sample=gold.tolist(),
+        texts=texts,
+        true_mean=float(true.mean()) if true is not None else None,
+        wins={},
+    )
+
+
+def _best_of_n_result(
+    gold_k: np.ndarray, proxy_k: dict[str, np.ndarray], true_k: np.ndarray | None, bon_samples: int
+) -> BestOfN:
+    """Each proxy's (and the oracle's) best-of-N curve at N = 1, 2, 4, ..., K, judged by the gold and,
+    where a true reward stands beside a gold RM (``true_k``), by it too."""
+    ns = [n for n in (2**i for i in range(int(math.log2(bon_samples)) + 1))]
+    if ns[-1] != bon_samples:
+        ns.append(bon_samples)
+    curves = {"oracle (gold)": best_of_n(gold_k, gold_k, ns)}
+    curves.update({name: best_of_n(scores, gold_k, ns) for name, scores in proxy_k.items()})
+    if true_k is not None:  # the same choices judged by the true reward
+        curves["oracle (true)"] = best_of_n(true_k, true_k, ns)
+        curves.update({f"{name} (true)": best_of_n(sc, true_k, ns) for name, sc in proxy_k.items()})
+    return BestOfN(
+        n=ns,
+        kl=[bon_kl(n) for n in ns],
+        prompts=len(gold_k),
+        samples=bon_samples,
+        curves={k: Curve(v.mean(axis=0).tolist(), v.tolist()) for k, v in curves.items()},
+        # every sample's reward [prompts, K]: the gold's and each proxy's (variance, correlation)
+        gold_scores=gold_k.tolist(),
+        proxy_scores={name: scores.tolist() for name, scores in proxy_k.items()},
+    )
 
 
 def format_policy_report(result: PolicyEval) -> str:

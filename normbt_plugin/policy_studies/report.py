@@ -51,8 +51,6 @@ def downstream_section(path: str, baseline: str, note: str | None = None) -> Sec
     (seeds averaged) gold reward, win rate against the reference policy and KL with bootstrap 95%
     intervals over prompts, the difference to the baseline label's policies (paired bootstrap,
     permutation test over prompts, t-test across seeds), head-to-head win rates, best-of-N."""
-    import matplotlib.pyplot as plt
-
     result = PolicyEval.read(path)
     ref = result.reference
     groups: dict[str, dict[int | None, PolicyResult]] = defaultdict(dict)
@@ -62,10 +60,24 @@ def downstream_section(path: str, baseline: str, note: str | None = None) -> Sec
     labels = [ref] + sorted(g for g in groups if g != _label(ref)[0])
     groups[ref] = groups.pop(_label(ref)[0])
     base = baseline if baseline in groups else None
+    summary: dict[str, Any] = {"reference": ref, "policies": {}}
+    lines = _policies_intro(result, ref, base, note)
+    lines += _policy_rows(result, groups, labels, ref, base, summary)
+    lines += _head_to_head(result, groups, labels, ref, summary)
+    figures = [("downstream_policies.png", _policies_figure(labels, summary, ref))]
+    if result.best_of_n:
+        bon_lines, bon_figure = _best_of_n_table(result, ref, summary)
+        lines += bon_lines
+        figures.append(("best_of_n.png", bon_figure))
+    return Section(lines, figures, summary)
 
-    def per_prompt(policy: PolicyResult, key: str) -> np.ndarray:
-        return np.asarray(getattr(policy.per_prompt, key), dtype=np.float64)
 
+def _per_prompt(policy: PolicyResult, key: str) -> np.ndarray:
+    return np.asarray(getattr(policy.per_prompt, key), dtype=np.float64)
+
+
+def _policies_intro(result: PolicyEval, ref: str, base: str | None, note: str | None) -> list[str]:
+    """The section's heading, what was sampled and judged, and the policy table's header."""
     has_true = result.has_true
     lines = [
         "",
@@ -89,19 +101,32 @@ def downstream_section(path: str, baseline: str, note: str | None = None) -> Sec
         f"KL to {ref} | length | gold vs {base or '-'} (KLs) | p (prompts) | p (seeds, t-test) |",
         "|---|---|---|" + ("---|" if has_true else "") + "---|---|---|---|---|---|",
     ]
-    summary: dict[str, Any] = {"reference": ref, "policies": {}}
+    return lines
+
+
+def _policy_rows(
+    result: PolicyEval,
+    groups: dict[str, dict[int | None, PolicyResult]],
+    labels: list[str],
+    ref: str,
+    base: str | None,
+    summary: dict[str, Any],
+) -> list[str]:
+    """One row per label: gold (and true) reward, win rate vs the reference, KL, length, and the
+    paired difference to the baseline's policies; each row's numbers into ``summary``."""
+    has_true, lines = result.has_true, []
     for label in labels:
         members = groups[label]
-        gold = [per_prompt(p, "gold") for p in members.values()]
+        gold = [_per_prompt(p, "gold") for p in members.values()]
         row: dict[str, Any] = {
             "seeds": sorted((s for s in members if s is not None), key=int),
             "gold": interval(gold),
-            "kl": interval([per_prompt(p, "kl") for p in members.values()]),
+            "kl": interval([_per_prompt(p, "kl") for p in members.values()]),
             "length": float(np.mean([p.length for p in members.values()])),
         }
         cells = [ci_text(row["gold"]), "", ci_text(row["kl"], 3), f"{row['length']:.1f}", "", "", ""]
         if has_true:
-            row["true"] = interval([per_prompt(p, "true") for p in members.values()])
+            row["true"] = interval([_per_prompt(p, "true") for p in members.values()])
             cells.insert(1, ci_text(row["true"]))
         win_cell, diff_cell = (2, 5) if has_true else (1, 4)
         if label != ref:
@@ -111,7 +136,7 @@ def downstream_section(path: str, baseline: str, note: str | None = None) -> Sec
         if base and label not in (base, ref):
             pairs = _matched(members, groups[base])
             d = paired_difference(
-                [per_prompt(a, "gold") for a, _ in pairs], [per_prompt(b, "gold") for _, b in pairs]
+                [_per_prompt(a, "gold") for a, _ in pairs], [_per_prompt(b, "gold") for _, b in pairs]
             )
             row["gold_vs_baseline"] = d
             kl_self = float(np.mean([p.kl for p in members.values()]))
@@ -134,6 +159,18 @@ def downstream_section(path: str, baseline: str, note: str | None = None) -> Sec
         summary["policies"][label] = row
         lines.append(f"| {label} | {len(members)} | " + " | ".join(cells) + " |")
 
+    return lines
+
+
+def _head_to_head(
+    result: PolicyEval,
+    groups: dict[str, dict[int | None, PolicyResult]],
+    labels: list[str],
+    ref: str,
+    summary: dict[str, Any],
+) -> list[str]:
+    """Win rates of each trained label's policies against each other's (seeds paired)."""
+    lines: list[str] = []
     trained = [g for g in labels if g != ref]
     if len(trained) >= 2:
         lines += [
@@ -159,7 +196,13 @@ def downstream_section(path: str, baseline: str, note: str | None = None) -> Sec
                 cells.append(ci_text(ci, 3) + (" (not comparable: KL > 2x apart)" if apart else ""))
             lines.append(f"| {a} (KL {_kl(summary, a):.2f}) | " + " | ".join(cells) + " |")
 
-    figures = []
+    return lines
+
+
+def _policies_figure(labels: list[str], summary: dict[str, Any], ref: str) -> Any:
+    """Gold reward and win rate vs the reference per label, with their intervals."""
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, key, title in (
         (axes[0], "gold", "gold reward"),
@@ -177,38 +220,41 @@ def downstream_section(path: str, baseline: str, note: str | None = None) -> Sec
             ax.axhline(0.5, color="grey", lw=0.8, ls="--")
             ax.set_ylim(0, 1)
     fig.tight_layout()
-    figures.append(("downstream_policies.png", fig))
+    return fig
 
-    if result.best_of_n:
-        bon = result.best_of_n
-        ns = bon.n
-        lines += [
-            "",
-            f"Best-of-N from `{ref}` ({bon.prompts} prompts x {bon.samples} samples): expected gold "
-            "reward of the response each proxy RM ranks first among N (exact over all N-subsets), "
-            "proxies of a loss averaged over seeds, 95% bootstrap CI over prompts.",
-            "",
-            "| proxy | " + " | ".join(f"N={n}" for n in ns) + " |",
-            "|---|" + "---|" * len(ns),
-            "| KL bound (nats) | " + " | ".join(f"{k:.2f}" for k in bon.kl) + " |",
-        ]
-        bon_groups: dict[str, list[np.ndarray]] = defaultdict(list)
-        for name, curve in bon.curves.items():
-            bon_groups[_label(name)[0]].append(np.asarray(curve.per_prompt, dtype=np.float64))
-        fig, ax = plt.subplots(figsize=(6, 4))
-        summary["best_of_n"] = {"n": ns, "kl": bon.kl, "curves": {}}
-        for k, (label, curves) in enumerate(bon_groups.items()):
-            points = [interval([c[:, j] for c in curves]) for j in range(len(ns))]
-            summary["best_of_n"]["curves"][label] = points
-            lines.append(f"| {label} | " + " | ".join(f"{p['mean']:.4f}" for p in points) + " |")
-            style = {"color": "black", "ls": "--"} if label.startswith("oracle") else {"color": f"C{k}"}
-            ax.plot(ns, [p["mean"] for p in points], marker="o", label=label, **style)
-            ax.fill_between(ns, [p["low"] for p in points], [p["high"] for p in points], alpha=0.2, **style)
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("N (KL bound log N - (N-1)/N)")
-        ax.set_ylabel("gold reward of the proxy's best of N")
-        ax.set_title("Best-of-N")
-        ax.legend()
-        fig.tight_layout()
-        figures.append(("best_of_n.png", fig))
-    return Section(lines, figures, summary)
+
+def _best_of_n_table(result: PolicyEval, ref: str, summary: dict[str, Any]) -> tuple[list[str], Any]:
+    """Best-of-N from the reference: each proxy's expected gold reward at every N, table and plot."""
+    import matplotlib.pyplot as plt
+
+    bon = result.best_of_n
+    ns = bon.n
+    lines = [
+        "",
+        f"Best-of-N from `{ref}` ({bon.prompts} prompts x {bon.samples} samples): expected gold "
+        "reward of the response each proxy RM ranks first among N (exact over all N-subsets), "
+        "proxies of a loss averaged over seeds, 95% bootstrap CI over prompts.",
+        "",
+        "| proxy | " + " | ".join(f"N={n}" for n in ns) + " |",
+        "|---|" + "---|" * len(ns),
+        "| KL bound (nats) | " + " | ".join(f"{k:.2f}" for k in bon.kl) + " |",
+    ]
+    bon_groups: dict[str, list[np.ndarray]] = defaultdict(list)
+    for name, curve in bon.curves.items():
+        bon_groups[_label(name)[0]].append(np.asarray(curve.per_prompt, dtype=np.float64))
+    fig, ax = plt.subplots(figsize=(6, 4))
+    summary["best_of_n"] = {"n": ns, "kl": bon.kl, "curves": {}}
+    for k, (label, curves) in enumerate(bon_groups.items()):
+        points = [interval([c[:, j] for c in curves]) for j in range(len(ns))]
+        summary["best_of_n"]["curves"][label] = points
+        lines.append(f"| {label} | " + " | ".join(f"{p['mean']:.4f}" for p in points) + " |")
+        style = {"color": "black", "ls": "--"} if label.startswith("oracle") else {"color": f"C{k}"}
+        ax.plot(ns, [p["mean"] for p in points], marker="o", label=label, **style)
+        ax.fill_between(ns, [p["low"] for p in points], [p["high"] for p in points], alpha=0.2, **style)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("N (KL bound log N - (N-1)/N)")
+    ax.set_ylabel("gold reward of the proxy's best of N")
+    ax.set_title("Best-of-N")
+    ax.legend()
+    fig.tight_layout()
+    return lines, fig
