@@ -48,6 +48,7 @@ class GenerationSpec:
     input_template: str | None = None
     tensor_parallel_size: int = 1
     gpu_memory_utilization: float = 0.8
+    stop: list[str] = field(default_factory=list)  # strings that end a response (not kept in it)
     extra: dict = field(default_factory=dict)  # recorded, not used (e.g. the policy's name)
 
 
@@ -244,10 +245,14 @@ def _run(specs: list[GenerationSpec]) -> None:
         keep_cpu_weights()  # so other policies' weights can be loaded into the engine
         if dtype == "auto":
             dtype = "float32"  # vLLM CPU: bf16 needs AVX512-BF16; float32 matches the HF log-probs
+    # vLLM CPU: a seeded request whose prefill is split over steps crashes the engine ("CPU Generator
+    # does not use offset"): prompts are prefilled whole there (every request is seeded, so what is
+    # sampled does not depend on how prefills are scheduled)
+    chunking = {"enable_chunked_prefill": False} if cpu_job() else {}
     llm = LLM(
         model=first.model, dtype=dtype, seed=first.seed, enforce_eager=cpu_job(),
         max_model_len=first.max_prompt_len + first.max_new, tensor_parallel_size=first.tensor_parallel_size,
-        gpu_memory_utilization=first.gpu_memory_utilization,
+        gpu_memory_utilization=first.gpu_memory_utilization, **chunking,
     )  # fmt: skip
     for i, spec in enumerate(specs):
         if i:
@@ -274,6 +279,7 @@ def _sample(llm, spec: GenerationSpec) -> None:
             max_tokens=spec.max_new,
             seed=spec.seed,
             logprobs=0,
+            stop=spec.stop or None,
         )  # fmt: skip
         for n in counts
     ]
@@ -289,7 +295,8 @@ def _sample(llm, spec: GenerationSpec) -> None:
             samples.append(
                 Sample(
                     ids=tokens,
-                    text=tokenizer.decode(tokens, skip_special_tokens=True),
+                    # at a stop string the engine's text ends before it; its token ids may run past it
+                    text=o.text if spec.stop else tokenizer.decode(tokens, skip_special_tokens=True),
                     engine_logprob=float(sum(logps)),
                     truncated=o.finish_reason == "length",
                 )
