@@ -84,8 +84,9 @@ if [[ -n "$HOSTFILE" && -n "$NODE_RANK" ]]; then   # one launcher per node, no s
        --module normbt_plugin.train_rm "${args[@]}" "$@")
 elif [[ -n "$HOSTFILE" ]]; then
   cmd=(deepspeed --hostfile "$HOSTFILE" --module normbt_plugin.train_rm "${args[@]}" "$@")
-elif (( NPROC > 1 )); then
-  cmd=(deepspeed --num_gpus "$NPROC" --module normbt_plugin.train_rm "${args[@]}" "$@")
+elif (( NPROC > 1 )); then  # one node: torchrun (DeepSpeed's launcher costs ~14 s more to start here)
+  cmd=(torchrun --nnodes 1 --nproc-per-node "$NPROC" --master-port "$MASTER_PORT" -m normbt_plugin.train_rm
+       "${args[@]}" "$@")
 else
   cmd=(python -m normbt_plugin.train_rm "${args[@]}" "$@")
 fi

@@ -116,8 +116,8 @@ def train_rm(
     dataset: Path | None = None,
     model: Path | None = None,
 ) -> Run:
-    """Run ``normbt_plugin.train_rm`` as users do: ``deepspeed --num_gpus N --module`` (N > 1) or
-    ``python -m`` (one process)."""
+    """Run ``normbt_plugin.train_rm`` as recipes/rm.sh does on one node: ``torchrun
+    --nproc-per-node N -m`` (N > 1) or ``python -m`` (one process)."""
     workdir.mkdir(parents=True, exist_ok=True)
     args = [
         "--model.model_name_or_path", str(model or tiny["model"]),
@@ -138,8 +138,8 @@ def train_rm(
         *flags,
     ]  # fmt: skip
     if nproc > 1:
-        cmd = [str(BIN / "deepspeed"), "--num_gpus", str(nproc), "--master_port", str(free_port()),
-               "--module", "normbt_plugin.train_rm", *args]  # fmt: skip
+        cmd = [str(BIN / "torchrun"), "--nnodes", "1", "--nproc-per-node", str(nproc), "--master-port",
+               str(free_port()), "-m", "normbt_plugin.train_rm", *args]  # fmt: skip
     else:
         cmd = [sys.executable, "-m", "normbt_plugin.train_rm", *args]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TOKENIZERS_PARALLELISM": "false"}
