@@ -40,6 +40,7 @@ MICRO_BS=${MICRO_BS:-4}
 NPROC=${NPROC:-1}
 PARAM_DTYPE=${PARAM_DTYPE:-fp32}                # bf16 only where the CPU has it natively (lscpu: avx512_bf16)
 SAVE_STEPS=${SAVE_STEPS:-16}                    # an RM checkpoint every N steps: a stopped study resumes mid-RM
+CODE_BON=${CODE_BON-results/code-bon}           # code best-of-N candidates each RM trained here scores (issue 38); empty: none
 EMA_EVERY=${EMA_EVERY:-call}                    # NormBT-family mu: 'call' (every micro-batch), the committed runs' rule
 dry=${DRY_RUN:-0}
 export PATH="$PWD/.venv/bin:$PATH" DRY_RUN=$dry
@@ -81,6 +82,10 @@ train() {  # train ENTRY SEED: one RM, eval-rm on the stdlib test pairs (per kin
     --subset_key kind --max_len "$MAX_LEN" --out "$rm/eval.json"
   run "humaneval-$label-seed$seed" "$rm/eval-humaneval.json" normbt eval-rm --model "$rm/model" \
     --data "$OUT/humaneval/test.jsonl" --subset_key bug --max_len "$MAX_LEN" --out "$rm/eval-humaneval.json"
+  [[ -z "$CODE_BON" ]] && return
+  local scores="$OUT/code-bon/transfer-$label-seed$seed.json"
+  run "code-bon-$label-seed$seed" "$scores" python -m normbt_plugin.policy_studies.code_bon_picks score \
+    --rm "$rm/model" --candidates "$CODE_BON" --out "$scores"
 }
 for seed in $MAIN_SEEDS; do for loss in $MAIN; do train "$loss" "$seed"; done; done
 for seed in $OTHER_SEEDS; do for loss in $OTHERS; do train "$loss" "$seed"; done; done

@@ -38,6 +38,7 @@ class Scores:
     pairs: list[tuple[str, int, int, float]]  # (task_id, passing sample, failing sample, distance)
 
     def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(asdict(self)))
 
     @classmethod
@@ -134,6 +135,7 @@ def main() -> None:
     s.add_argument("--candidates", required=True, help="the candidates' folder (results/code-bon)")
     s.add_argument("--out", required=True, help="<arm>-<loss>-seed<k>.json")
     s.add_argument("--batch_size", type=int, default=16)
+    s.add_argument("--max_len", type=int, default=512, help="tokens; 512 scores every candidate whole")
     a = sub.add_parser("analyze", help="picks, pairwise accuracy and the primary, NormBT minus BT")
     a.add_argument("--candidates", required=True)
     a.add_argument("scores", nargs="+")
@@ -141,7 +143,7 @@ def main() -> None:
     folder = Path(args.candidates)
     candidates = read(folder)
     if args.command == "score":
-        score(args.rm, candidates, args.batch_size).write(Path(args.out))
+        score(args.rm, candidates, args.batch_size, args.max_len).write(Path(args.out))
         return print(f"wrote {args.out}")
     split = json.loads((folder / SPLIT).read_text())
     print(json.dumps(analyze(candidates, split, [Path(f) for f in args.scores]), indent=1))
