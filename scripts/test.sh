@@ -6,4 +6,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install-cpu.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
-.venv/bin/python -m pytest -p no:cacheprovider --timeout 1800 --durations 15 "$@"  # per test, fixtures included: the tiny chain took up to 15 min on a fresh venv
+.venv/bin/python -m pytest -p no:cacheprovider --timeout 1800 --durations 40 "$@"  # per test, fixtures included: the tiny chain took up to 15 min on a fresh venv
