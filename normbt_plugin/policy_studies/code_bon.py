@@ -90,17 +90,14 @@ def label(problem: Problem, fraction: float, sample: int, completion: str, timeo
 
 
 def summarize(candidates: list[Candidate], fraction: float) -> Summary:
-    by_problem: dict[str, list[bool]] = {}
-    for c in candidates:
-        by_problem.setdefault(c.task_id, []).append(c.passed)
-    outcomes = list(by_problem.values())
+    by_problem = list(outcomes(candidates).values())
     return Summary(
         fraction=fraction,
-        problems=len(outcomes),
-        samples=max(len(o) for o in outcomes),
-        pass_at_1=sum(sum(o) / len(o) for o in outcomes) / len(outcomes),
-        pass_at_n=sum(any(o) for o in outcomes) / len(outcomes),
-        mixed=sum(any(o) and not all(o) for o in outcomes) / len(outcomes),
+        problems=len(by_problem),
+        samples=max(len(o) for o in by_problem),
+        pass_at_1=sum(sum(o) / len(o) for o in by_problem) / len(by_problem),
+        pass_at_n=sum(any(o) for o in by_problem) / len(by_problem),
+        mixed=sum(any(o) and not all(o) for o in by_problem) / len(by_problem),
         unparsed=sum(c.response is None for c in candidates) / len(candidates),
     )
 

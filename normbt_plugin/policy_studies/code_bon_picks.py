@@ -48,28 +48,29 @@ class Scores:
         return cls(raw["rm"], scores, [tuple(p) for p in raw["pairs"]])
 
 
-def score(rm: str, candidates: list[Candidate], batch_size: int = 16, max_len: int = 1024) -> Scores:
-    from normbt_plugin.policy_studies.code_bon import outcomes
+def score(rm: str, candidates: list[Candidate], batch_size: int = 16, max_len: int = 512) -> Scores:
+    """The RM's score of every parsed candidate, read as the HumanEval pairs are (the problem's
+    ``rm_prompt``, the function without its docstring), and every pass-over-fail pair within a problem
+    with its final-layer distance."""
     from normbt_plugin.rm_evaluation.humaneval import problems
     from normbt_plugin.rm_evaluation.scoring import RewardScorer
 
-    entry = {p.task_id: p.entry_point for p in problems()}
+    problem = {p.task_id: p for p in problems()}
     scorer = RewardScorer(rm, batch_size=batch_size, max_len=max_len)
     parsed = [c for c in candidates if c.response is not None]
-    texts = [scorer.format(f"humaneval.{entry[c.task_id]}:\n", c.response) for c in parsed]
+    texts = [scorer.format(problem[c.task_id].rm_prompt, c.response) for c in parsed]
     reward, hidden = scorer.score(texts, "scoring the candidates")
-    by = {(c.task_id, c.sample): i for i, c in enumerate(parsed)}
     scores: dict[str, dict[int, float]] = {}
-    for c, r in zip(parsed, reward, strict=True):
+    rows: dict[str, list[int]] = {}  # task_id -> its candidates' indices into parsed
+    for i, (c, r) in enumerate(zip(parsed, reward, strict=True)):
         scores.setdefault(c.task_id, {})[c.sample] = float(r)
-    pairs = []
-    for task in outcomes(candidates):
-        rows = [c for c in parsed if c.task_id == task]
-        for good in (c for c in rows if c.passed):
-            for bad in (c for c in rows if not c.passed):
-                i, j = by[(task, good.sample)], by[(task, bad.sample)]
-                d = pair_distance(torch.from_numpy(hidden[i : i + 1]), torch.from_numpy(hidden[j : j + 1]))
-                pairs.append((task, good.sample, bad.sample, float(d[0])))
+        rows.setdefault(c.task_id, []).append(i)
+    index = [(i, j) for members in rows.values() for i in members for j in members
+             if parsed[i].passed and not parsed[j].passed]  # fmt: skip
+    good, bad = (torch.from_numpy(hidden[[pair[k] for pair in index]]) for k in (0, 1))
+    distance = pair_distance(good, bad).tolist()
+    pairs = [(parsed[i].task_id, parsed[i].sample, parsed[j].sample, d)
+             for (i, j), d in zip(index, distance, strict=True)]  # fmt: skip
     return Scores(rm, scores, pairs)
 
 
@@ -102,19 +103,19 @@ def analyze(candidates: list[Candidate], split: dict[str, list[str]], files: lis
         if not match:
             raise SystemExit(f"{f}: name score files <arm>-<loss>-seed<k>.json")
         runs[(match["arm"], match["loss"], int(match["seed"]))] = Scores.read(f)
+    picked = {run: picks(s, candidates, tasks) for run, s in runs.items()}
     out: dict = {"rms": {}, "effects": {}}
     for (arm, loss, seed), s in sorted(runs.items()):
         correct, distance = pairwise(s, set(tasks))
         out["rms"][f"{arm}-{loss}-seed{seed}"] = {
-            "pick": float(picks(s, candidates, tasks).mean()), "pairwise": float(correct.mean()),
+            "pick": float(picked[(arm, loss, seed)].mean()), "pairwise": float(correct.mean()),
             "by_distance": [asdict(b) for b in distance_bins(distance, correct, 5)],
         }  # fmt: skip
     for arm in sorted({a for a, _, _ in runs}):
         seeds = sorted(k for a, loss, k in runs if a == arm and loss == "normbt" and (a, "bt", k) in runs)
         if not seeds:
             continue
-        diffs = np.array([picks(runs[(arm, "normbt", k)], candidates, tasks)
-                          - picks(runs[(arm, "bt", k)], candidates, tasks) for k in seeds])  # fmt: skip
+        diffs = np.array([picked[(arm, "normbt", k)] - picked[(arm, "bt", k)] for k in seeds])
         per_seed = diffs.mean(axis=1)
         boot = nested_bootstrap(diffs)
         sd = float(per_seed.std(ddof=1)) if len(seeds) > 1 else float("nan")

@@ -60,6 +60,12 @@ class Problem:
     test: str
     entry_point: str
 
+    @property
+    def rm_prompt(self) -> str:
+        """What a reward model reads before a program of this problem (the pairs here, the code
+        best-of-N candidates): the function asked for, named as the stdlib pairs' prompts do."""
+        return f"humaneval.{self.entry_point}:\n"
+
     def module(self) -> ast.Module:
         """The prompt and the canonical solution, parsed: the program the tests run."""
         return ast.parse(self.prompt + self.canonical_solution)
@@ -229,7 +235,7 @@ def _pairs_of(
 
 
 def _row(problem: Problem, chosen: str, rejected: str, kind: str, bug: str) -> dict:
-    return {"prompt": f"humaneval.{problem.entry_point}:\n", "chosen": chosen, "rejected": rejected,
+    return {"prompt": problem.rm_prompt, "chosen": chosen, "rejected": rejected,
             "kind": kind, "bug": bug, "margin": MARGIN[kind], "task_id": problem.task_id}  # fmt: skip
 
 
