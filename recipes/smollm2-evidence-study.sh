@@ -41,6 +41,8 @@ NPROC=${NPROC:-1}
 PARAM_DTYPE=${PARAM_DTYPE:-fp32}                # bf16 only where the CPU has it natively (lscpu: avx512_bf16)
 SAVE_STEPS=${SAVE_STEPS:-16}                    # an RM checkpoint every N steps: a stopped study resumes mid-RM
 CODE_BON=${CODE_BON-results/code-bon}           # code best-of-N candidates each RM trained here scores (issue 38); empty: none
+CODE_BON_SCORES=${CODE_BON_SCORES:-$OUT/code-bon}  # their score files, transfer-<label>-seed<k>.json
+DROP_MODELS=${DROP_MODELS:-0}                   # 1: delete each RM's model and checkpoint once it is evaluated and has scored
 EMA_EVERY=${EMA_EVERY:-call}                    # NormBT-family mu: 'call' (every micro-batch), the committed runs' rule
 dry=${DRY_RUN:-0}
 export PATH="$PWD/.venv/bin:$PATH" DRY_RUN=$dry
@@ -71,8 +73,11 @@ train() {  # train ENTRY SEED: one RM, eval-rm on the stdlib test pairs (per kin
   local loss=${spec%%:*} rm="$OUT/rm-$label-seed$2"
   [[ "$spec" == *:* ]] && IFS=, read -r -a flags <<< "${spec#*:}"
   runs+=("$rm")
-  # a run evaluated before (here, or its records restored from results/smollm2-evidence): nothing to redo
-  if [[ "$dry" != 1 && -e "$rm/eval.json" && -e "$rm/eval-humaneval.json" ]]; then
+  local scores="$CODE_BON_SCORES/transfer-$label-seed$seed.json"
+  # a run evaluated (and scored) before, or its records restored from results/smollm2-evidence: no model
+  # left to score with, nothing to redo
+  if [[ "$dry" != 1 && -e "$rm/eval.json" && -e "$rm/eval-humaneval.json" ]] &&
+     [[ -z "$CODE_BON" || -e "$scores" || ! -d "$rm/model" ]]; then
     echo "smollm2-evidence: rm-$label-seed$seed (evaluated before)"; return
   fi
   [[ "$loss" == normbt* ]] && flags+=(--"$loss".ema_every "$EMA_EVERY")  # the NormBT family's EMA rule
@@ -82,10 +87,9 @@ train() {  # train ENTRY SEED: one RM, eval-rm on the stdlib test pairs (per kin
     --subset_key kind --max_len "$MAX_LEN" --out "$rm/eval.json"
   run "humaneval-$label-seed$seed" "$rm/eval-humaneval.json" normbt eval-rm --model "$rm/model" \
     --data "$OUT/humaneval/test.jsonl" --subset_key bug --max_len "$MAX_LEN" --out "$rm/eval-humaneval.json"
-  [[ -z "$CODE_BON" ]] && return
-  local scores="$OUT/code-bon/transfer-$label-seed$seed.json"
-  run "code-bon-$label-seed$seed" "$scores" python -m normbt_plugin.policy_studies.code_bon_picks score \
-    --rm "$rm/model" --candidates "$CODE_BON" --out "$scores"
+  [[ -z "$CODE_BON" ]] || run "code-bon-$label-seed$seed" "$scores" \
+    python -m normbt_plugin.policy_studies.code_bon_picks score --rm "$rm/model" --candidates "$CODE_BON" --out "$scores"
+  [[ "$DROP_MODELS" != 1 || "$dry" == 1 ]] || rm -rf "$rm/model" "$rm/ckpt"
 }
 for seed in $MAIN_SEEDS; do for loss in $MAIN; do train "$loss" "$seed"; done; done
 for seed in $OTHER_SEEDS; do for loss in $OTHERS; do train "$loss" "$seed"; done; done

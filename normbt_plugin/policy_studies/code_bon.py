@@ -8,6 +8,7 @@ it falls) and completes the rest: what it gets wrong are near misses, the pairs 
     python -m normbt_plugin.policy_studies.code_bon sample ... --pilot 0.25,0.5,0.75 --problems 24 --samples 8
     python -m normbt_plugin.policy_studies.code_bon split --dir DIR     # problems into train/test, once
     python -m normbt_plugin.policy_studies.code_bon power --dir DIR     # seeds for the primary, by simulation
+    python -m normbt_plugin.policy_studies.code_bon pairs --dir DIR --out F  # the on-policy arm's pairs
 
 Writes ``candidates.jsonl.gz`` (one row per sample: the completion, the program run, pass/fail, and the
 function as the reward models read it) and ``summary.json`` (pass@1, the oracle's pass@N, problems with
@@ -115,12 +116,16 @@ def sample_candidates(
     """The policy's ``samples`` completions of each problem (vLLM), labelled by the tests."""
     from transformers import AutoTokenizer
 
-    from normbt_plugin.policy_studies.generation import GenerationSpec, generate_all
+    from normbt_plugin.policy_studies.generation import GenerationSpec, context_length, generate_all
 
     tokenizer = AutoTokenizer.from_pretrained(policy)
+    # prompts up to 1024 tokens, fewer where the policy has fewer positions; a longer one keeps its last
+    # tokens (at fraction 0.95, SmolLM2's prompts of HumanEval/81 and /129 are 1085 and 1195 tokens: the
+    # committed candidates of those two were written without the start of the instruction)
+    max_prompt_len = min(1024, (context_length(policy) or 1024 + max_new) - max_new)
     prompts = [policy_prompt(tokenizer, given_code(p, fraction)) for p in todo]
     spec = GenerationSpec(
-        model=policy, prompts=prompts, samples=samples, max_new=max_new, max_prompt_len=1024,
+        model=policy, prompts=prompts, samples=samples, max_new=max_new, max_prompt_len=max_prompt_len,
         out=str(out / f"generations-{fraction}.jsonl"), temperature=temperature, seed=seed, stop=STOP,
         extra={"fraction": fraction},
     )  # fmt: skip
@@ -163,6 +168,21 @@ def split(candidates: list[Candidate], seed: int = SPLIT_SEED) -> dict[str, list
         for i, task in enumerate(rng.permutation(group)):
             halves[("test", "train")[i % 2]].append(str(task))
     return {k: sorted(v, key=lambda t: int(t.split("/")[1])) for k, v in halves.items()}
+
+
+def onpolicy_pairs(candidates: list[Candidate], tasks: list[str]) -> list[dict]:
+    """Every pass-over-fail pair of parsed candidates within each of ``tasks`` (the split's train
+    half), as the reward models read them: the problem's ``rm_prompt``, the two functions. A pair whose
+    two functions read alike is left out (the difference the tests saw lies outside the function)."""
+    problem = {p.task_id: p for p in problems()}
+    rows = []
+    for task in tasks:
+        parsed = sorted((c for c in candidates if c.task_id == task and c.response), key=lambda c: c.sample)
+        rows += [{"prompt": problem[task].rm_prompt, "chosen": good.response, "rejected": bad.response,
+                  "task_id": task, "samples": [good.sample, bad.sample]}
+                 for good in parsed if good.passed for bad in parsed
+                 if not bad.passed and bad.response != good.response]  # fmt: skip
+    return rows
 
 
 def pick_rate(passing: np.ndarray, n: int, odds: np.ndarray) -> np.ndarray:
@@ -248,7 +268,18 @@ def main() -> None:
     power.add_argument("--effects", default="0.03,0.05,0.08,0.12")
     power.add_argument("--bt_odds", type=float, default=3.0)
     power.add_argument("--shared_sd", type=float, default=1.0)
+    onpolicy = sub.add_parser("pairs", help="the train half's pass-over-fail pairs (JSONL): on-policy RMs")
+    onpolicy.add_argument("--dir", required=True, help="the candidates' folder, with split.json")
+    onpolicy.add_argument("--out", required=True)
     args = parser.parse_args()
+    if args.command == "pairs":
+        folder = Path(args.dir)
+        rows = onpolicy_pairs(read(folder), json.loads((folder / SPLIT).read_text())["train"])
+        if not rows:
+            raise SystemExit(f"{folder}: the train half has no pass-over-fail pair to train on")
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return print(f"wrote {args.out}: {len(rows)} pairs")
     if args.command == "split":
         folder = Path(args.dir)
         (folder / SPLIT).write_text(json.dumps(split(read(folder)), indent=1) + "\n")

@@ -139,7 +139,8 @@ def main() -> None:
     s.add_argument("--max_len", type=int, default=512, help="tokens; 512 scores every candidate whole")
     a = sub.add_parser("analyze", help="picks, pairwise accuracy and the primary, NormBT minus BT")
     a.add_argument("--candidates", required=True)
-    a.add_argument("scores", nargs="+")
+    a.add_argument("--out", help="also write the analysis here (JSON)")
+    a.add_argument("scores", nargs="+", help="score files, or folders of them")
     args = parser.parse_args()
     folder = Path(args.candidates)
     candidates = read(folder)
@@ -147,7 +148,11 @@ def main() -> None:
         score(args.rm, candidates, args.batch_size, args.max_len).write(Path(args.out))
         return print(f"wrote {args.out}")
     split = json.loads((folder / SPLIT).read_text())
-    print(json.dumps(analyze(candidates, split, [Path(f) for f in args.scores]), indent=1))
+    files = [f for a in map(Path, args.scores) for f in (sorted(a.glob("*.json")) if a.is_dir() else [a])]
+    text = json.dumps(analyze(candidates, split, files), indent=1)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":
