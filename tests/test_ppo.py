@@ -582,9 +582,12 @@ def test_downstream_study_with_a_smollm2_policy_parses(parsers, tmp_path, capsys
                           env={**ENV, "DRY_RUN": "1", **env}, timeout=120, check=False)  # fmt: skip
     lines = [shlex.split(c) for c in proc.stdout.splitlines() if c]
     assert f"normbt models get smollm2-135m-instruct --out {out}/base" in proc.stdout
-    subsamples = [c for c in lines if c[:4] == ["python", "-m", "normbt_plugin.policy_studies.label_pairs",
-                                                 "subsample"] and c[6] in "1234"]  # fmt: skip
-    assert {c[5] for c in subsamples} == {"768"}  # N_PAIRS per RM seed
+    from normbt_plugin.policy_studies.label_pairs import build_parser
+
+    module = ["python", "-m", "normbt_plugin.policy_studies.label_pairs"]
+    subsamples = [build_parser().parse_args(c[3:]) for c in lines if c[:3] == module]
+    per_seed = [(a.seed, a.n) for a in subsamples if "-seed" in a.out]  # per arm and RM seed
+    assert sorted(per_seed) == [(seed, 768) for seed in (1, 2, 3, 4)]  # N_PAIRS, the on-policy arm only
     (scored,) = [c for c in lines if c[:2] == ["normbt", "eval-policy"]]
     assert scored[scored.index("--bon_samples") + 1] == "16"
     # seeds added later: their own best-of-N folder, pooled with the one run before by bon-study

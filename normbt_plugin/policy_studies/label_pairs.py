@@ -229,7 +229,8 @@ def subsample(pool: str | Path, n: int, seed: int, out: str | Path) -> Path:
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line (the recipes' calls are read back through it in the tests)."""
     parser = argparse.ArgumentParser(description="one RM seed's pairs: a random subsample of a pool")
     sub = parser.add_subparsers(dest="command", required=True)
     cut = sub.add_parser("subsample", help="N pairs of POOL at random (by SEED), in random order")
@@ -237,7 +238,11 @@ def main() -> None:
     cut.add_argument("n", type=int)
     cut.add_argument("seed", type=int)
     cut.add_argument("out")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     print(subsample(args.pool, args.n, args.seed, args.out))
 
 
