@@ -43,6 +43,7 @@ SAVE_STEPS=${SAVE_STEPS:-16}                    # an RM checkpoint every N steps
 CODE_BON=${CODE_BON-results/code-bon}           # code best-of-N candidates each RM trained here scores (issue 38); empty: none
 CODE_BON_SCORES=${CODE_BON_SCORES:-$OUT/code-bon}  # their score files, transfer-<label>-seed<k>.json
 DROP_MODELS=${DROP_MODELS:-0}                   # 1: delete each RM's model and checkpoint once it is evaluated and has scored
+FRAMEWORK=${FRAMEWORK:-openrlhf}                # trl: each RM through TRL's RewardTrainer (normbt_plugin.trl_adapter), same settings
 EMA_EVERY=${EMA_EVERY:-call}                    # NormBT-family mu: 'call' (every micro-batch), the committed runs' rule
 dry=${DRY_RUN:-0}
 export PATH="$PWD/.venv/bin:$PATH" DRY_RUN=$dry
@@ -66,6 +67,22 @@ lora=()
 rm_env=(MODEL="$model" DATASET="$data/train.jsonl" EVAL_DATASET="$train_eval" NPROC="$NPROC" EPOCHS="$EPOCHS"
         LR="$LR" BS="$BS" MICRO_BS="$MICRO_BS" MAX_LEN="$MAX_LEN" PROMPT_KEY=prompt PARAM_DTYPE="$PARAM_DTYPE"
         SAVE_STEPS="$SAVE_STEPS")
+trl_command() {  # trl_command OUT LOSS SEED FLAGS...: sets trl=(the RM stage through TRL), with OpenRLHF's
+  # optimiser and schedule (Adam betas 0.9/0.95, cosine to 0.1 lr after 3% warm-up), resuming from its last checkpoint
+  local out=$1 loss=$2 seed=$3 last; shift 3
+  (( LORA_RANK == 0 )) || { echo "FRAMEWORK=trl: LoRA is not wired here (LORA_RANK=0)" >&2; exit 2; }
+  trl=(python -m normbt_plugin.trl_adapter.reward --model_name_or_path "$model" --dataset_name "$data/trl"
+       --output_dir "$out" --loss_type "$loss" --seed "$seed" --num_train_epochs "$EPOCHS" --learning_rate "$LR"
+       --per_device_train_batch_size "$MICRO_BS" --gradient_accumulation_steps $((BS / MICRO_BS / NPROC))
+       --max_length "$MAX_LEN" --lr_scheduler_type cosine_with_min_lr --lr_scheduler_kwargs '{"min_lr_rate": 0.1}'
+       --warmup_steps 0.03 --adam_beta2 0.95 --weight_decay 0 --logging_steps 1 --report_to none
+       --save_strategy steps --save_steps "$SAVE_STEPS" --save_total_limit 1 "$@")
+  last=$(find "$out" -maxdepth 1 -name 'checkpoint-*' 2>/dev/null | sort -V | tail -1) || true
+  [[ -z "$last" ]] || trl+=(--resume_from_checkpoint "$last")
+}
+if [[ "$FRAMEWORK" == trl && "$dry" != 1 ]]; then  # TRL reads a data folder: the train pairs alone
+  mkdir -p "$data/trl" && ln -sf ../train.jsonl "$data/trl/train.jsonl"
+fi
 runs=()
 train() {  # train ENTRY SEED: one RM, eval-rm on the stdlib test pairs (per kind) and HumanEval (per bug);
   # ENTRY is a loss name, or label=loss:--flag=value,... for a variant (as compare.sh's LOSSES)
@@ -81,8 +98,14 @@ train() {  # train ENTRY SEED: one RM, eval-rm on the stdlib test pairs (per kin
     echo "smollm2-evidence: rm-$label-seed$seed (evaluated before)"; return
   fi
   [[ "$loss" == normbt* ]] && flags+=(--"$loss".ema_every "$EMA_EVERY")  # the NormBT family's EMA rule
-  run "rm-$label-seed$seed" "$rm/model/config.json" env "${rm_env[@]}" LOSS="$loss" LABEL="$label" SEED="$seed" \
-    OUT="$rm" bash recipes/rm.sh "${lora[@]}" "${flags[@]}"
+  if [[ "$FRAMEWORK" == trl ]]; then
+    trl_command "$rm/model" "$loss" "$seed" "${flags[@]}"
+    run "rm-$label-seed$seed" "$rm/model/config.json" "${trl[@]}"
+    [[ "$dry" == 1 ]] || rm -rf "$rm/model"/checkpoint-*  # done: its optimiser state goes, as rm.sh's does
+  else
+    run "rm-$label-seed$seed" "$rm/model/config.json" env "${rm_env[@]}" LOSS="$loss" LABEL="$label" SEED="$seed" \
+      OUT="$rm" bash recipes/rm.sh "${lora[@]}" "${flags[@]}"
+  fi
   run "eval-$label-seed$seed" "$rm/eval.json" normbt eval-rm --model "$rm/model" --data "$data/test.jsonl" \
     --subset_key kind --max_len "$MAX_LEN" --out "$rm/eval.json"
   run "humaneval-$label-seed$seed" "$rm/eval-humaneval.json" normbt eval-rm --model "$rm/model" \
@@ -94,6 +117,9 @@ train() {  # train ENTRY SEED: one RM, eval-rm on the stdlib test pairs (per kin
 for seed in $MAIN_SEEDS; do for loss in $MAIN; do train "$loss" "$seed"; done; done
 for seed in $OTHER_SEEDS; do for loss in $OTHERS; do train "$loss" "$seed"; done; done
 
+if [[ "$FRAMEWORK" == trl ]]; then  # normbt compare reads the OpenRLHF runs' metrics; TRL's are in trainer_state.json
+  echo "smollm2-evidence: FRAMEWORK=trl: evaluations in $OUT/rm-*/eval*.json (no compare report)"; exit 0
+fi
 run report "" normbt compare "${runs[@]}" --out "$OUT/report" --baseline bt
 # the pre-registered primary: every fine-pair bug kind pooled ("fine"), NormBT minus BT, seeds averaged
 run report-humaneval "" normbt compare "${runs[@]}" --eval_name eval-humaneval.json --out "$OUT/report-humaneval" \

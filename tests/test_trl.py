@@ -179,3 +179,29 @@ def test_the_command_is_trls_reward_script_with_the_losses(setup, tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert "normbt reward model saved" in run.stdout + run.stderr
     assert (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_the_smollm2_evidence_recipe_through_trl_prints_commands_trls_parser_takes(tmp_path):
+    """FRAMEWORK=trl: each RM stage is the TRL command with the OpenRLHF runs' settings (2 epochs, lr 5e-5,
+    16 pairs a step as 4 x 4, 192 tokens, Adam beta2 0.95, cosine to 0.1 lr after 3% warm-up, the seed),
+    parsed by the command's own parser (TRL's dataclasses refuse an argument they do not know)."""
+    import shlex
+
+    from normbt_plugin.trl_adapter.reward import parse
+
+    env = {**ENV, "DRY_RUN": "1", "FRAMEWORK": "trl", "OUT": str(tmp_path), "MAIN_SEEDS": "1", "OTHERS": ""}
+    proc = subprocess.run(["bash", "recipes/smollm2-evidence-study.sh"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    commands = [shlex.split(line)[3:] for line in proc.stdout.splitlines() if "trl_adapter.reward" in line]
+    assert len(commands) == 2 and not any("train_rm" in line for line in proc.stdout.splitlines())
+    for argv in commands:
+        _, (_, args, _, _, extra) = parse(argv)
+        assert (args.num_train_epochs, args.learning_rate, args.max_length, args.seed) == (2, 5e-5, 192, 1)
+        assert (args.per_device_train_batch_size, args.gradient_accumulation_steps) == (4, 4)
+        assert (args.adam_beta2, args.warmup_steps, args.lr_scheduler_type.value) == (
+            0.95, 0.03, "cosine_with_min_lr"
+        )  # fmt: skip
+        if extra.loss_type == "normbt":
+            assert getattr(extra, "normbt.ema_every") == "call"  # as the OpenRLHF runs' NormBT
+    assert {parse(a)[1][4].loss_type for a in commands} == {"bt", "normbt"}

@@ -30,18 +30,25 @@ def make_parser():
     return parser
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse(argv: list[str] | None = None) -> tuple:
+    """The parser and what it read from ``argv`` (default: the command line); float32 on CPU unless
+    ``--bf16``/``--fp16`` is given (TRL's default is bf16)."""
     import torch
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = make_parser()
+    if not torch.cuda.is_available() and not any(a.split("=")[0] in ("--bf16", "--fp16") for a in argv):
+        argv += ["--bf16", "false"]
+    return parser, parser.parse_args_and_config(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
     from datasets import load_dataset
     from trl import get_dataset, get_peft_config, get_quantization_config
 
     from normbt_plugin.trl_adapter.trainer import PluginRewardTrainer
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = make_parser()
-    if not torch.cuda.is_available() and not any(a.split("=")[0] in ("--bf16", "--fp16") for a in argv):
-        argv += ["--bf16", "false"]  # float32 on CPU unless asked (TRL's default is bf16)
-    script_args, training_args, model_args, dataset_args, extra = parser.parse_args_and_config(argv)
+    parser, (script_args, training_args, model_args, dataset_args, extra) = parse(argv)
     try:
         spec = loss_spec(extra.loss_type)
         loss_options = loss_options_from_args(spec, extra)
