@@ -60,7 +60,7 @@ run() { stage_run "$who" "$RUN_DIR/logs" "$times" "$@"; }  # run NAME DONE cmd..
 
 if [[ "${EVIDENCE:-0}" == 1 ]]; then
   echo "compare.sh: stdlib preference pairs and MiniLM-L6 -> $RUN_DIR/data"
-  run data "$RUN_DIR/data/card.json" python -m normbt_plugin.rm_evaluation.evidence --out "$RUN_DIR/data" \
+  run data "$RUN_DIR/data/$CARD_JSON" python -m normbt_plugin.rm_evaluation.evidence --out "$RUN_DIR/data" \
     --n_train "$N_TRAIN" --n_test "$N_TEST" --coarse "${COARSE:-shuffle}" --dropout "${DROPOUT:-0}"
   export MODEL="$RUN_DIR/data/minilm" DATASET="$RUN_DIR/data/train.jsonl"
   export EVAL_DATASET="$RUN_DIR/data/test.jsonl"
@@ -112,7 +112,7 @@ for seed in $SEEDS; do
     LOSS=$loss LABEL=$label SEED=$seed OUT=$out run "rm-$label-seed$seed" "$out/model/config.json" \
       bash recipes/rm.sh "${flags[@]}"
     [[ "$dry" == 1 ]] || echo "compare.sh: trained $label ($loss ${flags[*]}) seed $seed in $out"
-    evaluated="$out/eval.json"
+    evaluated="$out/$EVAL_JSON"
     run "eval-$label-seed$seed" "$evaluated" normbt eval-rm --model "$out/model" \
       --data "${EVAL_DATA:-${EVAL_DATASET:?set EVAL_DATA or EVAL_DATASET}}" "${eval_flags[@]}" --out "$evaluated"
     runs+=("$out")
@@ -135,8 +135,8 @@ if (( ${#ppo_runs[@]} )); then
     MODEL="$gold/data/model" DATASET="$gold/data/train.jsonl" EVAL_DATASET="$gold/data/test.jsonl" \
       LOSS=bt LABEL=gold SEED=$GOLD_SEED EPOCHS=$GOLD_EPOCHS BS=32 MICRO_BS=8 OUT=$gold \
       run gold "$gold/model/config.json" bash recipes/rm.sh
-    run gold-eval "$gold/eval.json" normbt eval-rm --model "$gold/model" --data "$EVAL_DATASET" "${eval_flags[@]}" \
-      --out "$gold/eval.json"
+    run gold-eval "$gold/$EVAL_JSON" normbt eval-rm --model "$gold/model" --data "$EVAL_DATASET" "${eval_flags[@]}" \
+      --out "$gold/$EVAL_JSON"
     [[ "$dry" == 1 ]] || grep -m1 "accuracy" "$RUN_DIR/logs/gold-eval.log" | sed 's/^/compare.sh: gold RM on the eval pairs: /'
     GOLD_RM="$gold/model"
   fi
@@ -152,14 +152,14 @@ if (( ${#ppo_runs[@]} )); then
   else
     policy_flags+=(--gold "${GOLD_RM:?set GOLD_RM (a gold reward model) or GOLD_FN (a true reward) to judge}")
   fi
-  run policy-eval "$RUN_DIR/policy-eval/policy_eval.json" normbt eval-policy "${policy_flags[@]}" \
+  run policy-eval "$RUN_DIR/policy-eval/$POLICY_EVAL_JSON" normbt eval-policy "${policy_flags[@]}" \
     --prompts "${EVAL_PROMPTS:?set EVAL_PROMPTS to held-out prompts}" --prompt_key "$EVAL_PROMPT_KEY" \
     --n_prompts "$EVAL_N_PROMPTS" --samples "$EVAL_SAMPLES" --bon_samples "$BON_SAMPLES" \
     --bon_prompts "$BON_PROMPTS" --max_new "$EVAL_MAX_NEW" \
     --max_len "${PPO_MAX_LEN:-2048}" --seed "$EVAL_SEED" --tensor_parallel_size "$EVAL_TP" \
     --dtype "$EVAL_DTYPE" \
     --out "$RUN_DIR/policy-eval"
-  compare_args+=(--policy_eval "$RUN_DIR/policy-eval/policy_eval.json")
+  compare_args+=(--policy_eval "$RUN_DIR/policy-eval/$POLICY_EVAL_JSON")
   if [[ "${TINY:-0}" == 1 ]]; then
     steps=$(( MAX_SAMPLES / ROLLOUT_BS ))
     compare_args+=(--note "The tiny CPU default runs $steps PPO steps on ${SEEDS// /, } seed(s): \

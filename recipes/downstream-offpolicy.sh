@@ -70,8 +70,8 @@ for entry in $(for s in $RM_SEEDS; do for l in $LOSSES; do echo "$l:$s"; done; d
   rm="$OUT/rm-$loss-seed$seed"
   run "rm-$loss-seed$seed" "$rm/model/config.json" \
     env "${rm_env[@]}" LOSS="$loss" SEED="$seed" OUT="$rm" bash recipes/rm.sh
-  run "rm-$loss-seed$seed.eval" "$rm/eval.json" normbt eval-rm --model "$rm/model" --data "$tiny/test.jsonl" \
-    --subset_key kind --max_len 64 --out "$rm/eval.json"
+  run "rm-$loss-seed$seed.eval" "$rm/$EVAL_JSON" normbt eval-rm --model "$rm/model" --data "$tiny/test.jsonl" \
+    --subset_key kind --max_len 64 --out "$rm/$EVAL_JSON"
   rms+=("$loss:$seed")
 done
 

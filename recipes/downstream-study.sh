@@ -112,8 +112,8 @@ for arm in $ARMS; do
       name="$arm-$loss-seed$seed" rm="$OUT/rm-$arm-$loss-seed$seed"
       run "rm-$name" "$rm/model/config.json" env "${rm_env[@]}" DATASET="$data" LOSS="$loss" LABEL="$arm-$loss" \
         SEED="$seed" OUT="$rm" bash recipes/rm.sh "${lora[@]}"
-      run "eval-$name" "$rm/eval.json" normbt eval-rm --model "$rm/model" --data "$OUT/pairs/onpolicy-test.jsonl" \
-        --max_len 64 --bins 5 --out "$rm/eval.json"
+      run "eval-$name" "$rm/$EVAL_JSON" normbt eval-rm --model "$rm/model" --data "$OUT/pairs/onpolicy-test.jsonl" \
+        --max_len 64 --bins 5 --out "$rm/$EVAL_JSON"
       rms+=("$rm")
     done
   done
@@ -125,14 +125,14 @@ stop_point rms
 proxies=()
 for rm in "${rms[@]}"; do proxies+=(--proxy "${rm##*/rm-}=$rm/model"); done
 bon="$OUT/$BON_DIR"
-run "$BON_DIR" "$bon/policy_eval.json" normbt eval-policy --policy "sft=$OUT/policy" "${proxies[@]}" \
+run "$BON_DIR" "$bon/$POLICY_EVAL_JSON" normbt eval-policy --policy "sft=$OUT/policy" "${proxies[@]}" \
   --gold_fn "$gold_fn" --prompts "$tiny/eval_prompts.jsonl" --n_prompts "$BON_PROMPTS" \
   --samples 1 --bon_samples "$BON_SAMPLES" --max_new 24 --max_len 64 --out "$bon"
 also=()  # best-of-N of seeds run before (same policy, prompts and sampling seed): one pooled analysis
-for other in "$OUT"/bon*/policy_eval.json; do
-  if [[ -e "$other" && "$other" != "$bon/policy_eval.json" ]]; then also+=(--also "$other"); fi
+for other in "$OUT"/bon*/$POLICY_EVAL_JSON; do
+  if [[ -e "$other" && "$other" != "$bon/$POLICY_EVAL_JSON" ]]; then also+=(--also "$other"); fi
 done
-run bon-study "" normbt bon-study "$bon/policy_eval.json" "${also[@]}" "$OUT"/rm-*/ --baseline bt --n 16 \
+run bon-study "" normbt bon-study "$bon/$POLICY_EVAL_JSON" "${also[@]}" "$OUT"/rm-*/ --baseline bt --n 16 \
   --pairs "$OUT/pairs/onpolicy-test.jsonl" --out "$OUT/bon-study"
 stop_point bon
 

@@ -53,10 +53,10 @@ times="$OUT/stage_times.tsv"
 run() { stage_run smollm2-evidence "$OUT/logs" "$times" "$@"; }  # run NAME DONE cmd...: see stage-times.sh
 
 data="$OUT/data" model="$OUT/data/smollm2-135m-instruct"
-run data "$data/card.json" python -m normbt_plugin.rm_evaluation.evidence --out "$data" \
+run data "$data/$CARD_JSON" python -m normbt_plugin.rm_evaluation.evidence --out "$data" \
   --n_train "$N_TRAIN" --n_test "$N_TEST" --max_chars "$MAX_CHARS" --coarse unrelated \
   --backbone smollm2-135m-instruct --max_len "$MAX_LEN"
-run humaneval "$OUT/humaneval/card.json" python -m normbt_plugin.rm_evaluation.humaneval --out "$OUT/humaneval" \
+run humaneval "$OUT/humaneval/$CARD_JSON" python -m normbt_plugin.rm_evaluation.humaneval --out "$OUT/humaneval" \
   --problems "$HUMANEVAL_PROBLEMS"
 
 train_eval="$data/test-head$TRAIN_EVAL_PAIRS.jsonl"  # eval-rm scores all test pairs after training
@@ -93,7 +93,7 @@ train() {  # train ENTRY SEED: one RM, eval-rm on the stdlib test pairs (per kin
   local scores="$CODE_BON_SCORES/transfer-$label-seed$seed.json"
   # a run evaluated (and scored) before, or its records restored from results/smollm2-evidence: no model
   # left to score with, nothing to redo
-  if [[ "$dry" != 1 && -e "$rm/eval.json" && -e "$rm/eval-humaneval.json" ]] &&
+  if [[ "$dry" != 1 && -e "$rm/$EVAL_JSON" && -e "$rm/$HUMANEVAL_EVAL_JSON" ]] &&
      [[ -z "$CODE_BON" || -e "$scores" || ! -d "$rm/model" ]]; then
     echo "smollm2-evidence: rm-$label-seed$seed (evaluated before)"; return
   fi
@@ -106,10 +106,10 @@ train() {  # train ENTRY SEED: one RM, eval-rm on the stdlib test pairs (per kin
     run "rm-$label-seed$seed" "$rm/model/config.json" env "${rm_env[@]}" LOSS="$loss" LABEL="$label" SEED="$seed" \
       OUT="$rm" bash recipes/rm.sh "${lora[@]}" "${flags[@]}"
   fi
-  run "eval-$label-seed$seed" "$rm/eval.json" normbt eval-rm --model "$rm/model" --data "$data/test.jsonl" \
-    --subset_key kind --max_len "$MAX_LEN" --out "$rm/eval.json"
-  run "humaneval-$label-seed$seed" "$rm/eval-humaneval.json" normbt eval-rm --model "$rm/model" \
-    --data "$OUT/humaneval/test.jsonl" --subset_key bug --max_len "$MAX_LEN" --out "$rm/eval-humaneval.json"
+  run "eval-$label-seed$seed" "$rm/$EVAL_JSON" normbt eval-rm --model "$rm/model" --data "$data/test.jsonl" \
+    --subset_key kind --max_len "$MAX_LEN" --out "$rm/$EVAL_JSON"
+  run "humaneval-$label-seed$seed" "$rm/$HUMANEVAL_EVAL_JSON" normbt eval-rm --model "$rm/model" \
+    --data "$OUT/humaneval/test.jsonl" --subset_key bug --max_len "$MAX_LEN" --out "$rm/$HUMANEVAL_EVAL_JSON"
   [[ -z "$CODE_BON" ]] || run "code-bon-$label-seed$seed" "$scores" \
     python -m normbt_plugin.policy_studies.code_bon_picks score --rm "$rm/model" --candidates "$CODE_BON" --out "$scores"
   [[ "$DROP_MODELS" != 1 || "$dry" == 1 ]] || rm -rf "$rm/model" "$rm/ckpt"
@@ -122,12 +122,12 @@ if [[ "$FRAMEWORK" == trl ]]; then  # normbt compare reads the OpenRLHF runs' me
 fi
 run report "" normbt compare "${runs[@]}" --out "$OUT/report" --baseline bt
 # the pre-registered primary: every fine-pair bug kind pooled ("fine"), NormBT minus BT, seeds averaged
-run report-humaneval "" normbt compare "${runs[@]}" --eval_name eval-humaneval.json --out "$OUT/report-humaneval" \
+run report-humaneval "" normbt compare "${runs[@]}" --eval_name "$HUMANEVAL_EVAL_JSON" --out "$OUT/report-humaneval" \
   --baseline bt --pool fine=comparison,constant,negation,off_by_one,operator,swapped_args
 for loss in bt normbt; do  # the paper's diagnostic: per-pair gradient norm vs distance
   rm="$OUT/rm-$loss-seed${MAIN_SEEDS%% *}"
   [[ -d "$rm/model" || "$dry" == 1 ]] || continue  # restored records have no model
-  run "diagnose-$loss" "$OUT/diagnose-$loss/gradients.json" normbt diagnose --model "$rm/model" \
+  run "diagnose-$loss" "$OUT/diagnose-$loss/$GRADIENTS_JSON" normbt diagnose --model "$rm/model" \
     --data "$OUT/humaneval/test.jsonl" --pairs 128 --max_len "$MAX_LEN" --out "$OUT/diagnose-$loss"
 done
 [[ "$dry" == 1 ]] || stage_table "$times" smollm2-evidence

@@ -2,6 +2,8 @@
 # resumable stage runner; --help generated from a script's own assignments.
 #   start=$EPOCHREALTIME; ...; stage_time "$times" NAME "$start";   stage_table "$times" "$label"
 #   stage_run WHO LOGS TIMES NAME DONE cmd...;   stop_point NAME;   check_until "$0";   recipe_help "$0"
+# shellcheck source=recipes/run-files.sh
+source "$(dirname "${BASH_SOURCE[0]}")/run-files.sh"  # the run files' names
 recipe_help() {  # recipe_help SCRIPT: its header comment (after the shebang), its stop points, then every
   # VAR=${VAR:-default}
   awk 'NR > 1 && /^#/ {print; next} NR > 1 {exit}' "$1"; echo

@@ -93,7 +93,7 @@ def test_a_stage_setting_reaches_its_own_stage_only(tmp_path):
 
 @pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
 def test_help_lists_every_variable_a_recipe_reads(recipe):
-    if recipe.name == "stage-times.sh":
+    if recipe.name in ("stage-times.sh", "run-files.sh"):
         pytest.skip("sourced by the recipes, not run")
     names = READ_WITH_DEFAULT.findall(recipe.read_text())
     assert names, recipe.name
@@ -118,3 +118,27 @@ def test_stop_points_are_the_stop_point_lines():
     lengths = [len(bash("bash recipes/downstream-study.sh", {"DRY_RUN": "1", "UNTIL": p}).splitlines())
                for p in [*points, "all"]]  # fmt: skip
     assert lengths == sorted(lengths) and len(set(lengths)) == len(lengths), lengths
+
+
+def test_the_run_files_the_recipes_name_are_the_packages_constants_and_typed_once():
+    from normbt_plugin.rm_evaluation import CARD
+    from normbt_plugin.rm_evaluation.diagnostics import GRADIENTS
+    from normbt_plugin.runs.policy_eval import POLICY_EVAL
+    from normbt_plugin.runs.rm_eval import EVAL
+
+    names = dict(re.findall(r"^([A-Z_]+)=(\S+)", (REPO / "recipes" / "run-files.sh").read_text(), re.M))
+    constants = {
+        "EVAL_JSON": EVAL,
+        "POLICY_EVAL_JSON": POLICY_EVAL,
+        "CARD_JSON": CARD,
+        "GRADIENTS_JSON": GRADIENTS,
+    }
+    assert {k: names[k] for k in constants} == constants
+    typed = [
+        f"{recipe.name}: {line.strip()}"
+        for recipe in RECIPES
+        if recipe.name != "run-files.sh"
+        for line in code_lines(recipe)
+        if any(re.search(rf"[/\s\"]{re.escape(v)}\b", line) for v in names.values())
+    ]
+    assert not typed, typed

@@ -23,6 +23,8 @@ from normbt_plugin.rm_evaluation.pairs import load_pairs
 from normbt_plugin.rm_evaluation.scoring import RewardScorer
 from normbt_plugin.stats import normbt_weight, pair_distance, quantile_bins
 
+GRADIENTS = "gradients.json"  # the per-pair records
+
 
 def per_pair_gradients(scorer: RewardScorer, prompts, chosen, rejected) -> dict[str, np.ndarray]:
     """BT per-pair gradient norm over every trainable parameter, distance, prediction error."""
@@ -62,7 +64,7 @@ def diagnose(o: DiagnoseOptions, *, eps: float = 1e-6, seed: int = 0) -> dict:
     records = {k: v.tolist() for k, v in res.items()}
     if data_pairs.subsets:
         records["subset"] = np.asarray(data_pairs.subsets)[index].tolist()
-    (out_dir / "gradients.json").write_text(json.dumps({"summary": summary, "per_pair": records}))
+    (out_dir / GRADIENTS).write_text(json.dumps({"summary": summary, "per_pair": records}))
     return summary
 
 

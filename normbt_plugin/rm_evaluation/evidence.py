@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from normbt_plugin.common.models import MODELS, get_model
+from normbt_plugin.rm_evaluation import CARD
 
 MINILM = "all-minilm-l6-v2"
 
@@ -302,7 +303,7 @@ def main() -> None:
         }
         for kind in ("fine", "coarse")
     }
-    (Path(args.out) / "card.json").write_text(json.dumps(card, indent=1))
+    (Path(args.out) / CARD).write_text(json.dumps(card, indent=1))
     print(json.dumps(card, indent=1))
 
 

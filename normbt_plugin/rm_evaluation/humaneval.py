@@ -42,6 +42,7 @@ from typing import Any
 
 from tqdm import tqdm
 
+from normbt_plugin.rm_evaluation import CARD
 from normbt_plugin.runs import files
 
 MARGIN = {"fine": 1 / 3, "coarse": 1.0}  # as the stdlib pairs (Llama 2's graded strengths)
@@ -246,7 +247,7 @@ def build_humaneval_pairs(out: str | Path, *, seed: int = 0, per_bug: int = 1, a
     ``out/card.json`` for the first ``limit`` problems (all: None); reused when the card says the
     same were built."""
     out = Path(out)
-    card_path = out / "card.json"
+    card_path = out / CARD
     todo = problems()[:limit]
     if card_path.is_file():
         card = files.read(Card, card_path, "python -m normbt_plugin.rm_evaluation.humaneval")
