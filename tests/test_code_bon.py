@@ -99,3 +99,20 @@ def test_the_committed_candidates_give_the_committed_split_and_summary():
     (summary,) = json.loads((folder / SUMMARY).read_text())
     assert summary == pytest.approx(dataclasses.asdict(summarize(rows, 0.95)))
     assert (summary["problems"], summary["samples"]) == (164, 16)
+
+
+def test_pass_fail_pairs_are_within_a_problem_and_the_onpolicy_ones_differ_in_the_function():
+    from normbt_plugin.policy_studies.code_bon import onpolicy_pairs, pass_fail_pairs
+
+    def c(task: str, sample: int, passed: bool, response: str | None) -> Candidate:
+        return Candidate(task, 0.5, sample, response or "", "", passed, response)
+
+    rows = [c("A", 0, True, "f"), c("B", 0, False, "g"), c("A", 1, False, "h"), c("A", 2, False, None),
+            c("B", 1, True, "k"), c("A", 3, False, "f")]  # fmt: skip
+    assert pass_fail_pairs(rows) == [(0, 2), (0, 5), (4, 1)]  # unparsed (None) left out, by problem
+    tasks = [p.task_id for p in problems()[:2]]
+    named = [dataclasses.replace(r, task_id=tasks[r.task_id == "B"]) for r in rows]
+    pairs = onpolicy_pairs(named, tasks[::-1])  # the tasks' order, then samples; the identical "f" dropped
+    assert [(p["task_id"], p["samples"], p["chosen"], p["rejected"]) for p in pairs] == [
+        (tasks[1], [1, 0], "k", "g"), (tasks[0], [0, 1], "f", "h")]  # fmt: skip
+    assert pairs[0]["prompt"] == problems()[1].rm_prompt

@@ -170,19 +170,30 @@ def split(candidates: list[Candidate], seed: int = SPLIT_SEED) -> dict[str, list
     return {k: sorted(v, key=lambda t: int(t.split("/")[1])) for k, v in halves.items()}
 
 
+def pass_fail_pairs(candidates: list[Candidate]) -> list[tuple[int, int]]:
+    """Every pass-over-fail pair of parsed candidates of the same problem, as (passing, failing) indices
+    into ``candidates``: problem by problem in first-seen order, each one's candidates in the given order."""
+    members: dict[str, list[int]] = {}
+    for i, c in enumerate(candidates):
+        if c.response is not None:
+            members.setdefault(c.task_id, []).append(i)
+    return [(i, j) for group in members.values() for i in group for j in group
+            if candidates[i].passed and not candidates[j].passed]  # fmt: skip
+
+
 def onpolicy_pairs(candidates: list[Candidate], tasks: list[str]) -> list[dict]:
     """Every pass-over-fail pair of parsed candidates within each of ``tasks`` (the split's train
     half), as the reward models read them: the problem's ``rm_prompt``, the two functions. A pair whose
     two functions read alike is left out (the difference the tests saw lies outside the function)."""
     problem = {p.task_id: p for p in problems()}
-    rows = []
-    for task in tasks:
-        parsed = sorted((c for c in candidates if c.task_id == task and c.response), key=lambda c: c.sample)
-        rows += [{"prompt": problem[task].rm_prompt, "chosen": good.response, "rejected": bad.response,
-                  "task_id": task, "samples": [good.sample, bad.sample]}
-                 for good in parsed if good.passed for bad in parsed
-                 if not bad.passed and bad.response != good.response]  # fmt: skip
-    return rows
+    order = {task: k for k, task in enumerate(tasks)}
+    ordered = sorted(
+        (c for c in candidates if c.task_id in order), key=lambda c: (order[c.task_id], c.sample)
+    )
+    return [{"prompt": problem[good.task_id].rm_prompt, "chosen": good.response, "rejected": bad.response,
+             "task_id": good.task_id, "samples": [good.sample, bad.sample]}
+            for good, bad in ((ordered[i], ordered[j]) for i, j in pass_fail_pairs(ordered))
+            if bad.response != good.response]  # fmt: skip
 
 
 def pick_rate(passing: np.ndarray, n: int, odds: np.ndarray) -> np.ndarray:

@@ -22,7 +22,7 @@ import torch
 
 from normbt_plugin.common.intervals import nested_bootstrap, seeds_needed
 from normbt_plugin.policy_studies.bon_study import decide
-from normbt_plugin.policy_studies.code_bon import SPLIT, Candidate, read
+from normbt_plugin.policy_studies.code_bon import SPLIT, Candidate, pass_fail_pairs, read
 from normbt_plugin.stats import distance_bins, pair_distance
 
 MARGIN = 0.03  # "no difference": the 90% interval inside +-MARGIN (pre-registered)
@@ -61,12 +61,9 @@ def score(rm: str, candidates: list[Candidate], batch_size: int = 16, max_len: i
     texts = [scorer.format(problem[c.task_id].rm_prompt, c.response) for c in parsed]
     reward, hidden = scorer.score(texts, "scoring the candidates")
     scores: dict[str, dict[int, float]] = {}
-    rows: dict[str, list[int]] = {}  # task_id -> its candidates' indices into parsed
-    for i, (c, r) in enumerate(zip(parsed, reward, strict=True)):
+    for c, r in zip(parsed, reward, strict=True):
         scores.setdefault(c.task_id, {})[c.sample] = float(r)
-        rows.setdefault(c.task_id, []).append(i)
-    index = [(i, j) for members in rows.values() for i in members for j in members
-             if parsed[i].passed and not parsed[j].passed]  # fmt: skip
+    index = pass_fail_pairs(parsed)
     good, bad = (torch.from_numpy(hidden[[pair[k] for pair in index]]) for k in (0, 1))
     distance = pair_distance(good, bad).tolist()
     pairs = [(parsed[i].task_id, parsed[i].sample, parsed[j].sample, d)
