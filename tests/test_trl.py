@@ -15,6 +15,8 @@ import torch
 from conftest import RECIPE_ENV as ENV
 from conftest import REPO
 
+from normbt_plugin.common.ports import free_port
+
 pytest.importorskip("trl")
 
 from datasets import Dataset  # noqa: E402
@@ -160,25 +162,50 @@ def test_trls_own_centering_is_refused_for_the_plugins(setup, tmp_path):
         trainer(PluginRewardTrainer, setup, tmp_path / "c", loss="bt", center_rewards_coefficient=0.01)
 
 
+def logged_steps(out) -> list[dict]:
+    """The per-step logs TRL kept in the run's last checkpoint."""
+    (checkpoint,) = out.glob("checkpoint-*")
+    return [
+        h for h in json.loads((checkpoint / "trainer_state.json").read_text())["log_history"] if "loss" in h
+    ]
+
+
 def test_the_command_is_trls_reward_script_with_the_losses(setup, tmp_path):
+    """The command: TRL's arguments and the losses', a bad loss named; on one process, and on two CPU
+    processes (torchrun), where NormBT's mu and its metrics are reduced over the processes: the same
+    pairs give the same loss and mu at every step whether one process reads 8 pairs or two read 4 each."""
     paths, dataset = setup
     data = tmp_path / "data"
     dataset.to_json(data / "train.jsonl")
-    cmd = [sys.executable, "-m", "normbt_plugin.trl_adapter.reward"]
-    shown = subprocess.run([*cmd, "--help"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    cmd = ["-m", "normbt_plugin.trl_adapter.reward"]
+    command = {"cwd": REPO, "env": ENV, "capture_output": True, "text": True, "timeout": 300}
+    shown = subprocess.run([sys.executable, *cmd, "--help"], **command)
     assert shown.returncode == 0 and "--loss_type" in shown.stdout and "--normbt_floor.floor" in shown.stdout
     assert "--per_device_train_batch_size" in shown.stdout  # TRL's own arguments
     common = ["--model_name_or_path", str(paths["model"]), "--dataset_name", str(data), "--report_to", "none",
-              "--per_device_train_batch_size", "8", "--max_steps", "3", "--save_strategy", "no"]  # fmt: skip
-    bad = subprocess.run([*cmd, *common, "--output_dir", str(tmp_path / "bad"), "--loss_type", "nonesuch"],
-                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)  # fmt: skip
+              "--max_steps", "3", "--save_strategy", "steps", "--save_steps", "3", "--logging_steps", "1",
+              "--learning_rate", "2e-3", "--seed", "1", "--data_seed", "1"]  # fmt: skip
+    bad = subprocess.run(
+        [sys.executable, *cmd, *common, "--output_dir", str(tmp_path / "bad"), "--loss_type", "nonesuch"],
+        **command,
+    )
     assert bad.returncode == 2 and "unknown reward-model loss 'nonesuch'" in bad.stderr
-    run = subprocess.run([*cmd, *common, "--output_dir", str(tmp_path / "out"), "--loss_type", "normbt",
-                          "--normbt.base", "label_smoothing", "--label_smoothing.epsilon", "0.2"],
-                         cwd=REPO, env=ENV, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert run.returncode == 0, run.stderr[-3000:]
-    assert "normbt reward model saved" in run.stdout + run.stderr
-    assert (tmp_path / "out" / "model.safetensors").exists()
+    loss = ["--loss_type", "normbt", "--normbt.base", "label_smoothing", "--label_smoothing.epsilon", "0.2"]
+    torchrun = ["-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2"]
+    launchers = {
+        "one": [sys.executable],
+        "two": [sys.executable, *torchrun, "--master-port", str(free_port())],
+    }
+    for name, per_process in (("one", "8"), ("two", "4")):
+        size = ["--per_device_train_batch_size", per_process, "--output_dir", str(tmp_path / name)]
+        run = subprocess.run([*launchers[name], *cmd, *common, *loss, *size], **command)
+        assert run.returncode == 0, run.stderr[-3000:]
+        assert "normbt reward model saved" in run.stdout + run.stderr
+        assert (tmp_path / name / "model.safetensors").exists()
+    one, two = logged_steps(tmp_path / "one"), logged_steps(tmp_path / "two")
+    assert [h["epoch"] for h in two] == [h["epoch"] for h in one] == [0.125, 0.25, 0.375]  # 8 pairs a step
+    for key in ("loss", "normbt_mu", "normbt_dist_mean", "normbt_weight_max", "normbt_weight_min"):
+        assert [h[key] for h in two] == pytest.approx([h[key] for h in one], rel=1e-4), key
 
 
 def test_the_smollm2_evidence_recipe_through_trl_prints_commands_trls_parser_takes(tmp_path):

@@ -5,8 +5,11 @@ each loss's options (``--normbt.beta 0.9``, ``--normbt.base label_smoothing --la
     python -m normbt_plugin.trl_adapter.reward --model_name_or_path M --dataset_name D \\
         --output_dir out --loss_type normbt
     accelerate launch -m normbt_plugin.trl_adapter.reward ...   # GPUs, processes and nodes: accelerate's
+    torchrun --nproc-per-node 2 -m normbt_plugin.trl_adapter.reward ...   # several CPU processes
 
-Without a GPU, bf16 is off unless asked for (a CPU without native bf16 runs it about 75x slower).
+Without a GPU, bf16 is off unless asked for (a CPU without native bf16 runs it about 75x slower), and
+``--use_cpu`` is on: without it, processes started by torchrun on a machine without a GPU would each
+train alone on their own share of the data (accelerate joins CPU processes only when told to use the CPU).
 """
 
 from __future__ import annotations
@@ -31,14 +34,16 @@ def make_parser():
 
 
 def parse(argv: list[str] | None = None) -> tuple:
-    """The parser and what it read from ``argv`` (default: the command line); float32 on CPU unless
-    ``--bf16``/``--fp16`` is given (TRL's default is bf16)."""
+    """The parser and what it read from ``argv`` (default: the command line); without a GPU, float32
+    unless ``--bf16``/``--fp16`` is given (TRL's default is bf16) and ``--use_cpu`` unless given."""
     import torch
 
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = make_parser()
-    if not torch.cuda.is_available() and not any(a.split("=")[0] in ("--bf16", "--fp16") for a in argv):
-        argv += ["--bf16", "false"]
+    given = {a.split("=")[0] for a in argv}
+    if not torch.cuda.is_available():
+        argv += [] if given & {"--bf16", "--fp16"} else ["--bf16", "false"]
+        argv += [] if "--use_cpu" in given else ["--use_cpu", "true"]
     return parser, parser.parse_args_and_config(argv)
 
 
