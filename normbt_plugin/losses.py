@@ -662,9 +662,10 @@ class PartialNormBTOptions(NormBTOptions):
 class PartialNormBTLoss(NormBTLoss):
     """NormBT in part: w = (mu / dist)^alpha, between BT (alpha -> 0) and NormBT (alpha = 1).
 
-    Why: on SmolLM2 NormBT's coarse pairs (distance far above mu) get weights far below 1 and lose
-    accuracy where the whole distance scale shrank; alpha < 1 lifts those weights toward 1 while
-    keeping the fine pairs' up-weighting, compressed: a pair 10x closer than mu gets 10^alpha.
+    Why: on SmolLM2 NormBT loses easy (coarse) pairs where the whole distance scale shrank. alpha < 1
+    lifts far pairs' weights toward 1 and compresses the close pairs' up-weighting: a pair 10x closer
+    than mu gets 10^alpha. The second is what acts there: NormBT's weights on the coarse-dominated
+    training batches stay near 1, its closest pairs' reach ~19x (docs/results.md, "NormBT variants").
     """
 
     def weights(self, dist: Tensor, mu: Tensor) -> Tensor:
@@ -685,8 +686,9 @@ class FloorNormBTOptions(NormBTOptions):
 class FloorNormBTLoss(NormBTLoss):
     """NormBT whose far pairs keep a floor of BT's gradient: w = max(mu / dist, floor).
 
-    Why: NormBT's lost easy pairs are far ones (coarse, distance far above mu) whose weight fell
-    toward 0; the floor keeps at least ``floor`` of their BT gradient, fine pairs untouched.
+    Why (the hypothesis it was registered on): NormBT's lost easy pairs are far ones whose weight fell
+    toward 0; the floor keeps at least ``floor`` of their BT gradient, fine pairs untouched. On the
+    SmolLM2 runs a floor of 0.5 rarely binds (docs/results.md, "NormBT variants").
     """
 
     def weights(self, dist: Tensor, mu: Tensor) -> Tensor:
