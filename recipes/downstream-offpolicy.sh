@@ -49,7 +49,7 @@ export PATH="$PWD/.venv/bin:$PATH" OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} DRY_RUN
 mkdir -p "$OUT"
 times="$OUT/stage_times.tsv"
 [[ "$dry" == 1 ]] || : > "$times"
-run() { stage_run downstream-offpolicy "$OUT" "$times" "$@"; }  # run NAME DONE cmd...: see stage-times.sh
+run() { stage_run downstream-offpolicy "$OUT" "$times" "$@"; }  # run NAME DONE|--out cmd...: see stage-times.sh
 
 tiny="$OUT/tiny"
 run tiny "$tiny/sft.jsonl" python -m normbt_plugin.common.tiny --out "$tiny" --n_train "$N_TRAIN" \
@@ -70,7 +70,7 @@ for entry in $(for s in $RM_SEEDS; do for l in $LOSSES; do echo "$l:$s"; done; d
   rm="$OUT/rm-$loss-seed$seed"
   run "rm-$loss-seed$seed" "$rm/model/config.json" \
     env "${rm_env[@]}" LOSS="$loss" SEED="$seed" OUT="$rm" bash recipes/rm.sh
-  run "rm-$loss-seed$seed.eval" "$rm/$EVAL_JSON" normbt eval-rm --model "$rm/model" --data "$tiny/test.jsonl" \
+  run "rm-$loss-seed$seed.eval" --out normbt eval-rm --model "$rm/model" --data "$tiny/test.jsonl" \
     --subset_key kind --max_len 64 --out "$rm/$EVAL_JSON"
   rms+=("$loss:$seed")
 done

@@ -67,7 +67,7 @@ mkdir -p "$OUT"
 times="$OUT/stage_times.tsv"
 [[ "$dry" == 1 ]] || touch "$times"
 who=downstream-study
-run() { stage_run "$who" "$OUT/logs" "$times" "$@"; }  # run NAME DONE cmd...: see stage-times.sh
+run() { stage_run "$who" "$OUT/logs" "$times" "$@"; }  # run NAME DONE|--out cmd...: see stage-times.sh
 
 # the task and the SFT policy
 tiny="$OUT/tiny"
@@ -88,9 +88,9 @@ run sft "$OUT/policy/config.json" python -m normbt_plugin.train_sft --model.mode
 # on-policy pairs: the SFT policy's own samples, paired by the true reward
 label=(normbt label-pairs --policy "$OUT/policy" --gold_fn "$gold_fn"
        --samples "$RM_SAMPLES" --pairs_per_prompt "$PAIRS_PER_PROMPT" --max_new 24 --max_len 64)
-run pairs-train "$OUT/pairs/onpolicy.jsonl" "${label[@]}" --prompts "$tiny/rm_prompts.jsonl" --seed 1 \
+run pairs-train --out "${label[@]}" --prompts "$tiny/rm_prompts.jsonl" --seed 1 \
   --out "$OUT/pairs/onpolicy.jsonl"
-run pairs-test "$OUT/pairs/onpolicy-test.jsonl" "${label[@]}" --prompts "$tiny/rm_test_prompts.jsonl" --seed 2 \
+run pairs-test --out "${label[@]}" --prompts "$tiny/rm_test_prompts.jsonl" --seed 2 \
   --out "$OUT/pairs/onpolicy-test.jsonl"
 run pairs-test-512 "$OUT/pairs/onpolicy-test-512.jsonl" python -m normbt_plugin.policy_studies.label_pairs subsample \
   "$OUT/pairs/onpolicy-test.jsonl" 512 0 "$OUT/pairs/onpolicy-test-512.jsonl"  # the RM stage's own eval
@@ -112,7 +112,7 @@ for arm in $ARMS; do
       name="$arm-$loss-seed$seed" rm="$OUT/rm-$arm-$loss-seed$seed"
       run "rm-$name" "$rm/model/config.json" env "${rm_env[@]}" DATASET="$data" LOSS="$loss" LABEL="$arm-$loss" \
         SEED="$seed" OUT="$rm" bash recipes/rm.sh "${lora[@]}"
-      run "eval-$name" "$rm/$EVAL_JSON" normbt eval-rm --model "$rm/model" --data "$OUT/pairs/onpolicy-test.jsonl" \
+      run "eval-$name" --out normbt eval-rm --model "$rm/model" --data "$OUT/pairs/onpolicy-test.jsonl" \
         --max_len 64 --bins 5 --out "$rm/$EVAL_JSON"
       rms+=("$rm")
     done
@@ -140,7 +140,7 @@ stop_point bon
 (( ${#PPO_RM_SEEDS} + ${#CEILING_SEEDS} )) || { [[ "$dry" == 1 ]] || stage_table "$times" downstream-study; exit 0; }
 standardize=(normbt standardize --policy "$OUT/policy" --prompts "$tiny/prompts.jsonl" --n_prompts 256 --samples 4
              --max_new 24 --max_len 64 --samples_file "$OUT/ppo-rewards/sft-samples.jsonl")
-run standardize-true "$OUT/ppo-rewards/true.py" "${standardize[@]}" --reward_fn recipes/rewards/sort.py \
+run standardize-true --out "${standardize[@]}" --reward_fn recipes/rewards/sort.py \
   --out "$OUT/ppo-rewards/true.py"
 ppo_env=(POLICY="$OUT/policy" PROMPTS="$tiny/prompts.jsonl" GPUS_PER_NODE=1 VLLM_ENGINES=1 COLOCATE=1
          PPO_PARAM_DTYPE=fp32 PPO_ATTN=sdpa SYNC_BACKEND=gloo VLLM_MEM=0.5 ROLLOUT_BS="$ROLLOUT_BS"

@@ -50,7 +50,7 @@ export PATH="$PWD/.venv/bin:$PATH" DRY_RUN=$dry
 mkdir -p "$OUT"
 times="$OUT/stage_times.tsv"
 [[ "$dry" == 1 ]] || touch "$times"
-run() { stage_run smollm2-evidence "$OUT/logs" "$times" "$@"; }  # run NAME DONE cmd...: see stage-times.sh
+run() { stage_run smollm2-evidence "$OUT/logs" "$times" "$@"; }  # run NAME DONE|--out cmd...: see stage-times.sh
 
 data="$OUT/data" model="$OUT/data/smollm2-135m-instruct"
 run data "$data/$CARD_JSON" python -m normbt_plugin.rm_evaluation.evidence --out "$data" \
@@ -106,11 +106,11 @@ train() {  # train ENTRY SEED: one RM, eval-rm on the stdlib test pairs (per kin
     run "rm-$label-seed$seed" "$rm/model/config.json" env "${rm_env[@]}" LOSS="$loss" LABEL="$label" SEED="$seed" \
       OUT="$rm" bash recipes/rm.sh "${lora[@]}" "${flags[@]}"
   fi
-  run "eval-$label-seed$seed" "$rm/$EVAL_JSON" normbt eval-rm --model "$rm/model" --data "$data/test.jsonl" \
+  run "eval-$label-seed$seed" --out normbt eval-rm --model "$rm/model" --data "$data/test.jsonl" \
     --subset_key kind --max_len "$MAX_LEN" --out "$rm/$EVAL_JSON"
-  run "humaneval-$label-seed$seed" "$rm/$HUMANEVAL_EVAL_JSON" normbt eval-rm --model "$rm/model" \
+  run "humaneval-$label-seed$seed" --out normbt eval-rm --model "$rm/model" \
     --data "$OUT/humaneval/test.jsonl" --subset_key bug --max_len "$MAX_LEN" --out "$rm/$HUMANEVAL_EVAL_JSON"
-  [[ -z "$CODE_BON" ]] || run "code-bon-$label-seed$seed" "$scores" \
+  [[ -z "$CODE_BON" ]] || run "code-bon-$label-seed$seed" --out \
     python -m normbt_plugin.policy_studies.code_bon_picks score --rm "$rm/model" --candidates "$CODE_BON" --out "$scores"
   [[ "$DROP_MODELS" != 1 || "$dry" == 1 ]] || rm -rf "$rm/model" "$rm/ckpt"
 }

@@ -1,7 +1,7 @@
 # Sourced by the chaining recipes: each stage's wall time into a TSV, and the table of them; a
 # resumable stage runner; --help generated from a script's own assignments.
 #   start=$EPOCHREALTIME; ...; stage_time "$times" NAME "$start";   stage_table "$times" "$label"
-#   stage_run WHO LOGS TIMES NAME DONE cmd...;   stop_point NAME;   check_until "$0";   recipe_help "$0"
+#   stage_run WHO LOGS TIMES NAME DONE|--out cmd...;   stop_point NAME;   check_until "$0";   recipe_help "$0"
 # shellcheck source=recipes/run-files.sh
 source "$(dirname "${BASH_SOURCE[0]}")/run-files.sh"  # the run files' names
 recipe_help() {  # recipe_help SCRIPT: its header comment (after the shebang), its stop points, then every
@@ -22,8 +22,14 @@ recipe_help() {  # recipe_help SCRIPT: its header comment (after the shebang), i
 }
 stage_run() {  # stage_run WHO LOGS TIMES NAME DONE cmd...: quiet into LOGS/NAME.log (its tail on
   # failure), its wall time into TIMES; skipped when the file DONE exists (a rerun continues a study
-  # that stopped); DRY_RUN=1 prints the command instead (a recipe it calls prints its own)
+  # that stopped; DONE --out: the file the command's own --out names, so it is named once; "": never);
+  # DRY_RUN=1 prints the command instead (a recipe it calls prints its own)
   local who=$1 logs=$2 times=$3 name=$4 done=$5 start=$EPOCHREALTIME; shift 5
+  if [[ "$done" == --out ]]; then
+    local arg previous=""; done=""
+    for arg in "$@"; do [[ "$previous" != --out ]] || done=$arg; previous=$arg; done
+    [[ -n "$done" ]] || { echo "stage_run $name: DONE is --out, but the command has no --out" >&2; exit 2; }
+  fi
   if [[ "${DRY_RUN:-0}" == 1 && " $* " == *" bash recipes/"* ]]; then "$@"; return; fi
   if [[ "${DRY_RUN:-0}" == 1 ]]; then printf '%q ' "$@"; echo; return; fi
   if [[ -n "$done" && -e "$done" ]]; then echo "$who: $name (done before)"; return; fi

@@ -142,3 +142,27 @@ def test_the_run_files_the_recipes_name_are_the_packages_constants_and_typed_onc
         if any(re.search(rf"[/\s\"]{re.escape(v)}\b", line) for v in names.values())
     ]
     assert not typed, typed
+
+
+def test_a_stage_done_when_its_own_out_exists_is_named_once(tmp_path):
+    """``stage_run ... --out cmd``: the stage is done when the file the command's --out names exists; a
+    rerun skips it; a command with no --out is refused before it runs. Every run line whose DONE file
+    is its command's --out says so with ``--out`` (the output typed once)."""
+    out = tmp_path / "result.txt"
+    stage = f"source recipes/stage-times.sh; stage_run who {tmp_path}/logs {tmp_path}/times.tsv"
+    first = bash(f"{stage} write --out bash -c 'echo ran >> {tmp_path}/runs; touch $2' _ --out {out}")
+    again = bash(f"{stage} write --out bash -c 'echo ran >> {tmp_path}/runs; touch $2' _ --out {out}")
+    assert out.exists() and (tmp_path / "runs").read_text() == "ran\n"
+    assert first == "who: write\n" and again == "who: write (done before)\n"
+    refused = subprocess.run(["bash", "-c", f"{stage} write --out touch {tmp_path}/other"], cwd=REPO,
+                             capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
+    assert refused.returncode == 2 and "DONE is --out, but the command has no --out" in refused.stderr
+    assert not (tmp_path / "other").exists()
+    run_line = re.compile(r'\brun\s+("[^"]*"|\S+)\s+("[^"]*"|\S+)\s+(.*)')
+    twice = [
+        f"{recipe.name}: {line.strip()}"
+        for recipe in RECIPES
+        for line in recipe.read_text().replace("\\\n", " ").splitlines()
+        if (m := run_line.search(line)) and m[2] in re.findall(r'--out\s+("[^"]*"|\S+)', m[3])
+    ]
+    assert not twice, twice
