@@ -10,10 +10,12 @@ import functools
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import sysconfig
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -130,13 +132,17 @@ def _names_gcs(cmdline: tuple[str, ...] | list[str], port: str) -> bool:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory) -> Iterator[Cluster]:
-    c = Cluster(tmp_path_factory.mktemp("ray", numbered=True))
+def cluster() -> Iterator[Cluster]:
+    # a short root: Ray's sockets live under <temp-dir>/session_<date>_<time>_<us>_<pid>/sockets/, and an
+    # AF_UNIX path may not exceed 107 bytes (pytest's numbered folders broke it at pytest-107, pid 27750)
+    root = Path(tempfile.mkdtemp(prefix="ray-", dir="/tmp"))
+    c = Cluster(root)
     try:
         c.start()
         yield c
     finally:
         c.stop()
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
