@@ -13,9 +13,7 @@ import sys
 import pytest
 import torch
 from conftest import RECIPE_ENV as ENV
-from conftest import REPO
-
-from normbt_plugin.common.ports import free_port
+from conftest import REPO, free_port
 
 pytest.importorskip("trl")
 
