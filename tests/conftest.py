@@ -106,6 +106,15 @@ class Run:
         return rm_run.read_evals(self.metrics_dir)
 
 
+def launcher(nproc: int) -> list[str]:
+    """What goes before ``-m module``, as recipes/rm.sh launches on one node: ``python`` for one
+    process, ``torchrun --nproc-per-node N`` on a free master port for more."""
+    if nproc == 1:
+        return [sys.executable]
+    return [str(BIN / "torchrun"), "--nnodes", "1", "--nproc-per-node", str(nproc), "--master-port",
+            str(free_port())]  # fmt: skip
+
+
 def train_rm(
     tiny: dict,
     workdir: Path,
@@ -137,11 +146,7 @@ def train_rm(
         "--plugin.metrics_dir", str(workdir / "metrics"),
         *flags,
     ]  # fmt: skip
-    if nproc > 1:
-        cmd = [str(BIN / "torchrun"), "--nnodes", "1", "--nproc-per-node", str(nproc), "--master-port",
-               str(free_port()), "-m", "normbt_plugin.train_rm", *args]  # fmt: skip
-    else:
-        cmd = [sys.executable, "-m", "normbt_plugin.train_rm", *args]
+    cmd = [*launcher(nproc), "-m", "normbt_plugin.train_rm", *args]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.run(
         cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=timeout, check=False

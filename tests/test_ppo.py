@@ -255,13 +255,14 @@ def ppo_on_the_true_reward(chain: Path, out: Path, reward_file: Path) -> dict[in
     return dict(sorted(steps.items()))
 
 
-def rises(steps: dict[int, list[float]]) -> tuple[float, float]:
-    """The slope of the steps' mean reward over the run, and its standard error (the noise between
-    steps of this very run)."""
-    from scipy.stats import linregress
+RISE = 0.02  # the least rise of (1): half the smallest of 6 runs, above every sign-flipped one
 
-    fit = linregress(list(steps), [np.mean(v) for v in steps.values()])
-    return fit.slope, fit.stderr
+
+def rise(steps: dict[int, list[float]], first: int = 4, last: int = 8) -> float:
+    """How far the reward PPO was given rose over the run: the mean of the last ``last`` steps' mean
+    rewards minus that of the first ``first`` (the policy before PPO had moved it much)."""
+    means = [np.mean(v) for v in steps.values()]
+    return float(np.mean(means[-last:]) - np.mean(means[:first]))
 
 
 def last_steps(steps: dict[int, list[float]], sign: float, n: int = 8) -> tuple[float, float]:
@@ -273,18 +274,21 @@ def last_steps(steps: dict[int, list[float]], sign: float, n: int = 8) -> tuple[
 @pytest.mark.slow
 def test_ppo_moves_the_true_reward_the_way_its_reward_points(chain, tmp_path):
     """PPO's job, checked on the task's true reward: (1) the reward PPO is given rises over the run by
-    more than 2.5 standard errors of its trend; (2) given the true reward, PPO ends with more true
-    reward than given its negation, by more than 3 standard errors. A PPO whose advantage had the wrong
-    sign descends the reward it is given: it fails (1), and (2) reverses.
+    more than RISE; (2) given the true reward, PPO ends with more true reward than given its negation,
+    by more than 3 standard errors. A PPO whose advantage had the wrong sign descends the reward it is
+    given: it fails (1), and (2) reverses.
     (1) is checked on the negated run: on the tiny policy the true reward is hard to raise (a response
-    with any word in it scores 0; the SFT policy averages 0.07) and easy to lower, and 24 steps raised
-    it by +0.0006 a step, 1.4 standard errors (docs/tests.md)."""
+    with any word in it scores 0; the SFT policy averages 0.07) and easy to lower. The negated reward
+    rises in about 5 steps and then stays flat, so (1) compares the run's first steps with its last,
+    not a line's slope (whose standard error counts the plateau as noise: 1.9 to 5.5 SE over 7 runs).
+    RISE is set from repeated runs (docs/tests.md): the negated reward rose +0.039 to +0.050 in 6 runs;
+    a sign-flipped PPO given it ascends the true reward, and PPO given the true reward moved the negated
+    reward by -0.022 to +0.003 in 3 runs."""
     negated = tmp_path / "negated.py"
     negated.write_text(NEGATED_REWARD)
     given_true = ppo_on_the_true_reward(chain, tmp_path / "true", REPO / "recipes" / "rewards" / "sort.py")
     given_negated = ppo_on_the_true_reward(chain, tmp_path / "negated", negated)
-    slope, se = rises(given_negated)
-    assert slope > 2.5 * se, (slope, se)  # measured 4.1 SE here: 2.5 leaves room for other CPUs
+    assert rise(given_negated) > RISE, rise(given_negated)
     (ours, ours_se), (theirs, theirs_se) = last_steps(given_true, 1.0), last_steps(given_negated, -1.0)
     assert ours - theirs > 3 * np.hypot(ours_se, theirs_se), (ours, ours_se, theirs, theirs_se)
 
