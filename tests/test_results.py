@@ -29,16 +29,23 @@ def stated(diff: float, low: float, high: float) -> str:
     return f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]"
 
 
-def test_the_smollm2_primary_and_its_guard_as_results_md_states(tmp_path):
-    runs = [str(EVIDENCE / f"rm-{loss}-seed{s}") for loss in ("bt", "normbt") for s in range(1, 6)]
+@pytest.mark.parametrize(
+    ("loss", "fine_stated", "coarse_stated"),
+    [
+        ("normbt", "+0.165 [+0.136, +0.196]", "-0.033 [-0.050, -0.018]"),  # the primary and its guard
+        ("partial", "+0.115 [+0.092, +0.140]", "-0.004 [-0.010, +0.000]"),  # normbt_partial's rule, 5 seeds
+    ],
+)
+def test_the_smollm2_figures_as_results_md_states(loss, fine_stated, coarse_stated, tmp_path):
+    runs = [str(EVIDENCE / f"rm-{name}-seed{s}") for name in ("bt", loss) for s in range(1, 6)]
     normbt("compare", *runs, "--eval_name", "eval-humaneval.json", "--out", str(tmp_path), "--baseline", "bt",
            "--pool", "fine=comparison,constant,negation,off_by_one,operator,swapped_args")  # fmt: skip
-    subsets = json.loads((tmp_path / "summary.json").read_text())["normbt"]["per_subset"]
+    subsets = json.loads((tmp_path / "summary.json").read_text())[loss]["per_subset"]
     fine, coarse = subsets["fine"]["vs_baseline"], subsets["coarse"]["vs_baseline"]
     primary = stated(fine["diff"], fine["low"], fine["high"])
     guard = stated(coarse["diff"], coarse["low"], coarse["high"])
-    assert primary == "+0.165 [+0.136, +0.196]" and primary in RESULTS_MD
-    assert guard == "-0.033 [-0.050, -0.018]" and guard in RESULTS_MD
+    assert primary == fine_stated and primary in RESULTS_MD
+    assert guard == coarse_stated and guard in RESULTS_MD
 
 
 def test_the_smollm2_best_of_n_arm_as_results_md_states(tmp_path):
