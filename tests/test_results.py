@@ -60,7 +60,7 @@ def test_the_smollm2_best_of_n_arm_as_results_md_states(tmp_path):
     assert "| onpolicy | normbt | 4 | +0.0438 | [-0.0201, +0.1112]" in committed
 
 
-@pytest.mark.parametrize("name", ["smollm2-evidence", "downstream-smollm2"])
+@pytest.mark.parametrize("name", ["smollm2-evidence", "downstream-smollm2", "trl-evidence"])
 def test_the_records_hold_no_models(name):
     """results/ holds records (metrics, eval files, reports), never weights."""
     heavy = [p for p in (REPO / "results" / name).rglob("*") if p.suffix in {".safetensors", ".bin", ".pt"}]
