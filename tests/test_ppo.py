@@ -288,7 +288,8 @@ def test_ppo_moves_the_true_reward_the_way_its_reward_points(chain, tmp_path):
     negated.write_text(NEGATED_REWARD)
     given_true = ppo_on_the_true_reward(chain, tmp_path / "true", REPO / "recipes" / "rewards" / "sort.py")
     given_negated = ppo_on_the_true_reward(chain, tmp_path / "negated", negated)
-    assert rise(given_negated) > RISE, rise(given_negated)
+    rose = rise(given_negated)
+    assert rose > RISE, rose
     (ours, ours_se), (theirs, theirs_se) = last_steps(given_true, 1.0), last_steps(given_negated, -1.0)
     assert ours - theirs > 3 * np.hypot(ours_se, theirs_se), (ours, ours_se, theirs, theirs_se)
 
