@@ -22,7 +22,8 @@ recipe_help() {  # recipe_help SCRIPT: its header comment (after the shebang), i
 }
 stage_run() {  # stage_run WHO LOGS TIMES NAME DONE cmd...: quiet into LOGS/NAME.log (its tail on
   # failure), its wall time into TIMES; skipped when the file DONE exists (a rerun continues a study
-  # that stopped; DONE --out: the file the command's own --out names, so it is named once; "": never);
+  # that stopped; DONE --out: the file the command's own --out names, so it is named once; "": never;
+  # an earlier attempt's log moves to LOGS/NAME.earlier.log);
   # DRY_RUN=1 prints the command instead (a recipe it calls prints its own)
   local who=$1 logs=$2 times=$3 name=$4 done=$5 start=$EPOCHREALTIME; shift 5
   if [[ "$done" == --out ]]; then
@@ -35,6 +36,8 @@ stage_run() {  # stage_run WHO LOGS TIMES NAME DONE cmd...: quiet into LOGS/NAME
   if [[ -n "$done" && -e "$done" ]]; then echo "$who: $name (done before)"; return; fi
   echo "$who: $name"
   mkdir -p "$logs"
+  # a rerun (a stage resumed from its checkpoint) keeps the earlier attempts' output in NAME.earlier.log
+  [[ ! -s "$logs/$name.log" ]] || cat "$logs/$name.log" >> "$logs/$name.earlier.log"
   "$@" > "$logs/$name.log" 2>&1 || { echo "failed: see $logs/$name.log" >&2; tail -30 "$logs/$name.log" >&2; exit 1; }
   stage_time "$times" "$name" "$start"
 }

@@ -166,3 +166,14 @@ def test_a_stage_done_when_its_own_out_exists_is_named_once(tmp_path):
         if (m := run_line.search(line)) and m[2] in re.findall(r'--out\s+("[^"]*"|\S+)', m[3])
     ]
     assert not twice, twice
+
+
+def test_a_rerun_stage_keeps_the_earlier_attempts_log(tmp_path):
+    """A stage stopped mid-run and rerun (resuming from its checkpoint) must not lose the first attempt's
+    output (a resumed TRL run's first 64 steps were lost that way): it moves to NAME.earlier.log."""
+    stage = f"source recipes/stage-times.sh; stage_run who {tmp_path}/logs {tmp_path}/times.tsv"
+    for attempt in ("first", "second", "third"):
+        bash(f"{stage} train '' echo {attempt}")
+    logs = tmp_path / "logs"
+    assert (logs / "train.log").read_text() == "third\n"
+    assert (logs / "train.earlier.log").read_text() == "first\nsecond\n"
